@@ -1,0 +1,354 @@
+"""One DP-SGD update with per-group clipping, per-group noise and pruning of the noisy update.
+
+Why this is written here rather than taken from Opacus: Opacus' ``DPOptimizer`` clips per
+sample with one threshold (flat) or per layer with one *shared* noise multiplier, and it releases
+nothing but the noisy gradient. dp-gym needs a clip threshold *and* a noise multiplier per group,
+chosen anew at every update, plus privatized statistics for the controller that compose with the
+gradient release in the same sampled step. Everything below that is not specific to that (per-sample
+gradients, the Poisson sampler, the noise generator, the accountants) is Opacus' own.
+
+The update, for a Poisson batch ``B`` (rate ``q``, expected size ``m = qN``) and groups ``g``:
+
+1. per-sample gradients ``g_{i,g}`` (Opacus ``GradSampleModule`` hooks);
+2. clip: ``gbar_{i,g} = g_{i,g} * min(1, C_g / ||g_{i,g}||)``;
+3. noise: ``G_g = (sum_i gbar_{i,g} + N(0, (sigma_g C_g)^2 I)) / m``;
+4. prune (post-processing): zero the ``floor(p_g * n_g)`` coordinates of ``G_g`` with the smallest
+   ``|G_g|`` (exactly that many; ties broken by index);
+5. optimizer step on the pruned ``G_g``.
+
+Optionally, on the same sample: privatized unclipped counts ``b_g = sum_i 1[||g_{i,g}|| <= C_g] +
+N(0, sigma_b^2)`` and a privatized loss ``(sum_i min(max(l_i, 0), L) + N(0, (sigma_l L)^2)) / m``.
+The whole update is one sampled Gaussian mechanism with noise multiplier
+``z = (sum_g sigma_g^-2 + G/sigma_b^2 + 1/sigma_l^2)^(-1/2)``
+(:func:`dp_gym.privacy.composed_noise_multiplier`), which the report carries for the ledger.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from opacus.grad_sample import GradSampleModule
+from opacus.optimizers.optimizer import _generate_noise
+from torch import nn
+
+from dp_gym.engine.grad_samplers import register_transformers_grad_samplers
+from dp_gym.engine.parameter_groups import ParameterGroups
+from dp_gym.privacy import composed_noise_multiplier
+
+logger = logging.getLogger(__name__)
+
+Batch = Mapping[str, torch.Tensor]
+PerSampleLoss = Callable[[nn.Module, Batch], torch.Tensor]
+
+
+@dataclass
+class StepReport:
+    """What one DP update releases. Every field is safe to show a controller.
+
+    Fields computed from private data are either post-processing of the noisy gradient
+    (``noisy_grad_norm``, ``update_norm``) or privatized releases accounted in
+    ``noise_multiplier`` (``unclipped_fraction``, ``train_loss``). The realized batch size is
+    deliberately absent: under add/remove adjacency it is not free to release.
+
+    ``oracle`` holds raw per-sample statistics and is filled only when the updater was built
+    with ``oracle=True``; a run that reads it is not differentially private.
+    """
+
+    group_names: list[str]
+    clip: np.ndarray
+    noise: np.ndarray
+    prune: np.ndarray
+    noisy_grad_norm: np.ndarray
+    update_norm: np.ndarray
+    unclipped_fraction: np.ndarray | None
+    train_loss: float | None
+    noise_multiplier: float
+    sample_rate: float
+    pruned_fraction: float
+    noisy_update: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    oracle: dict[str, np.ndarray] | None = None
+
+
+def _as_group_array(name: str, values: float | Sequence[float] | np.ndarray, groups: list[str],
+                    low: float, high: float, low_inclusive: bool) -> np.ndarray:
+    array = np.broadcast_to(np.asarray(values, dtype=np.float64), (len(groups),)).copy()
+    for index, value in enumerate(array):
+        if not math.isfinite(value):
+            raise ValueError(f"{name} for group {groups[index]!r} must be finite, got {value!r}")
+        too_low = value < low if low_inclusive else value <= low
+        if too_low or value > high:
+            bracket = "[" if low_inclusive else "("
+            raise ValueError(f"{name} for group {groups[index]!r} must be in {bracket}{low}, {high}], got {value!r}")
+    return array
+
+
+class DPUpdater:
+    """Runs DP updates with per-group clip ``C_g``, noise ``sigma_g`` and prune ratio ``p_g``.
+
+    Args:
+        model: the model to train (wrapped in an Opacus ``GradSampleModule`` here, unless it
+            already is one).
+        optimizer: an optimizer over the model's trainable parameters (SGD, Adam, AdamW, ...).
+        groups: the parameter groups (:class:`ParameterGroups` of the same model).
+        expected_batch_size: ``m = q N``; sums are divided by it (not by the realized size,
+            which would leak it).
+        sample_rate: the Poisson rate ``q`` the caller samples batches with (reported for the
+            accountant).
+        loss_fn: ``loss_fn(module, batch) -> (B,)`` per-sample losses.
+        loss_bound: ``L``, the clip of each per-sample loss in the privatized loss release.
+        seed: seed of the noise generator.
+        secure_mode: draw noise with Opacus' floating-point-attack-resistant sampler.
+        oracle: also put raw per-sample norm quantiles in ``StepReport.oracle`` (not private).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        groups: ParameterGroups,
+        expected_batch_size: float,
+        *,
+        sample_rate: float,
+        loss_fn: PerSampleLoss,
+        loss_bound: float = 10.0,
+        seed: int = 0,
+        secure_mode: bool = False,
+        oracle: bool = False,
+    ):
+        if expected_batch_size <= 0:
+            raise ValueError(f"expected_batch_size must be > 0, got {expected_batch_size}")
+        if not (0 < sample_rate <= 1):
+            raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
+        if loss_bound <= 0:
+            raise ValueError(f"loss_bound must be > 0, got {loss_bound}")
+        register_transformers_grad_samplers()
+        if isinstance(model, GradSampleModule):
+            self.module = model
+        else:
+            self.module = GradSampleModule(model, batch_first=True, loss_reduction="sum")
+        self.optimizer = optimizer
+        self.groups = groups
+        self.group_names = groups.names
+        self.expected_batch_size = float(expected_batch_size)
+        self.sample_rate = float(sample_rate)
+        self.loss_fn = loss_fn
+        self.loss_bound = float(loss_bound)
+        self.secure_mode = secure_mode
+        self.oracle = oracle
+        self.generator = torch.Generator().manual_seed(seed)
+        self.nonfinite_samples = 0  # local log only: never released
+        optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        missing = [name for g in groups.names for name, p in zip(groups.parameter_names(g), groups.parameters(g),
+                                                                   strict=True) if id(p) not in optimized]
+        if missing:
+            raise ValueError(f"the optimizer does not update grouped parameters {missing[:5]}")
+
+    # ------------------------------------------------------------------ the update
+    def step(
+        self,
+        batch: Batch,
+        clip: float | Sequence[float],
+        noise: float | Sequence[float],
+        prune: float | Sequence[float] = 0.0,
+        *,
+        count_noise: float | None = None,
+        loss_noise: float | None = None,
+    ) -> StepReport:
+        """One DP update on ``batch`` (a Poisson sample; may be empty).
+
+        Args:
+            batch: tensors with the batch dimension first, passed to ``loss_fn``.
+            clip: ``C_g`` per group (or one value for all), > 0.
+            noise: ``sigma_g`` per group, >= 0 (0 is not private: the report's multiplier is 0).
+            prune: ``p_g`` per group in [0, 1]; 1 leaves the group's parameters unchanged.
+            count_noise: ``sigma_b``; when given, privatized unclipped fractions are released.
+            loss_noise: ``sigma_l``; when given, a privatized mean training loss is released.
+
+        Raises:
+            ValueError: for a NaN/inf or out-of-range clip, noise or prune (the group is named).
+        """
+        names = self.group_names
+        clip_g = _as_group_array("clip", clip, names, 0.0, math.inf, low_inclusive=False)
+        noise_g = _as_group_array("noise", noise, names, 0.0, math.inf, low_inclusive=True)
+        prune_g = _as_group_array("prune", prune, names, 0.0, 1.0, low_inclusive=True)
+        n_counted = len(names) if count_noise is not None else 0
+        if (noise_g == 0).any():
+            z = 0.0  # a noiseless release: no finite epsilon (the ledger reports inf)
+        else:
+            z = composed_noise_multiplier(noise_g.tolist(), count_noise, n_counted, loss_noise)
+
+        clipped_sums, unclipped_counts, loss_sum, oracle = self._clipped_sums(batch, clip_g)
+        m = self.expected_batch_size
+
+        noisy: dict[str, torch.Tensor] = {}
+        noisy_norms = np.zeros(len(names))
+        for index, group in enumerate(names):
+            total = clipped_sums[group]
+            total = total + _generate_noise(float(noise_g[index] * clip_g[index]), total, self.generator,
+                                            self.secure_mode)
+            noisy[group] = total / m
+            noisy_norms[index] = float(noisy[group].norm())
+
+        unclipped_fraction = None
+        if count_noise is not None:
+            noisy_counts = unclipped_counts + _generate_noise(float(count_noise), unclipped_counts,
+                                                              self.generator, self.secure_mode)
+            unclipped_fraction = (noisy_counts / m).numpy().astype(np.float64)
+        train_loss = None
+        if loss_noise is not None:
+            noisy_loss = loss_sum + _generate_noise(float(loss_noise * self.loss_bound), loss_sum,
+                                                    self.generator, self.secure_mode)
+            train_loss = float(noisy_loss / m)
+
+        pruned = 0
+        for index, group in enumerate(names):
+            noisy[group], dropped = prune_smallest(noisy[group], float(prune_g[index]))
+            pruned += dropped
+        update_norms = self._apply(noisy, frozen={g for g, p in zip(names, prune_g, strict=True) if p >= 1.0})
+
+        return StepReport(
+            group_names=list(names),
+            clip=clip_g,
+            noise=noise_g,
+            prune=prune_g,
+            noisy_grad_norm=noisy_norms,
+            update_norm=update_norms,
+            unclipped_fraction=unclipped_fraction,
+            train_loss=train_loss,
+            noise_multiplier=z,
+            sample_rate=self.sample_rate,
+            pruned_fraction=pruned / max(1, sum(self.groups.numel(g) for g in names)),
+            noisy_update=noisy,
+            oracle=oracle,
+        )
+
+    # ------------------------------------------------------------------ internals
+    def _batch_size(self, batch: Batch) -> int:
+        return int(next(iter(batch.values())).shape[0])
+
+    def _clipped_sums(self, batch: Batch, clip_g: np.ndarray):
+        """Per group: ``sum_i gbar_{i,g}`` (flat), unclipped counts, clipped loss sum, oracle stats."""
+        names = self.group_names
+        size = self._batch_size(batch)
+        if size == 0:
+            sums = {g: torch.zeros(self.groups.numel(g)) for g in names}
+            return sums, torch.zeros(len(names)), torch.zeros(()), None
+
+        self.module.zero_grad(set_to_none=True)
+        self.module.train()
+        losses = self.loss_fn(self.module, batch)
+        if losses.shape != (size,):
+            raise ValueError(f"loss_fn must return per-sample losses of shape ({size},), got {tuple(losses.shape)}")
+        finite_loss = torch.isfinite(losses)
+        # A non-finite loss would poison every gradient through backward: drop that sample.
+        with warnings.catch_warnings():
+            # Opacus hooks the embedding, whose input (token ids) needs no gradient: harmless.
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            losses.masked_fill(~finite_loss, 0.0).sum().backward()
+
+        norms = torch.zeros(size, len(names))
+        finite = finite_loss.clone().unsqueeze(1).repeat(1, len(names))
+        for index, group in enumerate(names):
+            for parameter in self.groups.parameters(group):
+                sample = _grad_sample(parameter, size)
+                flat = sample.reshape(size, -1)
+                finite[:, index] &= torch.isfinite(flat).all(dim=1)
+                norms[:, index] += flat.pow(2).sum(dim=1)
+        norms = norms.sqrt()
+        clip_t = torch.as_tensor(clip_g, dtype=norms.dtype)
+        # Opacus' rule: factor = min(1, C / (||g|| + 1e-6)); a non-finite sample contributes 0,
+        # which is within the sensitivity bound (it is as if the sample were clipped to 0).
+        factors = (clip_t / (norms + 1e-6)).clamp(max=1.0)
+        factors = torch.where(finite, factors, torch.zeros_like(factors))
+        if not bool(finite.all()):
+            self.nonfinite_samples += int((~finite).any(dim=1).sum())
+            logger.warning("DP update: %d sample(s) had non-finite gradients or loss; they contribute 0",
+                           int((~finite).any(dim=1).sum()))
+
+        sums = {}
+        for index, group in enumerate(names):
+            parts = []
+            for parameter in self.groups.parameters(group):
+                sample = _grad_sample(parameter, size)
+                if not bool(finite[:, index].all()):
+                    sample = torch.nan_to_num(sample, nan=0.0, posinf=0.0, neginf=0.0)
+                parts.append(torch.einsum("i,i...->...", factors[:, index].to(sample.dtype), sample).reshape(-1))
+            sums[group] = torch.cat(parts).detach()
+        unclipped = ((norms <= clip_t) & finite).sum(dim=0).to(torch.float32)
+        loss_sum = losses.detach().masked_fill(~finite_loss, 0.0).clamp(0.0, self.loss_bound).sum()
+
+        oracle = None
+        if self.oracle:
+            quantiles = torch.tensor([0.1, 0.5, 0.9])
+            oracle = {
+                "per_sample_norm_quantiles": torch.quantile(norms, quantiles, dim=0).T.numpy(),
+                "clean_train_loss": float(losses.detach()[finite_loss].mean()) if bool(finite_loss.any()) else 0.0,
+            }
+        self.module.zero_grad(set_to_none=True)
+        return sums, unclipped, loss_sum, oracle
+
+    @torch.no_grad()
+    def _apply(self, noisy: dict[str, torch.Tensor], frozen: set[str]) -> np.ndarray:
+        """Optimizer step on the noisy update; groups in ``frozen`` (pruned whole) get no step.
+
+        A fully pruned group has ``grad = None``, which every torch optimizer skips, so momentum
+        or weight decay cannot move it either.
+        """
+        before = {g: self.groups.flat(g).clone() for g in self.group_names}
+        for group in self.group_names:
+            offset = 0
+            for parameter in self.groups.parameters(group):
+                n = parameter.numel()
+                parameter.grad = None if group in frozen else noisy[group][offset : offset + n].view_as(parameter).clone()
+                offset += n
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return np.array([float((self.groups.flat(g) - before[g]).norm()) for g in self.group_names])
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "nonfinite_samples": self.nonfinite_samples}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.nonfinite_samples = int(state["nonfinite_samples"])
+
+
+def _grad_sample(parameter: nn.Parameter, size: int) -> torch.Tensor:
+    sample = getattr(parameter, "grad_sample", None)
+    if sample is None:
+        # The parameter took no part in this forward pass: its per-sample gradients are zero.
+        return torch.zeros(size, *parameter.shape)
+    if isinstance(sample, list):
+        sample = torch.stack(sample).sum(0)
+    if sample.shape[0] != size:
+        raise RuntimeError(
+            f"per-sample gradient of a parameter of shape {tuple(parameter.shape)} has batch dimension "
+            f"{sample.shape[0]} != {size}; a module saw a broadcast input (e.g. GPT-2 position_ids of "
+            "shape (1, T): pass them expanded to the batch, Opacus issue #841)"
+        )
+    return sample
+
+
+def prune_smallest(update: torch.Tensor, ratio: float) -> tuple[torch.Tensor, int]:
+    """Zero exactly ``floor(ratio * n)`` smallest-magnitude coordinates of a flat update.
+
+    Post-processing of an already-noised release: costs no privacy. Returns the pruned copy
+    and the number of coordinates zeroed.
+    """
+    n = update.numel()
+    drop = min(n, int(math.floor(ratio * n + 1e-9)))
+    if drop == 0:
+        return update, 0
+    if drop == n:
+        return torch.zeros_like(update), n
+    keep = torch.topk(update.abs(), n - drop, sorted=False).indices
+    pruned = torch.zeros_like(update)
+    pruned[keep] = update[keep]
+    return pruned, drop

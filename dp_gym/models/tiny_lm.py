@@ -1,0 +1,157 @@
+"""The tiny default causal LM: a GPT-2 built from a config, pre-trained briefly on public text.
+
+The base model is produced once per configuration and cached under ``$DP_GYM_CACHE`` (default
+``~/.cache/dp_gym``) as an ordinary ``save_pretrained`` folder, and every user of it loads it
+back with ``AutoModelForCausalLM.from_pretrained(path)``: the same code path that loads any
+real checkpoint. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from dp_gym.data.public_corpus import public_paragraphs
+
+
+@dataclass(frozen=True)
+class TinyLMConfig:
+    """Shape of the tiny GPT-2 and of its brief public pre-training.
+
+    The defaults give about 0.5M parameters and pre-train in seconds on 2 CPU cores.
+    """
+
+    vocab_size: int = 1024
+    n_layer: int = 3
+    n_embd: int = 96
+    n_head: int = 4
+    n_positions: int = 128
+    tie_word_embeddings: bool = True
+    pretrain_steps: int = 200
+    pretrain_batch_size: int = 32
+    pretrain_seq_len: int = 64
+    pretrain_lr: float = 3e-3
+    seed: int = 0
+
+    def cache_key(self) -> str:
+        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def cache_dir() -> Path:
+    """``$DP_GYM_CACHE`` or ``~/.cache/dp_gym``."""
+    return Path(os.environ.get("DP_GYM_CACHE", Path.home() / ".cache" / "dp_gym"))
+
+
+def train_public_tokenizer(vocab_size: int):
+    """A byte-level BPE tokenizer trained on the public corpus (deterministic, about a second)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(public_paragraphs(), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+    )
+
+
+def build_tiny_lm(config: TinyLMConfig, vocab_size: int | None = None):
+    """A randomly initialized ``GPT2LMHeadModel`` of the given shape."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(config.seed)
+    gpt2_config = GPT2Config(
+        vocab_size=vocab_size or config.vocab_size,
+        n_positions=config.n_positions,
+        n_embd=config.n_embd,
+        n_layer=config.n_layer,
+        n_head=config.n_head,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        tie_word_embeddings=config.tie_word_embeddings,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+    return GPT2LMHeadModel(gpt2_config)
+
+
+def _pack_public_tokens(tokenizer, seq_len: int) -> torch.Tensor:
+    ids: list[int] = []
+    for paragraph in public_paragraphs():
+        ids.extend(tokenizer(paragraph)["input_ids"])
+        ids.append(tokenizer.eos_token_id)
+    n_chunks = len(ids) // seq_len
+    return torch.tensor(ids[: n_chunks * seq_len]).view(n_chunks, seq_len)
+
+
+def pretrain_on_public(model, tokenizer, config: TinyLMConfig) -> list[float]:
+    """Non-private pre-training on the public corpus; returns the loss curve."""
+    generator = torch.Generator().manual_seed(config.seed)
+    chunks = _pack_public_tokens(tokenizer, config.pretrain_seq_len)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.pretrain_lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.pretrain_lr, total_steps=max(config.pretrain_steps, 1), pct_start=0.1
+    )
+    model.train()
+    losses = []
+    for _ in range(config.pretrain_steps):
+        index = torch.randint(len(chunks), (config.pretrain_batch_size,), generator=generator)
+        batch = chunks[index]
+        loss = model(input_ids=batch, labels=batch).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+    model.eval()
+    return losses
+
+
+def ensure_tiny_lm(config: TinyLMConfig | None = None, root: Path | None = None) -> Path:
+    """The folder of the cached, publicly pre-trained tiny LM (built on first use).
+
+    The folder holds ``save_pretrained`` output of both the model and its tokenizer, so
+    ``AutoModelForCausalLM.from_pretrained(folder)`` and ``AutoTokenizer.from_pretrained(folder)``
+    load it. Concurrent builders are safe: each writes to a temporary folder and renames it.
+    """
+    config = config or TinyLMConfig()
+    root = Path(root) if root is not None else cache_dir()
+    target = root / f"tiny-lm-{config.cache_key()}"
+    if (target / "config.json").exists():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    tokenizer = train_public_tokenizer(config.vocab_size)
+    model = build_tiny_lm(config, vocab_size=len(tokenizer))
+    losses = pretrain_on_public(model, tokenizer, config)
+    staging = Path(tempfile.mkdtemp(prefix=".tiny-lm-", dir=root))
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    (staging / "dp_gym_pretraining.json").write_text(
+        json.dumps({"config": asdict(config), "final_public_loss": losses[-1] if losses else None})
+    )
+    try:
+        staging.rename(target)
+    except OSError:  # another process won the race; its copy is identical
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

@@ -1,0 +1,137 @@
+"""Noise multipliers of composed Gaussian releases on one Poisson sample.
+
+Every release dp-gym makes in one DP update is a Gaussian mechanism applied to the *same*
+Poisson-sampled batch. Rescaling each release to unit noise turns the whole update into one
+sampled Gaussian mechanism whose noise multiplier is given by the functions below; the
+accountant then sees exactly one ``(z, q)`` entry per update.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+
+def _check_positive_finite(name: str, value: float) -> float:
+    value = float(value)
+    if not math.isfinite(value) or value <= 0.0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return value
+
+
+def effective_noise_multiplier(sigmas: Sequence[float]) -> float:
+    r"""Noise multiplier of G per-group Gaussian releases of clipped gradient sums.
+
+    Group g releases ``S_g = sum_i clip(g_{i,g}, C_g) + N(0, (sigma_g C_g)^2 I)``. Adding or
+    removing one example changes ``S_g`` by at most ``C_g`` in L2. Rescale group g by
+    ``1 / (sigma_g C_g)``: its sensitivity becomes ``1 / sigma_g`` and its noise ``N(0, I)``.
+    The concatenation of the rescaled groups is then one Gaussian mechanism with unit noise and
+    L2 sensitivity ``sqrt(sum_g sigma_g^{-2})``, i.e. noise multiplier
+
+    .. math:: \sigma_{\mathrm{eff}} = \Big(\sum_g \sigma_g^{-2}\Big)^{-1/2}.
+
+    Equal noise ``sigma`` over G groups gives ``sigma / sqrt(G)``: per-group clipping is not free.
+
+    Args:
+        sigmas: per-group noise multipliers ``sigma_g``.
+
+    Returns:
+        The effective noise multiplier of the whole release.
+
+    Raises:
+        ValueError: if ``sigmas`` is empty, or an entry is <= 0, NaN or inf (the entry is named).
+    """
+    if len(sigmas) == 0:
+        raise ValueError("sigmas must hold at least one noise multiplier, got an empty sequence")
+    inverse_square_sum = 0.0
+    for index, sigma in enumerate(sigmas):
+        sigma = _check_positive_finite(f"sigmas[{index}]", sigma)
+        inverse_square_sum += sigma**-2
+    return inverse_square_sum**-0.5
+
+
+def _statistics_inverse_square(count_sigma: float | None, n_groups_counted: int,
+                               loss_sigma: float | None) -> float:
+    """``G / sigma_b^2 + 1 / sigma_l^2``: the privatized statistics' share of ``z^{-2}``."""
+    if n_groups_counted < 0:
+        raise ValueError(f"n_groups_counted must be >= 0, got {n_groups_counted}")
+    total = 0.0
+    if n_groups_counted > 0:
+        if count_sigma is None:
+            raise ValueError("count_sigma is required when n_groups_counted > 0")
+        total += n_groups_counted / _check_positive_finite("count_sigma", count_sigma) ** 2
+    if loss_sigma is not None:
+        total += 1.0 / _check_positive_finite("loss_sigma", loss_sigma) ** 2
+    return total
+
+
+def composed_noise_multiplier(
+    group_sigmas: Sequence[float],
+    count_sigma: float | None = None,
+    n_groups_counted: int = 0,
+    loss_sigma: float | None = None,
+) -> float:
+    r"""Noise multiplier of one DP update that also releases privatized statistics.
+
+    Besides the per-group gradient sums, one update may release, on the same Poisson sample:
+
+    * a G-vector of "unclipped" counts ``b_g = sum_i 1[||g_{i,g}|| <= C_g] + N(0, sigma_b^2)``:
+      one example changes each count by at most 1, so the L2 sensitivity is ``sqrt(G)`` and the
+      rescaled release (divide by ``sigma_b``) contributes ``G / sigma_b^2``;
+    * a loss sum ``sum_i min(max(l_i, 0), L) + N(0, (sigma_l L)^2)``: sensitivity ``L``, so it
+      contributes ``1 / sigma_l^2``.
+
+    All releases share the sample, so they compose into one sampled Gaussian mechanism with
+
+    .. math:: z = \Big(\sum_g \sigma_g^{-2} + G/\sigma_b^2 + 1/\sigma_l^2\Big)^{-1/2}.
+
+    Accounting each release as its own sampled mechanism would be wrong (the sample is shared)
+    and is never done.
+
+    Args:
+        group_sigmas: per-group gradient noise multipliers ``sigma_g``.
+        count_sigma: noise std ``sigma_b`` of each count, or None when no counts are released.
+        n_groups_counted: number of counts released (``G``); 0 when none.
+        loss_sigma: noise multiplier ``sigma_l`` of the clipped loss sum, or None when not released.
+
+    Returns:
+        The noise multiplier ``z`` to give the accountant for this update.
+
+    Raises:
+        ValueError: for a non-positive or non-finite noise, or counts without a count noise.
+    """
+    inverse_square_sum = effective_noise_multiplier(group_sigmas) ** -2
+    inverse_square_sum += _statistics_inverse_square(count_sigma, n_groups_counted, loss_sigma)
+    return inverse_square_sum**-0.5
+
+
+def scale_sigmas_to(
+    group_sigmas: Sequence[float],
+    target: float,
+    count_sigma: float | None = None,
+    n_groups_counted: int = 0,
+    loss_sigma: float | None = None,
+) -> list[float]:
+    r"""Scale the per-group sigmas by one factor so the composed multiplier is at least ``target``.
+
+    Only the gradient noises are raised; the statistics' noises are fixed by the configuration.
+    With ``s = sum_g sigma_g^{-2}`` and ``r = G/sigma_b^2 + 1/sigma_l^2`` we need
+    ``s / k^2 + r <= target^{-2}``, i.e. ``k = sqrt(s / (target^{-2} - r))``.
+
+    Returns:
+        The scaled sigmas (unchanged when they already reach ``target``).
+
+    Raises:
+        ValueError: when the statistics alone already spend more than ``target`` allows.
+    """
+    rest = _statistics_inverse_square(count_sigma, n_groups_counted, loss_sigma)
+    grad_part = effective_noise_multiplier(group_sigmas) ** -2
+    room = target**-2 - rest
+    if room <= 0:
+        raise ValueError(
+            f"the privatized statistics alone need a noise multiplier above {target:.4g}; "
+            "raise count_noise / loss_noise"
+        )
+    # (1 + 1e-9): rounding must never leave the composed multiplier a hair below the target.
+    factor = max(1.0, math.sqrt(grad_part / room) * (1.0 + 1e-9))
+    return [float(sigma) * factor for sigma in group_sigmas]

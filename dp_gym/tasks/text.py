@@ -1,0 +1,135 @@
+"""Causal-LM fine-tuning on private text: the default task."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dp_gym.data.clinical_notes import make_canaries, private_train_records, clinical_notes
+from dp_gym.models.tiny_lm import TinyLMConfig, ensure_tiny_lm
+from dp_gym.tasks.base import Batch, Task, register_task
+
+
+def per_token_losses(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """``(B, T-1)`` next-token losses, zero on padding.
+
+    ``position_ids`` are passed expanded to the batch: GPT-2 otherwise builds them with shape
+    ``(1, T)``, its position embedding then sees a batch of one, and Opacus silently gives the
+    *summed* gradient to sample 0 (Opacus issue #841).
+    """
+    size, length = input_ids.shape
+    position_ids = torch.arange(length).unsqueeze(0).expand(size, length)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+    targets = input_ids[:, 1:]
+    mask = attention_mask[:, 1:].to(logits.dtype)
+    losses = F.cross_entropy(logits[:, :-1].transpose(1, 2), targets, reduction="none")
+    return losses * mask
+
+
+class TextTask(Task):
+    """Fine-tune a causal LM on private records; evaluate on public held-out records.
+
+    Args:
+        model: ``"tiny"`` (the cached tiny GPT-2 pre-trained on public text) or a folder any
+            ``AutoModelForCausalLM.from_pretrained`` loads (with its tokenizer).
+        n_train: private training records.
+        n_val: public validation records (same distribution, disjoint: another seed, declared
+            public).
+        max_length: tokens per record (longer records are truncated).
+        n_canaries, canary_repeats: canaries inserted into the private split.
+        seed: data seed.
+        tiny: shape of the tiny model when ``model == "tiny"``.
+    """
+
+    def __init__(
+        self,
+        model: str = "tiny",
+        n_train: int = 512,
+        n_val: int = 64,
+        max_length: int = 112,
+        n_canaries: int = 0,
+        canary_repeats: int = 1,
+        seed: int = 0,
+        tiny: dict[str, Any] | None = None,
+    ):
+        from transformers import AutoTokenizer
+
+        if n_train < 1 or n_val < 1:
+            raise ValueError(f"n_train and n_val must be >= 1, got {n_train} and {n_val}")
+        if max_length < 2:
+            raise ValueError(f"max_length must be >= 2, got {max_length}")
+        self.model_path = ensure_tiny_lm(TinyLMConfig(**(tiny or {}))) if model == "tiny" else Path(model)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.max_length = max_length
+        self.canaries = make_canaries(n_canaries, canary_repeats, seed) if n_canaries else []
+        self.train_records = private_train_records(n_train, seed=1000 + seed, canaries=self.canaries)
+        self.val_records = clinical_notes(n_val, seed=2000 + seed)
+        self._train = self._encode(self.train_records)
+        self._val = self._encode(self.val_records)
+        self._base_state: dict[str, torch.Tensor] | None = None
+
+    def _encode(self, records: list[str]) -> dict[str, torch.Tensor]:
+        encoded = self.tokenizer(
+            records, max_length=self.max_length, truncation=True, padding="max_length", return_tensors="pt"
+        )
+        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+
+    def build_model(self) -> nn.Module:
+        from transformers import AutoModelForCausalLM
+
+        if self._base_state is None:
+            model = AutoModelForCausalLM.from_pretrained(self.model_path)
+            self._base_state = {k: v.clone() for k, v in model.state_dict().items()}
+        else:  # a fast reset: same architecture, base weights from memory
+            model = AutoModelForCausalLM.from_pretrained(self.model_path)
+            model.load_state_dict(self._base_state)
+        model.train()
+        return model
+
+    @property
+    def train_size(self) -> int:
+        return int(self._train["input_ids"].shape[0])
+
+    def train_batch(self, indices: torch.Tensor) -> Batch:
+        return {key: value[indices] for key, value in self._train.items()}
+
+    def per_sample_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        losses = per_token_losses(model, batch["input_ids"], batch["attention_mask"])
+        tokens = batch["attention_mask"][:, 1:].sum(dim=1).clamp(min=1)
+        return losses.sum(dim=1) / tokens
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batch_size: int = 128) -> float:
+        was_training = model.training
+        model.eval()
+        total, tokens = 0.0, 0.0
+        for start in range(0, self._val["input_ids"].shape[0], batch_size):
+            ids = self._val["input_ids"][start : start + batch_size]
+            mask = self._val["attention_mask"][start : start + batch_size]
+            total += float(per_token_losses(model, ids, mask).sum())
+            tokens += float(mask[:, 1:].sum())
+        model.train(was_training)
+        return total / max(tokens, 1.0)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **super().describe(),
+            "model": str(self.model_path),
+            "n_val": len(self.val_records),
+            "max_length": self.max_length,
+            "n_canaries": len(self.canaries),
+        }
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(min(loss, 50.0))
+
+
+register_task("text", TextTask)
