@@ -1,0 +1,243 @@
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+from opacus.grad_sample import GradSampleModule
+
+from dp_gym.engine import DPUpdater, ParameterGroups, PoissonBatches, prune_smallest, register_transformers_grad_samplers
+from dp_gym.privacy import composed_noise_multiplier
+from dp_gym.tasks.text import per_token_losses
+from tests.conftest import micro_batch, micro_gpt2
+
+
+def per_sample_loss(model, batch):
+    losses = per_token_losses(model, batch["input_ids"], batch["attention_mask"])
+    return losses.sum(dim=1) / batch["attention_mask"][:, 1:].sum(dim=1).clamp(min=1)
+
+
+def loop_gradients(model, batch):
+    """Reference: one backward pass per example."""
+    grads = []
+    for i in range(batch["input_ids"].shape[0]):
+        model.zero_grad()
+        single = {k: v[i : i + 1] for k, v in batch.items()}
+        per_sample_loss(model, single).sum().backward()
+        grads.append({name: p.grad.detach().clone() for name, p in model.named_parameters()})
+    model.zero_grad()
+    return grads
+
+
+def make_updater(model, lr=1.0, optimizer="sgd", expected=5.0, **kwargs):
+    optimizer = (torch.optim.SGD if optimizer == "sgd" else torch.optim.Adam)(model.parameters(), lr=lr)
+    groups = ParameterGroups(model)
+    return DPUpdater(model, optimizer, groups, expected, sample_rate=0.1, loss_fn=per_sample_loss, **kwargs), groups
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_per_sample_gradients_equal_a_per_example_loop(tied):
+    register_transformers_grad_samplers()
+    model = micro_gpt2(tied=tied)
+    batch = micro_batch()
+    reference = loop_gradients(model, batch)
+    module = GradSampleModule(model, batch_first=True, loss_reduction="sum")
+    per_sample_loss(module, batch).sum().backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad_sample.shape[0] == 5, name
+        for i in range(5):
+            torch.testing.assert_close(parameter.grad_sample[i], reference[i][name], atol=1e-5, rtol=1e-4,
+                                       msg=f"{name}, sample {i}")
+
+
+def test_broadcast_position_ids_are_caught():
+    """Opacus issue #841: without expanded position_ids, wpe gets a batch-1 'per-sample' gradient."""
+    def broadcasting_loss(model, batch):
+        logits = model(input_ids=batch["input_ids"]).logits
+        return torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), batch["input_ids"][:, 1:],
+                                                 reduction="none").mean(1)
+    model = micro_gpt2()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    updater = DPUpdater(model, optimizer, ParameterGroups(model), 5, sample_rate=0.1, loss_fn=broadcasting_loss)
+    with pytest.raises(RuntimeError, match="#841"):
+        updater.step(micro_batch(), clip=1.0, noise=1.0)
+
+
+def group_delta(groups, before, model_after_params):
+    return {g: torch.cat([(a.detach() - b).reshape(-1) for a, b in zip(model_after_params(g), before[g], strict=True)])
+            for g in groups}
+
+
+def snapshot(groups):
+    return {g: [p.detach().clone() for p in groups.parameters(g)] for g in groups}
+
+
+def test_per_group_clipping_equals_a_clipped_loop():
+    model = micro_gpt2()
+    batch = micro_batch()
+    reference = loop_gradients(copy.deepcopy(model), batch)
+    updater, groups = make_updater(model, expected=5.0)
+    clip = np.array([0.05, 0.2, 0.01])
+    before = snapshot(groups)
+    updater.step(batch, clip=clip, noise=0.0)
+    delta = group_delta(groups, before, groups.parameters)
+    names = dict(model.named_parameters())
+    inverse = {id(p): n for n, p in names.items()}
+    for g_index, group in enumerate(groups):
+        expected = torch.zeros_like(delta[group])
+        for sample in reference:
+            flat = torch.cat([sample[inverse[id(p)]].reshape(-1) for p in groups.parameters(group)])
+            expected += flat * min(1.0, clip[g_index] / (float(flat.norm()) + 1e-6))
+        torch.testing.assert_close(delta[group], -expected / 5.0, atol=1e-6, rtol=1e-4, msg=group)
+
+
+def test_clipped_norm_never_exceeds_the_threshold():
+    """One example, tiny C: its clipped group gradient has norm C (<= C), so the SGD step has norm C/m."""
+    model = micro_gpt2()
+    updater, groups = make_updater(model, expected=2.0)
+    report = updater.step(micro_batch(size=1), clip=[1e-3, 2e-3, 5e-4], noise=0.0)
+    assert np.all(report.update_norm <= np.array([1e-3, 2e-3, 5e-4]) / 2.0 * (1 + 1e-5))
+    np.testing.assert_allclose(report.update_norm, np.array([1e-3, 2e-3, 5e-4]) / 2.0, rtol=1e-3)
+
+
+def test_noise_std_matches_sigma_times_clip_over_batch():
+    model = micro_gpt2()
+    updater, groups = make_updater(model, expected=4.0, seed=3)
+    before = snapshot(groups)
+    empty = {k: v[:0] for k, v in micro_batch().items()}
+    updater.step(empty, clip=[0.5, 2.0, 1.0], noise=[2.0, 0.5, 3.0])
+    delta = group_delta(groups, before, groups.parameters)
+    for group, expected_std in zip(groups, [0.25, 0.25, 0.75], strict=True):
+        observed = float(delta[group].std())
+        tolerance = 4 * expected_std / math.sqrt(2 * delta[group].numel())  # 4 standard errors
+        assert abs(observed - expected_std) < tolerance, group
+
+
+def test_noise_is_seeded():
+    reports = []
+    for _ in range(2):
+        model = micro_gpt2()
+        updater, _ = make_updater(model, seed=11)
+        reports.append(updater.step(micro_batch(), clip=1.0, noise=1.0, count_noise=2.0, loss_noise=2.0))
+    np.testing.assert_array_equal(reports[0].noisy_grad_norm, reports[1].noisy_grad_norm)
+    assert reports[0].train_loss == reports[1].train_loss
+
+
+def test_prune_smallest_keeps_exact_count_and_largest():
+    update = torch.randn(1000, generator=torch.Generator().manual_seed(0))
+    for ratio in (0.0, 0.1, 0.337, 0.5, 0.999, 1.0):
+        pruned, dropped = prune_smallest(update, ratio)
+        assert dropped == math.floor(ratio * 1000)
+        assert int((pruned != 0).sum()) == 1000 - dropped
+        kept = update.abs()[pruned != 0]
+        gone = update.abs()[pruned == 0]
+        if len(kept) and len(gone):
+            assert float(kept.min()) >= float(gone.max())
+        torch.testing.assert_close(pruned[pruned != 0], update[pruned != 0])
+
+
+def test_pruning_inside_the_update_counts():
+    model = micro_gpt2()
+    updater, groups = make_updater(model)
+    before = snapshot(groups)
+    report = updater.step(micro_batch(), clip=1.0, noise=1.0, prune=[0.25, 0.5, 0.0])
+    delta = group_delta(groups, before, groups.parameters)
+    for group, ratio in zip(groups, [0.25, 0.5, 0.0], strict=True):
+        assert int((delta[group] == 0).sum()) == math.floor(ratio * groups.numel(group))
+    total = sum(groups.numel(g) for g in groups)
+    expected = (math.floor(0.25 * groups.numel("embeddings")) + math.floor(0.5 * groups.numel("transformer.h.0"))) / total
+    assert report.pruned_fraction == pytest.approx(expected)
+
+
+def test_fully_pruned_group_does_not_move_even_with_adam_momentum():
+    model = micro_gpt2()
+    updater, groups = make_updater(model, lr=0.01, optimizer="adam")
+    updater.step(micro_batch(), clip=1.0, noise=1.0)  # builds momentum everywhere
+    before = snapshot(groups)
+    report = updater.step(micro_batch(seed=1), clip=1.0, noise=1.0, prune=[0.0, 1.0, 0.0])
+    delta = group_delta(groups, before, groups.parameters)
+    assert float(delta["transformer.h.0"].abs().max()) == 0.0
+    assert report.update_norm[1] == 0.0 and report.update_norm[0] > 0
+
+
+def test_zero_noise_and_huge_clip_is_non_private_sgd():
+    model = micro_gpt2()
+    reference = copy.deepcopy(model)
+    batch = micro_batch()
+    updater, groups = make_updater(model, lr=0.1, expected=5.0)
+    report = updater.step(batch, clip=1e9, noise=0.0)
+    assert report.noise_multiplier == 0.0
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.1)
+    per_sample_loss(reference, batch).mean().backward()
+    optimizer.step()
+    for (name, expected), actual in zip(reference.named_parameters(), model.parameters(), strict=True):
+        torch.testing.assert_close(actual, expected, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_nonfinite_sample_contributes_zero():
+    batch = micro_batch()
+
+    def poisoned(model, batch):
+        losses = per_sample_loss(model, batch)
+        return torch.cat([losses[:1] * float("nan"), losses[1:]])
+
+    model_a, model_b = micro_gpt2(), micro_gpt2()
+    updater_a, groups_a = make_updater(model_a)
+    updater_a.loss_fn = poisoned
+    updater_b, _ = make_updater(model_b)
+    report = updater_a.step(batch, clip=0.1, noise=0.0, loss_noise=1e-6)
+    updater_b.step({k: v[1:] for k, v in batch.items()}, clip=0.1, noise=0.0)
+    assert updater_a.nonfinite_samples == 1
+    assert math.isfinite(report.train_loss)
+    for a, b in zip(model_a.parameters(), model_b.parameters(), strict=True):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("field, kwargs", [
+    ("clip", {"clip": [1.0, float("nan"), 1.0], "noise": 1.0}),
+    ("clip", {"clip": [1.0, -1.0, 1.0], "noise": 1.0}),
+    ("noise", {"clip": 1.0, "noise": [1.0, float("inf"), 1.0]}),
+    ("prune", {"clip": 1.0, "noise": 1.0, "prune": [0.0, 1.5, 0.0]}),
+])
+def test_bad_controls_name_the_group(field, kwargs):
+    updater, _ = make_updater(micro_gpt2())
+    with pytest.raises(ValueError, match=rf"{field} for group 'transformer.h.0'"):
+        updater.step(micro_batch(), **kwargs)
+
+
+def test_released_statistics_track_the_truth_and_are_accounted():
+    model = micro_gpt2()
+    updater, groups = make_updater(model, expected=5.0)
+    batch = micro_batch()
+    with torch.no_grad():
+        true_loss = float(per_sample_loss(model, batch).clamp(0, 10).mean())
+    report = updater.step(batch, clip=[1e9, 1e-9, 1e9], noise=[1.0, 2.0, 3.0], count_noise=1e-4, loss_noise=1e-5)
+    np.testing.assert_allclose(report.unclipped_fraction, [1.0, 0.0, 1.0], atol=1e-3)
+    assert report.train_loss == pytest.approx(true_loss, abs=1e-3)
+    assert report.noise_multiplier == pytest.approx(composed_noise_multiplier([1.0, 2.0, 3.0], 1e-4, 3, 1e-5))
+    assert report.oracle is None and not hasattr(report, "batch_size")
+
+
+def test_oracle_statistics_only_when_asked():
+    updater, _ = make_updater(micro_gpt2(), oracle=True)
+    report = updater.step(micro_batch(), clip=1.0, noise=1.0)
+    assert report.oracle["per_sample_norm_quantiles"].shape == (3, 3)
+
+
+def test_poisson_batches_are_seeded_and_can_be_empty():
+    a, b = PoissonBatches(50, 0.01, seed=4), PoissonBatches(50, 0.01, seed=4)
+    sizes = [len(a.next()) for _ in range(200)]
+    assert sizes == [len(b.next()) for _ in range(200)]
+    assert 0 in sizes and np.mean(sizes) == pytest.approx(0.5, abs=0.2)
+    state = a.state_dict()
+    first = a.next()
+    a.load_state_dict(state)
+    assert torch.equal(a.next(), first)
+
+
+def test_empty_batch_update_runs():
+    updater, _ = make_updater(micro_gpt2())
+    report = updater.step({k: v[:0] for k, v in micro_batch().items()}, clip=1.0, noise=1.0,
+                          count_noise=5.0, loss_noise=5.0)
+    assert np.all(np.isfinite(report.noisy_grad_norm)) and math.isfinite(report.train_loss)
