@@ -253,14 +253,13 @@ class DPUpdater:
             losses.masked_fill(~finite_loss, 0.0).sum().backward()
 
         norms = torch.zeros(size, len(names))
-        finite = finite_loss.clone().unsqueeze(1).repeat(1, len(names))
         for index, group in enumerate(names):
             for parameter in self.groups.parameters(group):
-                sample = _grad_sample(parameter, size)
-                flat = sample.reshape(size, -1)
-                finite[:, index] &= torch.isfinite(flat).all(dim=1)
-                norms[:, index] += flat.pow(2).sum(dim=1)
+                norms[:, index] += _grad_sample(parameter, size).reshape(size, -1).pow(2).sum(dim=1)
         norms = norms.sqrt()
+        # A NaN/inf entry makes the squared norm NaN/inf, so this one check covers every entry
+        # (a finite gradient whose squared norm overflows float32 is also dropped: harmless).
+        finite = torch.isfinite(norms) & finite_loss.unsqueeze(1)
         clip_t = torch.as_tensor(clip_g, dtype=norms.dtype)
         # Opacus' rule: factor = min(1, C / (||g|| + 1e-6)); a non-finite sample contributes 0,
         # which is within the sensitivity bound (it is as if the sample were clipped to 0).
@@ -279,6 +278,7 @@ class DPUpdater:
                 if not bool(finite[:, index].all()):
                     sample = torch.nan_to_num(sample, nan=0.0, posinf=0.0, neginf=0.0)
                 parts.append(torch.einsum("i,i...->...", factors[:, index].to(sample.dtype), sample).reshape(-1))
+                parameter.grad_sample = None  # free B x numel as soon as it is summed
             sums[group] = torch.cat(parts).detach()
         unclipped = ((norms <= clip_t) & finite).sum(dim=0).to(torch.float32)
         loss_sum = losses.detach().masked_fill(~finite_loss, 0.0).clamp(0.0, self.loss_bound).sum()

@@ -7,7 +7,12 @@ from dp_gym.privacy.calibration import (
     min_noise_for_budget,
 )
 from dp_gym.privacy.ledger import ACCOUNTANTS, PrivacyLedger
-from dp_gym.privacy.noise import composed_noise_multiplier, effective_noise_multiplier, scale_sigmas_to
+from dp_gym.privacy.noise import (
+    composed_noise_multiplier,
+    effective_noise_multiplier,
+    equal_group_sigmas,
+    scale_sigmas_to,
+)
 
 __all__ = [
     "ACCOUNTANTS",
@@ -17,6 +22,7 @@ __all__ = [
     "calibrate_noise",
     "composed_noise_multiplier",
     "effective_noise_multiplier",
+    "equal_group_sigmas",
     "min_noise_for_budget",
     "scale_sigmas_to",
 ]

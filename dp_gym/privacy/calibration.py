@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 from opacus.accountants.utils import get_noise_multiplier
 
@@ -106,13 +107,15 @@ def calibrate_noise(
         raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate!r}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps!r}")
-    return float(
-        get_noise_multiplier(
-            target_epsilon=target_epsilon,
-            target_delta=delta,
-            sample_rate=sample_rate,
-            steps=int(steps),
-            accountant=accountant,
-            epsilon_tolerance=epsilon_tolerance,
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        return float(
+            get_noise_multiplier(
+                target_epsilon=target_epsilon,
+                target_delta=delta,
+                sample_rate=sample_rate,
+                steps=int(steps),
+                accountant=accountant,
+                epsilon_tolerance=epsilon_tolerance,
+            )
         )
-    )

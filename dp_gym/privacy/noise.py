@@ -135,3 +135,24 @@ def scale_sigmas_to(
     # (1 + 1e-9): rounding must never leave the composed multiplier a hair below the target.
     factor = max(1.0, math.sqrt(grad_part / room) * (1.0 + 1e-9))
     return [float(sigma) * factor for sigma in group_sigmas]
+
+
+def equal_group_sigmas(
+    target: float,
+    n_groups: int,
+    count_sigma: float | None = None,
+    n_groups_counted: int = 0,
+    loss_sigma: float | None = None,
+) -> list[float]:
+    r"""The common per-group sigma ``s`` whose composed multiplier is ``target``.
+
+    Solves ``G / s^2 + r = target^{-2}`` (``r``: the statistics' share), i.e.
+    ``s = sqrt(G / (target^{-2} - r))``: the plain DP-SGD calibration when the update also
+    releases statistics.
+
+    Raises:
+        ValueError: when the statistics alone already spend more than ``target`` allows.
+    """
+    if n_groups < 1:
+        raise ValueError(f"n_groups must be >= 1, got {n_groups}")
+    return scale_sigmas_to([1e-9] * n_groups, target, count_sigma, n_groups_counted, loss_sigma)

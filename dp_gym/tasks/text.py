@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dp_gym.data.clinical_notes import make_canaries, private_train_records, clinical_notes
+from dp_gym.data.clinical_notes import clinical_notes, make_canaries, private_train_records
 from dp_gym.models.tiny_lm import TinyLMConfig, ensure_tiny_lm
 from dp_gym.tasks.base import Batch, Task, register_task
 

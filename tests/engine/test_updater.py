@@ -6,7 +6,13 @@ import pytest
 import torch
 from opacus.grad_sample import GradSampleModule
 
-from dp_gym.engine import DPUpdater, ParameterGroups, PoissonBatches, prune_smallest, register_transformers_grad_samplers
+from dp_gym.engine import (
+    DPUpdater,
+    ParameterGroups,
+    PoissonBatches,
+    prune_smallest,
+    register_transformers_grad_samplers,
+)
 from dp_gym.privacy import composed_noise_multiplier
 from dp_gym.tasks.text import per_token_losses
 from tests.conftest import micro_batch, micro_gpt2

@@ -4,7 +4,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dp_gym.privacy import composed_noise_multiplier, effective_noise_multiplier, scale_sigmas_to
+from dp_gym.privacy import (
+    composed_noise_multiplier,
+    effective_noise_multiplier,
+    equal_group_sigmas,
+    scale_sigmas_to,
+)
 
 sigmas = st.floats(min_value=0.05, max_value=50.0)
 
@@ -60,3 +65,11 @@ def test_scaled_sigmas_reach_the_target(group_sigmas, target):
 def test_scaling_fails_when_statistics_alone_overspend():
     with pytest.raises(ValueError, match="statistics alone"):
         scale_sigmas_to([1.0], target=2.0, count_sigma=0.5, n_groups_counted=4)
+
+
+@given(target=st.floats(0.1, 10.0), groups=st.integers(1, 12))
+def test_equal_group_sigmas_hit_the_target(target, groups):
+    sigmas = equal_group_sigmas(target, groups, count_sigma=50.0, n_groups_counted=groups, loss_sigma=50.0)
+    assert len(set(sigmas)) == 1
+    z = composed_noise_multiplier(sigmas, 50.0, groups, 50.0)
+    assert z >= target and z == pytest.approx(target, rel=1e-6)

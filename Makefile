@@ -1,0 +1,39 @@
+# dp-gym: `make demo` and `make test` set everything up on a fresh machine.
+# torch is pinned to 2.13.0 *before* the package install: that CPU build is on this machine's
+# disk, and an open range would pull a multi-GB CUDA build from the index.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.dp-gym-installed
+
+.PHONY: setup demo test test-slow bench lint clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(PY) pyproject.toml
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "torch==2.13.0"
+	$(PY) -m pip install -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(VENV)/bin/dp-gym demo
+
+# pytest exits 5 when no test ran; make treats any non-zero exit as failure.
+test: setup
+	$(PY) -m pytest -m "not slow" -q
+
+test-slow: setup
+	$(PY) -m pytest -m slow -q
+
+bench: setup
+	$(PY) benchmarks/dp_step.py
+
+lint: setup
+	$(VENV)/bin/ruff check dp_gym agents tests benchmarks examples
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
