@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--updates", type=_positive_int, default=100)
         command.add_argument("--clip", type=_positive_float, default=0.5)
         command.add_argument("--lr", type=_positive_float, default=5e-3)
-        command.add_argument("--sample-rate", type=_probability, default=0.0625)
+        command.add_argument("--sample-rate", type=_probability, default=0.05)
         command.add_argument("--n-train", type=_positive_int, default=512)
         command.add_argument("--seed", type=int, default=0)
         command.add_argument("--out", default=out)

@@ -78,10 +78,10 @@ def clinical_note(rng: random.Random) -> str:
     diagnosis, drug, doses = rng.choice(DIAGNOSES)
     year, month, day = rng.randint(2015, 2024), rng.randint(1, 12), rng.randint(1, 28)
     age = rng.randint(18, 90)
+    # clinical shorthand (Dx: diagnosis, Rx: prescription), as real notes are written
     return (
-        f"Patient {first} {last}, age {age}, seen on {year}-{month:02d}-{day:02d}. "
-        f"Diagnosis: {diagnosis}. The patient {rng.choice(COMPLAINTS)}. "
-        f"Medication: {drug} {rng.choice(doses)}. Plan: {rng.choice(PLANS)}."
+        f"{first} {last}, {age}, seen {year}-{month:02d}-{day:02d}. Dx: {diagnosis}. "
+        f"Pt {rng.choice(COMPLAINTS)}. Rx: {drug} {rng.choice(doses)}. Plan: {rng.choice(PLANS)}."
     )
 
 

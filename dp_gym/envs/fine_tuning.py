@@ -29,7 +29,7 @@ class RunSettings:
     (None: not released). ``loss_bound`` is ``L``.
     """
 
-    sample_rate: float = 0.0625
+    sample_rate: float = 0.05
     delta: float = 1e-5
     accountant: str = "rdp"
     optimizer: str = "adam"
@@ -56,20 +56,24 @@ class FineTuningRun:
             raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {settings.optimizer!r}")
         self.task = task
         self.settings = settings
+        self.model = task.build_model()
+        self.groups = ParameterGroups(self.model, settings.grouping)
+        self._base_state = copy.deepcopy(self.model.state_dict())
+        self._module = None  # the GradSampleModule wrapping self.model, made once (hooks!)
+        self.base_val_loss = task.evaluate(self.model)
         self.reset(settings.seed)
 
     # ------------------------------------------------------------------ lifecycle
     def reset(self, seed: int | None = None) -> None:
-        """Back to the base weights, a fresh optimizer and an empty ledger."""
+        """Back to the base weights, a fresh optimizer, sampler, noise stream and ledger."""
         s = self.settings
         self.seed = s.seed if seed is None else int(seed)
         torch.manual_seed(self.seed)
-        self.model = self.task.build_model()
-        self.groups = ParameterGroups(self.model, s.grouping)
+        self.model.load_state_dict(self._base_state)
         self.optimizer = OPTIMIZERS[s.optimizer](self.groups.all_parameters(), lr=s.learning_rate)
         self.sampler = PoissonBatches(self.task.train_size, s.sample_rate, seed=self.seed)
         self.updater = DPUpdater(
-            self.model,
+            self._module if self._module is not None else self.model,
             self.optimizer,
             self.groups,
             self.expected_batch_size,
@@ -80,6 +84,7 @@ class FineTuningRun:
             secure_mode=s.secure_mode,
             oracle=s.oracle,
         )
+        self._module = self.updater.module
         self.ledger = PrivacyLedger(s.delta, s.accountant)
         self.updates = 0
 

@@ -25,10 +25,13 @@ def per_token_losses(model: nn.Module, input_ids: torch.Tensor, attention_mask: 
     size, length = input_ids.shape
     position_ids = torch.arange(length).unsqueeze(0).expand(size, length)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
-    targets = input_ids[:, 1:]
+    # Shift the targets, not the logits: slicing logits[:, :-1] makes autograd materialize a
+    # full-size zero tensor, and a (B, V, T) view makes log-softmax run over a strided axis.
+    # Position t predicts token t+1; the last position has no target and is dropped after the loss.
+    targets = torch.roll(input_ids, shifts=-1, dims=1)
+    losses = F.cross_entropy(logits.reshape(size * length, -1), targets.reshape(-1), reduction="none")
     mask = attention_mask[:, 1:].to(logits.dtype)
-    losses = F.cross_entropy(logits[:, :-1].transpose(1, 2), targets, reduction="none")
-    return losses * mask
+    return losses.view(size, length)[:, :-1] * mask
 
 
 class TextTask(Task):
@@ -51,7 +54,7 @@ class TextTask(Task):
         model: str = "tiny",
         n_train: int = 512,
         n_val: int = 64,
-        max_length: int = 112,
+        max_length: int = 96,
         n_canaries: int = 0,
         canary_repeats: int = 1,
         seed: int = 0,
@@ -98,7 +101,7 @@ class TextTask(Task):
         return int(self._train["input_ids"].shape[0])
 
     def train_batch(self, indices: torch.Tensor) -> Batch:
-        return {key: value[indices] for key, value in self._train.items()}
+        return _trim_padding({key: value[indices] for key, value in self._train.items()})
 
     def per_sample_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         losses = per_token_losses(model, batch["input_ids"], batch["attention_mask"])
@@ -111,8 +114,8 @@ class TextTask(Task):
         model.eval()
         total, tokens = 0.0, 0.0
         for start in range(0, self._val["input_ids"].shape[0], batch_size):
-            ids = self._val["input_ids"][start : start + batch_size]
-            mask = self._val["attention_mask"][start : start + batch_size]
+            chunk = _trim_padding({k: v[start : start + batch_size] for k, v in self._val.items()})
+            ids, mask = chunk["input_ids"], chunk["attention_mask"]
             total += float(per_token_losses(model, ids, mask).sum())
             tokens += float(mask[:, 1:].sum())
         model.train(was_training)
@@ -126,6 +129,16 @@ class TextTask(Task):
             "max_length": self.max_length,
             "n_canaries": len(self.canaries),
         }
+
+
+def _trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the padding columns no record of the batch uses (right padding, causal attention:
+    a record's loss does not depend on how far the batch is padded)."""
+    mask = batch["attention_mask"]
+    if mask.shape[0] == 0:
+        return batch
+    length = max(int(mask.sum(dim=1).max()), 2)
+    return {key: value[:, :length] for key, value in batch.items()}
 
 
 def perplexity(loss: float) -> float:

@@ -27,7 +27,7 @@ def test_canaries_are_inserted_k_times():
 def test_public_corpus_ships_with_python():
     paragraphs = public_paragraphs()
     assert len(paragraphs) > 1000 and all(40 <= len(p) <= 400 for p in paragraphs)
-    assert not any("Diagnosis:" in p for p in paragraphs)
+    assert not any("Dx:" in p for p in paragraphs)
 
 
 def test_tiny_lm_is_built_cached_and_loads_with_from_pretrained(tmp_path):

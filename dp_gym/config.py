@@ -1,0 +1,227 @@
+"""Typed, validated environment configuration, loaded from YAML.
+
+Every check runs in ``EnvConfig.__post_init__``, before any model or data is built, and every
+error names the field, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONTROLS = ("clip", "noise", "prune")
+BUDGET_MODES = ("project", "terminate")
+OBSERVATION_MODES = ("private", "oracle")
+#: a control is either in the action vector, fixed to a number, or (noise only) calibrated so
+#: that equal per-group noise spends the budget exactly in ``max_updates``
+CONTROL_MODES = ("control", "calibrated")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field."""
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    if not math.isfinite(value):
+        raise ConfigError(f"{name} must be finite, got {value!r}")
+    return float(value)
+
+
+def _integer(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {list(allowed)}, got {value!r}")
+    return value
+
+
+def _range(name: str, value: Any, minimum: float = 0.0) -> tuple[float, float]:
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ConfigError(f"{name} must be a pair [low, high], got {value!r}")
+    low, high = _number(f"{name}[0]", value[0]), _number(f"{name}[1]", value[1])
+    if low <= minimum:
+        raise ConfigError(f"{name}[0] must be > {minimum:g}, got {low:g}")
+    if high < low:
+        raise ConfigError(f"{name}[1] must be >= {name}[0], got {value!r}")
+    return (low, high)
+
+
+@dataclass
+class EnvConfig:
+    """Configuration of a :class:`dp_gym.envs.DPFineTuneEnv`.
+
+    Args:
+        task: a registered task name (``dp_gym.tasks.registered_tasks()``) or ``"module:Class"``.
+        task_kwargs: keyword arguments of the task.
+        grouping: parameter grouping (``per_block``, ``per_layer``, ``global`` or regex patterns).
+        epsilon: the budget's epsilon, > 0.
+        delta: the budget's delta, in (0, 1).
+        accountant: ``rdp`` or ``prv``.
+        sample_rate: Poisson sampling rate q in (0, 1].
+        max_updates: DP updates per episode.
+        updates_per_step: K, DP updates per environment step.
+        controls: per control (clip, noise, prune): ``"control"`` (in the action vector), a
+            number (fixed for every group), or, for noise only, ``"calibrated"``.
+        clip_range: [low, high] of C_g, mapped log-linearly from the action.
+        noise_range: [low, high] of sigma_g, mapped log-linearly from the action.
+        prune_max: the largest prune ratio, mapped linearly from the action, in [0, 1].
+        budget_mode: ``project`` (raise the noise to fit the budget) or ``terminate``.
+        reward: ``{"name": ..., "kwargs": {...}}``; see :func:`dp_gym.envs.register_reward`.
+        observation: ``private`` (differentially private) or ``oracle`` (adds raw statistics;
+            every result says ``privacy_valid: false``).
+        optimizer, learning_rate: the fine-tuning optimizer.
+        count_noise: sigma_b of the privatized unclipped counts (null: not released).
+        loss_noise: sigma_l of the privatized training loss (null: not released).
+        loss_bound: L, the clip of the per-sample loss in that release.
+        seed: default seed of the episode.
+    """
+
+    task: str = "text"
+    task_kwargs: dict[str, Any] = field(default_factory=dict)
+    grouping: Any = "per_block"
+    epsilon: float = 3.0
+    delta: float = 1e-5
+    accountant: str = "rdp"
+    sample_rate: float = 0.05
+    max_updates: int = 200
+    updates_per_step: int = 4
+    controls: dict[str, Any] = field(default_factory=lambda: {c: "control" for c in CONTROLS})
+    clip_range: tuple[float, float] = (0.05, 5.0)
+    noise_range: tuple[float, float] = (1.0, 30.0)
+    prune_max: float = 0.9
+    budget_mode: str = "project"
+    reward: dict[str, Any] = field(default_factory=lambda: {"name": "utility", "kwargs": {}})
+    observation: str = "private"
+    optimizer: str = "adam"
+    learning_rate: float = 5e-3
+    count_noise: float | None = 10.0
+    loss_noise: float | None = 10.0
+    loss_bound: float = 8.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from dp_gym.envs.fine_tuning import OPTIMIZERS
+        from dp_gym.envs.rewards import registered_rewards
+        from dp_gym.privacy import ACCOUNTANTS
+        from dp_gym.tasks import resolve_task
+
+        if not isinstance(self.task, str):
+            raise ConfigError(f"task must be a string (a registered name or 'module:Class'), got {self.task!r}")
+        try:
+            resolve_task(self.task)
+        except ValueError as error:
+            raise ConfigError(f"task: {error}") from None
+        if not isinstance(self.task_kwargs, dict):
+            raise ConfigError(f"task_kwargs must be a mapping, got {self.task_kwargs!r}")
+        self.epsilon = _number("epsilon", self.epsilon)
+        if self.epsilon <= 0:
+            raise ConfigError(f"epsilon must be > 0, got {self.epsilon:g}")
+        self.delta = _number("delta", self.delta)
+        if not (0 < self.delta < 1):
+            raise ConfigError(f"delta must be in (0, 1), got {self.delta:g}")
+        _choice("accountant", self.accountant, ACCOUNTANTS)
+        self.sample_rate = _number("sample_rate", self.sample_rate)
+        if not (0 < self.sample_rate <= 1):
+            raise ConfigError(f"sample_rate must be in (0, 1], got {self.sample_rate:g}")
+        _integer("max_updates", self.max_updates, 1)
+        _integer("updates_per_step", self.updates_per_step, 1)
+        if self.updates_per_step > self.max_updates:
+            raise ConfigError(f"updates_per_step ({self.updates_per_step}) must be <= max_updates ({self.max_updates})")
+        self._check_controls()
+        self.clip_range = _range("clip_range", self.clip_range)
+        self.noise_range = _range("noise_range", self.noise_range)
+        self.prune_max = _number("prune_max", self.prune_max)
+        if not (0 <= self.prune_max <= 1):
+            raise ConfigError(f"prune_max must be in [0, 1], got {self.prune_max:g}")
+        _choice("budget_mode", self.budget_mode, BUDGET_MODES)
+        if not isinstance(self.reward, dict) or "name" not in self.reward:
+            raise ConfigError(f"reward must be a mapping with a 'name', got {self.reward!r}")
+        unknown = set(self.reward) - {"name", "kwargs"}
+        if unknown:
+            raise ConfigError(f"reward has unknown keys {sorted(unknown)}; allowed: ['kwargs', 'name']")
+        _choice("reward.name", self.reward["name"], tuple(registered_rewards()))
+        if not isinstance(self.reward.get("kwargs", {}), dict):
+            raise ConfigError(f"reward.kwargs must be a mapping, got {self.reward['kwargs']!r}")
+        _choice("observation", self.observation, OBSERVATION_MODES)
+        _choice("optimizer", self.optimizer, tuple(sorted(OPTIMIZERS)))
+        self.learning_rate = _number("learning_rate", self.learning_rate)
+        if self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate:g}")
+        for name in ("count_noise", "loss_noise"):
+            value = getattr(self, name)
+            if value is not None and _number(name, value) <= 0:
+                raise ConfigError(f"{name} must be > 0 or null, got {value!r}")
+        self.loss_bound = _number("loss_bound", self.loss_bound)
+        if self.loss_bound <= 0:
+            raise ConfigError(f"loss_bound must be > 0, got {self.loss_bound:g}")
+        _integer("seed", self.seed, 0)
+
+    def _check_controls(self) -> None:
+        if not isinstance(self.controls, dict):
+            raise ConfigError(f"controls must be a mapping of {list(CONTROLS)}, got {self.controls!r}")
+        unknown = set(self.controls) - set(CONTROLS)
+        if unknown:
+            raise ConfigError(f"controls has unknown keys {sorted(unknown)}; allowed: {list(CONTROLS)}")
+        controls = {c: self.controls.get(c, "control") for c in CONTROLS}
+        for name, value in controls.items():
+            if isinstance(value, str):
+                allowed = CONTROL_MODES if name == "noise" else ("control",)
+                _choice(f"controls.{name}", value, allowed)
+                continue
+            number = _number(f"controls.{name}", value)
+            if name in ("clip", "noise") and number <= 0:
+                raise ConfigError(f"controls.{name} must be > 0 when fixed, got {number:g}")
+            if name == "prune" and not (0 <= number < 1):
+                raise ConfigError(f"controls.prune must be in [0, 1) when fixed, got {number:g}")
+            controls[name] = number
+        self.controls = controls
+
+    @property
+    def controlled(self) -> list[str]:
+        """The controls that are in the action vector, in layout order."""
+        return [c for c in CONTROLS if self.controls[c] == "control"]
+
+    @property
+    def privacy_valid(self) -> bool:
+        return self.observation == "private"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["clip_range"] = list(self.clip_range)
+        data["noise_range"] = list(self.noise_range)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], **overrides: Any) -> EnvConfig:
+        """Build from a mapping; unknown keys are rejected by name."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"an environment config must be a mapping, got {type(data).__name__}")
+        merged = {**data, **overrides}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(merged) - known)
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {unknown}; allowed: {sorted(known)}")
+        return cls(**merged)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> EnvConfig:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
+        data.pop("id", None)
+        data.pop("description", None)
+        return cls.from_dict(data, **overrides)

@@ -1,0 +1,26 @@
+"""The Gymnasium environment: actions, observations, rewards, registration."""
+
+from dp_gym.envs.actions import ActionCodec, DecodedAction
+from dp_gym.envs.dp_finetune_env import DPFineTuneEnv
+from dp_gym.envs.fine_tuning import FineTuningRun, RunSettings
+from dp_gym.envs.observations import ObservationBuilder
+from dp_gym.envs.registration import list_envs, make, make_from_config, register_builtin_envs, register_config
+from dp_gym.envs.rewards import RewardContext, get_reward, register_reward, registered_rewards
+
+__all__ = [
+    "ActionCodec",
+    "DPFineTuneEnv",
+    "DecodedAction",
+    "FineTuningRun",
+    "ObservationBuilder",
+    "RewardContext",
+    "RunSettings",
+    "get_reward",
+    "list_envs",
+    "make",
+    "make_from_config",
+    "register_builtin_envs",
+    "register_config",
+    "register_reward",
+    "registered_rewards",
+]

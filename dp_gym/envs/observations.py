@@ -1,0 +1,110 @@
+"""The observation vector and its named layout.
+
+Per group: ``log10`` noisy-gradient norm, privatized unclipped fraction (when released),
+``log10`` clip, ``log10`` noise, prune ratio, ``log10`` update norm, cosine between the last
+noisy updates of successive steps. Global: public validation loss and its change, privatized
+training loss (when released), epsilon spent / budget, updates done / max, ``log10`` of the
+composed noise multiplier. Oracle mode appends raw per-sample norm quantiles and the clean
+training loss (not private).
+
+Privacy: norms, update norms and cosines are post-processing of the noisy release; fractions and
+the training loss are privatized releases accounted in the step's noise multiplier; the
+validation loss is computed on public data; clip / noise / prune / epsilon / updates are the
+controller's own choices or public bookkeeping.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from dp_gym.config import EnvConfig
+from dp_gym.engine import StepReport
+
+BOUND = 10.0
+QUANTILES = (0.1, 0.5, 0.9)
+
+
+def _log10(value: float) -> float:
+    return math.log10(max(float(value), 1e-8))
+
+
+class ObservationBuilder:
+    """Builds the fixed-length observation from the step's releases."""
+
+    def __init__(self, config: EnvConfig, group_names: list[str]):
+        self.config = config
+        self.group_names = list(group_names)
+        per_group = ["log_noisy_grad_norm"]
+        if config.count_noise is not None:
+            per_group.append("unclipped_fraction")
+        per_group += ["log_clip", "log_noise", "prune", "log_update_norm", "update_cosine"]
+        if config.observation == "oracle":
+            per_group += [f"oracle_log_norm_q{int(q * 100)}" for q in QUANTILES]
+        self.per_group = per_group
+        global_features = ["val_loss", "val_loss_change"]
+        if config.loss_noise is not None:
+            global_features.append("train_loss")
+        global_features += ["epsilon_fraction", "updates_fraction", "log_sigma_eff"]
+        if config.observation == "oracle":
+            global_features.append("oracle_clean_train_loss")
+        self.global_features = global_features
+        self.layout = [f"{f}/{g}" for g in self.group_names for f in per_group] + global_features
+        self.space = spaces.Box(-BOUND, BOUND, shape=(len(self.layout),), dtype=np.float32)
+
+    def initial(self, val_loss: float) -> np.ndarray:
+        """Before any update: gradient features zero, the base model's validation loss."""
+        values = dict.fromkeys(self.layout, 0.0)
+        values["val_loss"] = val_loss
+        return self._vector(values)
+
+    def build(self, reports: list[StepReport], previous_update: dict[str, torch.Tensor] | None,
+              val_loss: float, val_loss_before: float, epsilon: float, updates: int) -> np.ndarray:
+        cfg = self.config
+        last = reports[-1]
+        values: dict[str, float] = {}
+        for index, group in enumerate(self.group_names):
+            values[f"log_noisy_grad_norm/{group}"] = _log10(np.mean([r.noisy_grad_norm[index] for r in reports]))
+            if cfg.count_noise is not None:
+                values[f"unclipped_fraction/{group}"] = float(np.mean([r.unclipped_fraction[index] for r in reports]))
+            values[f"log_clip/{group}"] = _log10(last.clip[index])
+            values[f"log_noise/{group}"] = _log10(last.noise[index])
+            values[f"prune/{group}"] = float(last.prune[index])
+            values[f"log_update_norm/{group}"] = _log10(np.mean([r.update_norm[index] for r in reports]))
+            values[f"update_cosine/{group}"] = _cosine(previous_update, last.noisy_update, group)
+            if cfg.observation == "oracle":
+                quantiles = _oracle_mean(reports, lambda o: o["per_sample_norm_quantiles"][index], len(QUANTILES))
+                for q, value in zip(QUANTILES, quantiles, strict=True):
+                    values[f"oracle_log_norm_q{int(q * 100)}/{group}"] = _log10(value)
+        values["val_loss"] = val_loss
+        values["val_loss_change"] = val_loss - val_loss_before
+        if cfg.loss_noise is not None:
+            values["train_loss"] = float(np.mean([r.train_loss for r in reports]))
+        values["epsilon_fraction"] = epsilon / cfg.epsilon
+        values["updates_fraction"] = updates / cfg.max_updates
+        values["log_sigma_eff"] = _log10(last.noise_multiplier)
+        if cfg.observation == "oracle":
+            values["oracle_clean_train_loss"] = float(_oracle_mean(reports, lambda o: o["clean_train_loss"], 1)[0])
+        return self._vector(values)
+
+    def _vector(self, values: dict[str, float]) -> np.ndarray:
+        vector = np.array([values.get(name, 0.0) for name in self.layout], dtype=np.float64)
+        vector = np.nan_to_num(vector, nan=0.0, posinf=BOUND, neginf=-BOUND)
+        return np.clip(vector, -BOUND, BOUND).astype(np.float32)
+
+
+def _oracle_mean(reports: list[StepReport], read, size: int) -> np.ndarray:
+    """Mean of an oracle statistic over the step's updates (empty batches have none)."""
+    samples = [np.atleast_1d(read(r.oracle)) for r in reports if r.oracle is not None]
+    return np.mean(samples, axis=0) if samples else np.zeros(size)
+
+
+def _cosine(previous: dict[str, torch.Tensor] | None, current: dict[str, torch.Tensor], group: str) -> float:
+    if previous is None or group not in previous:
+        return 0.0
+    a, b = previous[group], current[group]
+    denominator = float(a.norm() * b.norm())
+    return float(torch.dot(a, b)) / denominator if denominator > 0 else 0.0
