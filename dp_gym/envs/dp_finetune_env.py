@@ -186,9 +186,10 @@ class DPFineTuneEnv(gym.Env):
         }
         if applied is not None:
             clip, noise, prune = applied
-            info.update(clip=np.asarray(clip, dtype=np.float64), noise=np.asarray(noise, dtype=np.float64),
-                        prune=np.asarray(prune, dtype=np.float64),
-                        asked_noise=np.asarray(asked_noise, dtype=np.float64))
+            # np.array copies: infos must not share objects between steps (users keep them)
+            info.update(clip=np.array(clip, dtype=np.float64), noise=np.array(noise, dtype=np.float64),
+                        prune=np.array(prune, dtype=np.float64),
+                        asked_noise=np.array(asked_noise, dtype=np.float64))
         return info
 
     # ------------------------------------------------------------------ checkpointing

@@ -76,7 +76,7 @@ class ObservationBuilder:
             values[f"log_update_norm/{group}"] = _log10(np.mean([r.update_norm[index] for r in reports]))
             values[f"update_cosine/{group}"] = _cosine(previous_update, last.noisy_update, group)
             if cfg.observation == "oracle":
-                quantiles = _oracle_mean(reports, lambda o: o["per_sample_norm_quantiles"][index], len(QUANTILES))
+                quantiles = _oracle_mean(reports, lambda o, i=index: o["per_sample_norm_quantiles"][i], len(QUANTILES))
                 for q, value in zip(QUANTILES, quantiles, strict=True):
                     values[f"oracle_log_norm_q{int(q * 100)}/{group}"] = _log10(value)
         values["val_loss"] = val_loss

@@ -1,0 +1,63 @@
+import pytest
+
+import dp_gym
+from dp_gym import ConfigError, EnvConfig
+
+
+@pytest.mark.parametrize("overrides, field", [
+    ({"epsilon_budget": 3.0}, "unknown config key"),
+    ({"epsilon": 0.0}, "epsilon must be > 0"),
+    ({"epsilon": -1}, "epsilon must be > 0"),
+    ({"epsilon": "three"}, "epsilon must be a number"),
+    ({"delta": 1.0}, r"delta must be in \(0, 1\)"),
+    ({"delta": 0.0}, r"delta must be in \(0, 1\)"),
+    ({"clip_range": [-1.0, 5.0]}, r"clip_range\[0\] must be > 0, got -1"),
+    ({"clip_range": [2.0, 1.0]}, r"clip_range\[1\] must be >= clip_range\[0\]"),
+    ({"clip_range": 3.0}, r"clip_range must be a pair"),
+    ({"noise_range": [0.0, 5.0]}, r"noise_range\[0\] must be > 0"),
+    ({"task": "no_such_module:Task"}, "task: task 'no_such_module:Task' does not import"),
+    ({"task": "unicorn"}, "unknown task 'unicorn'; registered"),
+    ({"max_updates": 0}, "max_updates must be >= 1"),
+    ({"max_updates": 2.5}, "max_updates must be an integer"),
+    ({"updates_per_step": 10, "max_updates": 5}, "updates_per_step"),
+    ({"budget_mode": "hope"}, r"budget_mode must be one of \['project', 'terminate'\]"),
+    ({"observation": "peek"}, "observation must be one of"),
+    ({"accountant": "gdp"}, "accountant must be one of"),
+    ({"controls": {"clip": "control", "momentum": 1}}, "controls has unknown keys"),
+    ({"controls": {"clip": "calibrated"}}, r"controls.clip must be one of \['control'\]"),
+    ({"controls": {"prune": 1.5}}, r"controls.prune must be in \[0, 1\)"),
+    ({"reward": {"name": "happiness"}}, "reward.name must be one of"),
+    ({"reward": {"name": "utility", "kwarg": {}}}, "reward has unknown keys"),
+    ({"prune_max": 2.0}, r"prune_max must be in \[0, 1\]"),
+    ({"sample_rate": 0.0}, r"sample_rate must be in \(0, 1\]"),
+    ({"count_noise": -1.0}, "count_noise must be > 0 or null"),
+    ({"optimizer": "lbfgs"}, "optimizer must be one of"),
+    ({"seed": -3}, "seed must be >= 0"),
+])
+def test_bad_config_names_its_field(overrides, field):
+    with pytest.raises(ConfigError, match=field):
+        EnvConfig.from_dict({}, **overrides)
+
+
+def test_bad_override_through_gymnasium_make_fails_before_building_anything(monkeypatch):
+    import dp_gym.tasks.text as text
+
+    def explode(*args, **kwargs):
+        raise AssertionError("a model was built before the config was validated")
+
+    monkeypatch.setattr(text.TextTask, "__init__", explode)
+    with pytest.raises(ConfigError, match="delta must be in"):
+        dp_gym.make("dp_gym/TinyText-v0", delta=2.0)
+
+
+def test_yaml_presets_load_and_controls_default():
+    config = EnvConfig.from_yaml("envs_configs/tiny_text_clip_only.yaml")
+    assert config.controlled == ["clip"] and config.controls["noise"] == "calibrated"
+    assert EnvConfig().controlled == ["clip", "noise", "prune"]
+    with pytest.raises(FileNotFoundError):
+        EnvConfig.from_yaml("envs_configs/missing.yaml")
+
+
+def test_config_round_trips_through_a_dict():
+    config = EnvConfig(epsilon=8.0, controls={"clip": "control", "noise": 2.0, "prune": 0.0})
+    assert EnvConfig.from_dict(config.to_dict()) == config
