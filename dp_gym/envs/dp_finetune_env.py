@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import copy
 import functools
+import time
+from collections import defaultdict
+from contextlib import contextmanager
 from typing import Any
 
 import gymnasium as gym
@@ -73,6 +76,16 @@ class DPFineTuneEnv(gym.Env):
             [config.noise_range[1]] * len(self.group_names), config.count_noise, self._n_counted, config.loss_noise)
         self._seeded = False
         self._episode: dict[str, Any] = {}
+        #: seconds spent per phase since construction: dp_update, evaluation, accounting, total_step
+        self.timings: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def _timed(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[phase] += time.perf_counter() - start
 
     # ------------------------------------------------------------------ layouts
     @property
@@ -111,6 +124,10 @@ class DPFineTuneEnv(gym.Env):
         return observation, self._info(None, None, projected=False)
 
     def step(self, action):
+        with self._timed("total_step"):
+            return self._step(action)
+
+    def _step(self, action):
         if not self._episode:
             raise RuntimeError("call reset() before step()")
         if self._episode["done"]:
@@ -122,29 +139,36 @@ class DPFineTuneEnv(gym.Env):
         updates = min(cfg.updates_per_step, cfg.max_updates - run.updates)
         z = composed_noise_multiplier(noise, cfg.count_noise, self._n_counted, cfg.loss_noise)
         projected, out_of_budget = False, False
-        epsilon_before = run.ledger.epsilon()
-        if run.ledger.epsilon_if(z, cfg.sample_rate, updates) > cfg.epsilon:
-            if cfg.budget_mode == "terminate":
-                out_of_budget = True
-            else:
-                try:
-                    z_fit = min_noise_for_budget(run.ledger, cfg.epsilon, cfg.sample_rate, updates)
-                    noise = np.array(scale_sigmas_to(noise, z_fit, cfg.count_noise, self._n_counted, cfg.loss_noise))
-                    projected = True
-                except (BudgetExhaustedError, ValueError):
+        with self._timed("accounting"):
+            epsilon_before = run.ledger.epsilon()
+            if run.ledger.epsilon_if(z, cfg.sample_rate, updates) > cfg.epsilon:
+                if cfg.budget_mode == "terminate":
                     out_of_budget = True
+                else:
+                    try:
+                        z_fit = min_noise_for_budget(run.ledger, cfg.epsilon, cfg.sample_rate, updates)
+                        noise = np.array(scale_sigmas_to(noise, z_fit, cfg.count_noise, self._n_counted,
+                                                         cfg.loss_noise))
+                        projected = True
+                    except (BudgetExhaustedError, ValueError):
+                        out_of_budget = True
 
         val_before = episode["val_loss"]
         if out_of_budget:
             observation, val_loss = episode["observation"], val_before
         else:
-            reports = run.run_updates(decoded.clip, noise, decoded.prune, updates)
-            val_loss = run.evaluate()
+            with self._timed("dp_update"):
+                reports = run.run_updates(decoded.clip, noise, decoded.prune, updates)
+            with self._timed("evaluation"):
+                val_loss = run.evaluate()
+            with self._timed("accounting"):
+                epsilon = run.ledger.epsilon()
             observation = self.observer.build(reports, episode["previous_update"], val_loss, val_before,
-                                              run.ledger.epsilon(), run.updates)
+                                              epsilon, run.updates)
             episode.update(previous_update=reports[-1].noisy_update, observation=observation,
                            val_loss=val_loss, sigma_eff=reports[-1].noise_multiplier)
-        terminated = out_of_budget or self._budget_spent()
+        with self._timed("accounting"):
+            terminated = out_of_budget or self._budget_spent()
         truncated = not terminated and run.updates >= cfg.max_updates
         reward = self.reward_fn(RewardContext(
             val_loss_base=run.base_val_loss, val_loss_before=val_before, val_loss=val_loss,
