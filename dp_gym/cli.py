@@ -1,4 +1,7 @@
-"""The ``dp-gym`` command line."""
+"""The ``dp-gym`` command line: ``envs | train | evaluate | compare | tune-vanilla | finetune | demo``.
+
+Every command validates its arguments and fails with one clear line and a non-zero exit.
+"""
 
 from __future__ import annotations
 
@@ -6,124 +9,242 @@ import argparse
 import json
 import math
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
-import numpy as np
+from rich.console import Console
+
+console = Console()
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
 
 
-def _probability(text: str) -> float:
-    value = float(text)
-    if not (0 < value < 1):
-        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text}")
+def _env_id(text: str) -> str:
+    import dp_gym
+
+    if text not in dp_gym.list_envs():
+        raise argparse.ArgumentTypeError(f"unknown environment id {text!r}; registered: {', '.join(dp_gym.list_envs())}")
+    return text
+
+
+def _overrides(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"--env-overrides must be a JSON object: {error}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("--env-overrides must be a JSON object")
     return value
 
 
-def finetune_fixed(args: argparse.Namespace) -> dict:
-    """Plain DP-SGD on the tiny default: equal per-group noise spending the budget in ``updates``."""
-    from rich.console import Console
-    from rich.progress import Progress
-    from rich.table import Table
+# ---------------------------------------------------------------------------------- controllers
+def controller_factory(spec: str):
+    """``"vanilla"``, ``"adaptive_quantile:initial_clip=0.3"``, ``"sac:PATH"`` -> factory(env)."""
+    from agents.heuristics import make_controller, registered_controllers
+    from agents.rl import algorithms, load_policy
 
-    from dp_gym.envs.fine_tuning import FineTuningRun, RunSettings
-    from dp_gym.privacy import calibrate_noise, equal_group_sigmas
-    from dp_gym.tasks import TextTask, perplexity
+    name, _, rest = spec.partition(":")
+    if name in algorithms():
+        if not rest:
+            raise ValueError(f"controller {spec!r}: give the model file, e.g. {name}:runs/train/model.zip")
+        if not Path(rest).exists():
+            raise FileNotFoundError(f"controller {spec!r}: policy file {rest} does not exist")
+        return lambda env: load_policy(f"{name}:{rest}")
+    if name not in registered_controllers():
+        raise ValueError(f"unknown controller {name!r}; heuristics: {registered_controllers()}, "
+                         f"RL: {[a + ':PATH' for a in sorted(algorithms())]}")
+    kwargs = {}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        kwargs[key] = float(value)
+    return lambda env: make_controller(name, env, **kwargs)
 
-    console = Console()
-    console.print("[bold]dp-gym[/]: preparing the tiny default (first run pre-trains it on public text, cached)")
-    task = TextTask(n_train=args.n_train)
-    settings = RunSettings(delta=args.delta, sample_rate=args.sample_rate, learning_rate=args.lr, seed=args.seed)
-    run = FineTuningRun(task, settings)
-    groups = len(run.group_names)
-    z = calibrate_noise(args.epsilon, args.delta, args.sample_rate, args.updates, settings.accountant)
-    sigmas = np.array(equal_group_sigmas(z, groups, settings.count_noise,
-                                         groups if settings.count_noise else 0, settings.loss_noise))
-    clip, prune = np.full(groups, args.clip), np.zeros(groups)
-    start = time.perf_counter()
-    val_before = run.evaluate()
-    with Progress(console=console, transient=True) as progress:
-        bar = progress.add_task("DP fine-tuning", total=args.updates)
-        for _ in range(args.updates):
-            run.run_updates(clip, sigmas, prune, 1)
-            progress.update(bar, advance=1, description=f"DP fine-tuning (epsilon {run.ledger.epsilon():.3f})")
-    val_after = run.evaluate()
-    result = {
-        "mode": "fixed DP-SGD",
-        "epsilon": run.ledger.epsilon(),
-        "epsilon_budget": args.epsilon,
-        "delta": args.delta,
-        "accountant": settings.accountant,
-        "updates": run.updates,
-        "groups": run.group_names,
-        "group_noise_multiplier": float(sigmas[0]),
-        "composed_noise_multiplier": z,
-        "clip": args.clip,
-        "val_loss_before": val_before,
-        "val_loss_after": val_after,
-        "val_ppl_before": perplexity(val_before),
-        "val_ppl_after": perplexity(val_after),
-        "wall_time_s": time.perf_counter() - start,
-        "privacy_valid": True,
-    }
-    table = Table(title="DP fine-tuning of the tiny default")
-    table.add_column("quantity")
-    table.add_column("value", justify="right")
-    table.add_row("epsilon spent / budget", f"{result['epsilon']:.3f} / {args.epsilon:g} (delta {args.delta:g})")
-    table.add_row("updates", str(run.updates))
-    table.add_row("groups x sigma_g", f"{groups} x {sigmas[0]:.3f} (composed z = {z:.3f})")
-    table.add_row("val perplexity before", f"{result['val_ppl_before']:.2f}")
-    table.add_row("val perplexity after", f"{result['val_ppl_after']:.2f}")
-    table.add_row("wall time", f"{result['wall_time_s']:.1f} s")
-    console.print(table)
+
+# ---------------------------------------------------------------------------------- commands
+def cmd_envs(args) -> None:
+    import dp_gym
+
+    for env_id, description in dp_gym.list_envs().items():
+        console.print(f"[bold]{env_id}[/]  {description}")
+
+
+def cmd_train(args) -> None:
+    from agents.rl import train
+
+    path = train(args.env, args.algo, args.timesteps, args.seed, args.out, resume=args.resume,
+                 env_overrides=args.env_overrides, checkpoint_every=args.checkpoint_every,
+                 progress_bar=not args.no_progress)
+    console.print(f"model: {path}\nTensorBoard: tensorboard --logdir {Path(args.out) / 'tb'}")
+
+
+def _compare_and_report(env_id, specs: dict[str, Any], seeds, out, overrides, reference="vanilla",
+                        extra: dict | None = None) -> list:
+    import dp_gym
+    from agents.evaluate import compare, markdown_table, summarize, write_report
+
+    with console.status("running episodes") as status:
+        results = compare(specs, lambda: dp_gym.make(env_id, **overrides), seeds,
+                          progress=lambda text: status.update(f"episode: {text}"))
+    paths = write_report(results, out, reference=reference if reference in specs else None,
+                         extra={"env_id": env_id, "env_overrides": overrides, **(extra or {})})
+    console.print(markdown_table(summarize(results, reference), reference))
+    console.print("written: " + ", ".join(str(p) for p in paths.values()))
+    return results
+
+
+def cmd_evaluate(args) -> None:
+    _compare_and_report(args.env, {args.policy.split(":")[0]: controller_factory(args.policy)},
+                        list(range(args.seed, args.seed + args.episodes)), args.out, args.env_overrides)
+
+
+def cmd_compare(args) -> None:
+    specs = {}
+    for spec in args.controllers:
+        name = spec.split(":")[0]
+        specs[name if name not in specs else spec] = controller_factory(spec)  # two of a kind: full spec
+    _compare_and_report(args.env, specs, list(range(args.seeds)), args.out, args.env_overrides)
+
+
+def tune_vanilla(env_id: str, clips, seed: int, overrides: dict[str, Any]) -> tuple[float, dict[float, float]]:
+    """Grid-search the vanilla clip on the public validation perplexity (one episode each)."""
+    import dp_gym
+    from agents.evaluate import run_episode
+    from agents.heuristics import make_controller
+
+    env = dp_gym.make(env_id, **overrides)
+    scores = {}
+    for clip in clips:
+        result = run_episode(make_controller("vanilla", env, clip=clip), env, seed, f"vanilla C={clip:g}")
+        scores[clip] = result.final_val_ppl
+        console.print(f"  vanilla C={clip:g}: val ppl {result.final_val_ppl:.2f} (epsilon {result.epsilon:.3f})")
+    env.close()
+    return min(scores, key=scores.get), scores
+
+
+def cmd_tune_vanilla(args) -> None:
+    best, scores = tune_vanilla(args.env, args.clips, args.seed, args.env_overrides)
+    console.print(f"best clip: {best:g}")
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "tune_vanilla.json").write_text(json.dumps({"best_clip": best, "scores": scores}, indent=1))
+
+
+def cmd_finetune(args) -> None:
+    from agents.online import finetune_online
+
+    env_id = args.env
+    overrides = dict(args.env_overrides)
+    if args.config:
+        from dp_gym.envs.registration import register_config
+
+        env_id = register_config(args.config, force=True)
+    report = finetune_online(env_id, args.controller, args.out, args.seed, overrides)
+    console.print(f"fine-tuned with {args.controller}: val ppl {report['base_val_ppl']:.2f} -> {report['val_ppl']:.2f}, "
+                  f"epsilon {report['epsilon']:.3f} / {report['epsilon_budget']:g} (delta {report['delta']:g}, "
+                  f"{report['accountant']}), privacy_valid={report['privacy_valid']}")
+    console.print(f"model: {Path(args.out) / 'model'}  report: {Path(args.out) / 'privacy_report.json'}")
+
+
+def cmd_demo(args) -> None:
+    """The main job: tune vanilla, train SAC, compare SAC with vanilla and adaptive quantile."""
+    from agents.rl import train
+
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(result, indent=2))
-    console.print(f"results written to {out / 'results.json'}")
-    return result
+    env_id = "dp_gym/TinyText-v0"
+    console.rule("[bold]dp-gym demo[/]: SAC vs tuned DP-SGD vs adaptive clipping, epsilon 3, delta 1e-5")
+    console.print("1/3 tuning the vanilla DP-SGD clip on public validation data")
+    best_clip, _ = tune_vanilla(env_id, args.clips, 0, {})
+    console.print(f"2/3 training SAC for {args.timesteps} steps ({args.timesteps // 50} episodes)")
+    model = train(env_id, "sac", args.timesteps, args.seed, out / "sac", progress_bar=not args.no_progress,
+                  checkpoint_every=max(args.timesteps // 4, 1))
+    console.print(f"3/3 comparing over {args.seeds} seeds")
+    specs = {"vanilla": controller_factory(f"vanilla:clip={best_clip}"),
+             "adaptive_quantile": controller_factory("adaptive_quantile"),
+             "sac": controller_factory(f"sac:{model}")}
+    _compare_and_report(env_id, specs, list(range(100, 100 + args.seeds)), out, {},
+                        extra={"vanilla_clip": best_clip, "sac_timesteps": args.timesteps})
+    console.print(f"TensorBoard: tensorboard --logdir {out / 'sac' / 'tb'}; plots and tables in {out}/")
 
 
+# ---------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dp-gym", description="DP fine-tuning of language models as an RL environment")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    def add_finetune_arguments(command: argparse.ArgumentParser, out: str) -> None:
-        command.add_argument("--epsilon", type=_positive_float, default=3.0)
-        command.add_argument("--delta", type=_probability, default=1e-5)
-        command.add_argument("--updates", type=_positive_int, default=100)
-        command.add_argument("--clip", type=_positive_float, default=0.5)
-        command.add_argument("--lr", type=_positive_float, default=5e-3)
-        command.add_argument("--sample-rate", type=_probability, default=0.05)
-        command.add_argument("--n-train", type=_positive_int, default=512)
+    commands.add_parser("envs", help="list the registered environment ids")
+
+    def common(command, out, env=True):
+        if env:
+            command.add_argument("--env", type=_env_id, default="dp_gym/TinyText-v0")
+            command.add_argument("--env-overrides", type=_overrides, default={},
+                                 help='JSON object of config overrides, e.g. \'{"epsilon": 8}\'')
         command.add_argument("--seed", type=int, default=0)
         command.add_argument("--out", default=out)
 
-    finetune = commands.add_parser("finetune", help="DP fine-tuning with a fixed DP-SGD schedule")
-    add_finetune_arguments(finetune, "runs/finetune")
+    train = commands.add_parser("train", help="train an RL controller")
+    common(train, "runs/train")
+    train.add_argument("--algo", default="sac", choices=["sac", "td3", "ppo", "a2c", "tqc"])
+    train.add_argument("--timesteps", type=_positive_int, default=500)
+    train.add_argument("--resume", default=None, help="a previous --out folder to continue from")
+    train.add_argument("--checkpoint-every", type=_positive_int, default=100)
+    train.add_argument("--no-progress", action="store_true")
+
+    evaluate = commands.add_parser("evaluate", help="evaluate one controller")
+    common(evaluate, "runs/evaluate")
+    evaluate.add_argument("--policy", required=True, help="a heuristic name or ALGO:PATH")
+    evaluate.add_argument("--episodes", type=_positive_int, default=3)
+
+    comparison = commands.add_parser("compare", help="compare controllers on the same budget")
+    common(comparison, "runs/compare")
+    comparison.add_argument("--controllers", nargs="+", required=True)
+    comparison.add_argument("--seeds", type=_positive_int, default=5)
+
+    tune = commands.add_parser("tune-vanilla", help="grid-search the DP-SGD clip on public validation data")
+    common(tune, None)
+    tune.add_argument("--clips", type=_positive_float, nargs="+", default=[0.1, 0.3, 1.0])
+
+    finetune = commands.add_parser("finetune", help="online mode: fine-tune once with a controller")
+    common(finetune, "runs/finetune")
+    finetune.add_argument("--config", default=None, help="an environment YAML (instead of --env)")
+    finetune.add_argument("--controller", default="sac")
+
     demo = commands.add_parser("demo", help="the main job on the offline default")
-    add_finetune_arguments(demo, "runs/demo")
+    common(demo, "runs/demo", env=False)
+    demo.add_argument("--timesteps", type=_positive_int, default=250)
+    demo.add_argument("--seeds", type=_positive_int, default=2)
+    demo.add_argument("--clips", type=_positive_float, nargs="+", default=[0.1, 0.3, 1.0])
+    demo.add_argument("--no-progress", action="store_true")
     return parser
 
 
+COMMANDS = {"envs": cmd_envs, "train": cmd_train, "evaluate": cmd_evaluate, "compare": cmd_compare,
+            "tune-vanilla": cmd_tune_vanilla, "finetune": cmd_finetune, "demo": cmd_demo}
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
-        if args.command in ("finetune", "demo"):
-            finetune_fixed(args)
+        COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError) as error:
         print(f"dp-gym {args.command}: error: {error}", file=sys.stderr)
         return 2

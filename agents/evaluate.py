@@ -1,0 +1,211 @@
+"""Evaluate any controller (heuristic or SB3 policy) on dp-gym episodes, compare, and report.
+
+Every record written says ``privacy_valid``; a comparison that includes an oracle run says
+``privacy_valid: false`` at the top of every file it writes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class EpisodeResult:
+    controller: str
+    seed: int
+    final_val_loss: float
+    final_val_ppl: float
+    base_val_ppl: float
+    epsilon: float
+    epsilon_budget: float
+    delta: float
+    updates: int
+    steps: int
+    wall_time_s: float
+    privacy_valid: bool
+    trajectory: list[dict[str, Any]] = field(default_factory=list)
+
+    def updates_to_reach(self, target_ppl: float) -> int | None:
+        """First update count at which validation perplexity is <= ``target_ppl`` (None: never)."""
+        for point in self.trajectory:
+            if point["val_ppl"] <= target_ppl:
+                return point["updates"]
+        return None
+
+    def summary(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("trajectory")
+        return data
+
+
+def run_episode(controller, env, seed: int, name: str) -> EpisodeResult:
+    """One episode of ``controller`` (anything with SB3's ``predict``) on ``env``."""
+    unwrapped = env.unwrapped
+    start = time.perf_counter()
+    observation, info = env.reset(seed=seed)
+    base_ppl = info["val_ppl"]
+    trajectory = [{"updates": 0, "epsilon": 0.0, "val_ppl": base_ppl}]
+    episode_start, state, steps, done = np.array([True]), None, 0, False
+    while not done:
+        action, state = controller.predict(observation, state=state, episode_start=episode_start, deterministic=True)
+        observation, _, terminated, truncated, info = env.step(action)
+        episode_start = np.array([False])
+        steps += 1
+        done = terminated or truncated
+        trajectory.append({
+            "updates": info["updates"], "epsilon": info["epsilon"], "val_ppl": info["val_ppl"],
+            "clip": info["clip"].tolist(), "noise": info["noise"].tolist(), "prune": info["prune"].tolist(),
+            "budget_projected": info["budget_projected"],
+        })
+    return EpisodeResult(
+        controller=name, seed=seed, final_val_loss=info["val_loss"], final_val_ppl=info["val_ppl"],
+        base_val_ppl=base_ppl, epsilon=info["epsilon"], epsilon_budget=unwrapped.config.epsilon,
+        delta=info["delta"], updates=info["updates"], steps=steps, wall_time_s=time.perf_counter() - start,
+        privacy_valid=bool(info["privacy_valid"]), trajectory=trajectory)
+
+
+def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95% Student-t confidence interval (0 for one value)."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return float(values.mean()), 0.0
+    from scipy import stats
+
+    half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+    return float(values.mean()), float(half)
+
+
+def compare(controllers: dict[str, Callable[[Any], Any]], make_env: Callable[[], Any], seeds: Sequence[int],
+            progress: Callable[[str], None] | None = None) -> list[EpisodeResult]:
+    """Run every controller on every seed. ``controllers`` maps a name to ``factory(env)``."""
+    env = make_env()
+    results = []
+    for name, factory in controllers.items():
+        controller = factory(env)
+        for seed in seeds:
+            if progress:
+                progress(f"{name}, seed {seed}")
+            results.append(run_episode(controller, env, seed, name))
+    env.close()
+    return results
+
+
+def summarize(results: list[EpisodeResult], reference: str | None = "vanilla") -> list[dict[str, Any]]:
+    """One row per controller: final perplexity mean +- 95% CI, epsilon, updates to reach the
+    reference's final perplexity (same seed), wall time."""
+    by_seed_reference = {r.seed: r.final_val_ppl for r in results if r.controller == reference}
+    rows = []
+    for name in dict.fromkeys(r.controller for r in results):
+        mine = [r for r in results if r.controller == name]
+        ppl, ppl_ci = mean_ci95([r.final_val_ppl for r in mine])
+        reach = [r.updates_to_reach(by_seed_reference[r.seed]) for r in mine if r.seed in by_seed_reference]
+        reached = [x for x in reach if x is not None]
+        rows.append({
+            "controller": name, "episodes": len(mine), "final_val_ppl": ppl, "final_val_ppl_ci95": ppl_ci,
+            "epsilon": float(np.mean([r.epsilon for r in mine])), "epsilon_max": max(r.epsilon for r in mine),
+            "epsilon_budget": mine[0].epsilon_budget,
+            "updates_to_reference": float(np.mean(reached)) if reached else None,
+            "reached_reference": f"{len(reached)}/{len(reach)}" if reach else "-",
+            "updates": float(np.mean([r.updates for r in mine])),
+            "wall_time_s": float(np.mean([r.wall_time_s for r in mine])),
+            "privacy_valid": all(r.privacy_valid for r in mine),
+        })
+    return rows
+
+
+def markdown_table(rows: list[dict[str, Any]], reference: str | None = "vanilla") -> str:
+    header = ("| controller | final val ppl (mean +- 95% CI) | epsilon spent / budget | "
+              f"updates to reach {reference or 'reference'}'s ppl | wall time (s) | privacy valid |")
+    lines = [header, "|---|---:|---:|---:|---:|:---:|"]
+    for row in rows:
+        reach = "-" if row["updates_to_reference"] is None else f"{row['updates_to_reference']:.0f} ({row['reached_reference']})"
+        lines.append(f"| {row['controller']} | {row['final_val_ppl']:.2f} +- {row['final_val_ppl_ci95']:.2f} | "
+                     f"{row['epsilon']:.3f} / {row['epsilon_budget']:g} | {reach} | {row['wall_time_s']:.1f} | "
+                     f"{'yes' if row['privacy_valid'] else 'NO'} |")
+    return "\n".join(lines)
+
+
+def write_report(results: list[EpisodeResult], out: str | Path, reference: str | None = "vanilla",
+                 extra: dict[str, Any] | None = None) -> dict[str, Path]:
+    """results.csv, results.json, results.md and two PNG plots under ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = summarize(results, reference)
+    privacy_valid = all(r.privacy_valid for r in results)
+    paths = {"csv": out / "results.csv", "json": out / "results.json", "markdown": out / "results.md",
+             "ppl_vs_epsilon": out / "ppl_vs_epsilon.png", "controls": out / "controls_over_episode.png"}
+    with paths["csv"].open("w", newline="") as handle:
+        fields = list(results[0].summary())
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        for result in results:
+            writer.writerow(result.summary())
+    paths["json"].write_text(json.dumps({
+        "privacy_valid": privacy_valid, **(extra or {}), "summary": rows,
+        "episodes": [asdict(r) for r in results]}, indent=1))
+    warning = "" if privacy_valid else "**privacy_valid: false** (oracle observations were used)\n\n"
+    paths["markdown"].write_text(warning + markdown_table(rows, reference) + "\n")
+    _plot_ppl_vs_epsilon(results, paths["ppl_vs_epsilon"], privacy_valid)
+    _plot_controls(results, paths["controls"], privacy_valid)
+    return paths
+
+
+def _plot_ppl_vs_epsilon(results, path, privacy_valid):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for index, name in enumerate(dict.fromkeys(r.controller for r in results)):
+        for k, result in enumerate(r for r in results if r.controller == name):
+            xs = [p["epsilon"] for p in result.trajectory]
+            ys = [p["val_ppl"] for p in result.trajectory]
+            axis.plot(xs, ys, color=f"C{index}", alpha=0.8, label=name if k == 0 else None)
+    axis.set_xlabel("epsilon spent")
+    axis.set_ylabel("public validation perplexity")
+    axis.set_yscale("log")
+    axis.set_title("utility vs privacy spent" + ("" if privacy_valid else " (privacy_valid: false)"))
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _plot_controls(results, path, privacy_valid):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(r.controller for r in results))
+    figure, axes = plt.subplots(2, len(names), figsize=(3.2 * len(names), 5), squeeze=False, sharex=True)
+    for column, name in enumerate(names):
+        first = next(r for r in results if r.controller == name)
+        points = first.trajectory[1:]
+        updates = [p["updates"] for p in points]
+        for row, control in enumerate(("clip", "noise")):
+            axis = axes[row][column]
+            values = np.array([p[control] for p in points])
+            for group in range(values.shape[1] if values.ndim == 2 else 0):
+                axis.plot(updates, values[:, group], label=f"group {group}")
+            axis.set_yscale("log")
+            axis.set_title(f"{name}: {control}" if row == 0 else "", fontsize=9)
+            axis.set_ylabel(control)
+            if row == 1:
+                axis.set_xlabel("updates")
+    axes[0][0].legend(fontsize=7)
+    figure.suptitle("per-group clip and noise over an episode (seed %d)" % results[0].seed
+                    + ("" if privacy_valid else " - privacy_valid: false"), fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

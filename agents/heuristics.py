@@ -1,0 +1,192 @@
+"""Hand-made controllers with SB3's ``predict`` interface, and their name registry.
+
+Each heuristic is built for one environment (it reads ``observation_layout`` and encodes through
+the env's action codec), so it works whatever controls the env leaves in the action vector.
+Observations are read by *name*, never by index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from dp_gym.envs import DPFineTuneEnv
+from dp_gym.privacy import calibrate_noise, equal_group_sigmas
+
+
+class Controller:
+    """Base class: ``predict(obs, state, episode_start, deterministic) -> (action, state)``.
+
+    ``obs`` may be one observation or a batch (vectorized envs); the action has the same leading
+    shape. Subclasses implement ``act(observation, env_index) -> action`` for one observation.
+    """
+
+    name = "controller"
+
+    def __init__(self, env: DPFineTuneEnv):
+        self.env = env
+        self.layout = {name: index for index, name in enumerate(env.observation_layout)}
+        self.groups = env.group_names
+        self.config = env.config
+
+    def feature(self, observation: np.ndarray, name: str) -> float:
+        return float(observation[self.layout[name]])
+
+    def predict(self, observation, state=None, episode_start=None, deterministic: bool = True):
+        observation = np.asarray(observation, dtype=np.float64)
+        if observation.ndim == 1:
+            return self.act(observation, 0), state
+        return np.stack([self.act(row, index) for index, row in enumerate(observation)]), state
+
+    def act(self, observation: np.ndarray, env_index: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        return {"controller": self.name}
+
+    # helpers shared by the heuristics
+    def calibrated_sigmas(self, steps: int | None = None) -> np.ndarray:
+        """Equal per-group noise that spends the whole budget in ``steps`` (default: ``max_updates``)."""
+        cfg = self.config
+        groups = len(self.groups)
+        z = calibrate_noise(cfg.epsilon, cfg.delta, cfg.sample_rate, steps or cfg.max_updates, cfg.accountant)
+        counted = groups if cfg.count_noise is not None else 0
+        return np.array(equal_group_sigmas(z, groups, cfg.count_noise, counted, cfg.loss_noise))
+
+    def encode(self, clip, noise, prune) -> np.ndarray:
+        return self.env.codec.encode(clip=clip, noise=noise, prune=prune)
+
+
+class VanillaController(Controller):
+    """Plain DP-SGD: one clip ``C`` for every group, the noise that spends the budget exactly in
+    ``max_updates`` (equal per group, statistics included), no pruning."""
+
+    name = "vanilla"
+
+    def __init__(self, env: DPFineTuneEnv, clip: float = 0.5):
+        super().__init__(env)
+        self.clip = float(clip)
+        self.sigmas = self.calibrated_sigmas()
+        self._action = self.encode(self.clip, self.sigmas, 0.0)
+
+    def act(self, observation, env_index):
+        return self._action.copy()
+
+    def describe(self):
+        return {"controller": self.name, "clip": self.clip, "sigma_g": float(self.sigmas[0])}
+
+
+class DualPrivController(VanillaController):
+    """Vanilla DP-SGD plus Dual-Priv's static update pruning: drop the fraction ``prune`` of each
+    group's noisy update with the smallest magnitude (post-processing: costs no privacy)."""
+
+    name = "dual_priv"
+
+    def __init__(self, env: DPFineTuneEnv, clip: float = 0.5, prune: float = 0.5):
+        super().__init__(env, clip)
+        self.prune = float(prune)
+        self._action = self.encode(self.clip, self.sigmas, self.prune)
+
+    def describe(self):
+        return {**super().describe(), "prune": self.prune}
+
+
+class AdaptiveQuantileController(Controller):
+    r"""Adaptive clipping (Andrew et al., 2021), per group.
+
+    After each step, with ``b_g`` the privatized fraction of unclipped examples (released by the
+    env and accounted there), move each threshold geometrically toward the ``gamma`` quantile of
+    the per-example norms:
+
+    .. math:: C_g \leftarrow C_g \exp(-\eta (b_g - \gamma))
+
+    Noise is the vanilla calibration; nothing is pruned.
+    """
+
+    name = "adaptive_quantile"
+
+    def __init__(self, env: DPFineTuneEnv, initial_clip: float = 0.5, target_quantile: float = 0.5,
+                 learning_rate: float = 0.3):
+        super().__init__(env)
+        if env.config.count_noise is None:
+            raise ValueError("adaptive_quantile needs the privatized unclipped fractions: set count_noise")
+        self.initial_clip, self.gamma, self.eta = float(initial_clip), float(target_quantile), float(learning_rate)
+        self.sigmas = self.calibrated_sigmas()
+        self.clips: dict[int, np.ndarray] = {}
+
+    def act(self, observation, env_index):
+        low, high = self.config.clip_range
+        if self.feature(observation, "updates_fraction") == 0.0 or env_index not in self.clips:
+            self.clips[env_index] = np.full(len(self.groups), self.initial_clip)
+        else:
+            fractions = np.array([self.feature(observation, f"unclipped_fraction/{g}") for g in self.groups])
+            self.clips[env_index] = np.clip(self.clips[env_index] * np.exp(-self.eta * (fractions - self.gamma)),
+                                            low, high)
+        return self.encode(self.clips[env_index], self.sigmas, 0.0)
+
+    def describe(self):
+        return {"controller": self.name, "initial_clip": self.initial_clip, "target_quantile": self.gamma,
+                "learning_rate": self.eta}
+
+
+class DecayController(Controller):
+    """"Dynamic DP-SGD": clip and noise decay linearly from ``start`` to ``end`` times their
+    vanilla values over the episode (read from ``updates_fraction``). The noise profile is scaled
+    so the whole schedule spends about the budget; the env's projection catches any excess."""
+
+    name = "decay"
+
+    def __init__(self, env: DPFineTuneEnv, clip: float = 0.5, clip_start: float = 1.5, clip_end: float = 0.5,
+                 noise_start: float = 1.3, noise_end: float = 0.8):
+        super().__init__(env)
+        self.clip = float(clip)
+        self.clip_start, self.clip_end = clip_start, clip_end
+        self.noise_start, self.noise_end = noise_start, noise_end
+        self.sigmas = self.calibrated_sigmas()
+
+    def act(self, observation, env_index):
+        progress = float(np.clip(self.feature(observation, "updates_fraction"), 0.0, 1.0))
+        clip = self.clip * (self.clip_start + (self.clip_end - self.clip_start) * progress)
+        noise = self.sigmas * (self.noise_start + (self.noise_end - self.noise_start) * progress)
+        return self.encode(clip, noise, 0.0)
+
+
+class RandomController(Controller):
+    """Uniformly random actions (seeded)."""
+
+    name = "random"
+
+    def __init__(self, env: DPFineTuneEnv, seed: int = 0):
+        super().__init__(env)
+        self.rng = np.random.default_rng(seed)
+
+    def act(self, observation, env_index):
+        return self.rng.uniform(-1.0, 1.0, self.env.action_space.shape).astype(np.float32)
+
+
+ControllerFactory = Callable[..., Controller]
+_CONTROLLERS: dict[str, ControllerFactory] = {}
+
+
+def register_controller(name: str, factory: ControllerFactory, force: bool = False) -> None:
+    """Register a heuristic controller factory ``factory(env, **kwargs)`` under ``name``."""
+    if not force and name in _CONTROLLERS and _CONTROLLERS[name] is not factory:
+        raise ValueError(f"a controller named {name!r} is already registered")
+    _CONTROLLERS[name] = factory
+
+
+def registered_controllers() -> list[str]:
+    return sorted(_CONTROLLERS)
+
+
+def make_controller(name: str, env, **kwargs: Any) -> Controller:
+    """A heuristic by name for ``env`` (a ``DPFineTuneEnv`` or a wrapper of one)."""
+    if name not in _CONTROLLERS:
+        raise ValueError(f"unknown controller {name!r}; heuristics: {registered_controllers()}")
+    return _CONTROLLERS[name](getattr(env, "unwrapped", env), **kwargs)
+
+
+for _cls in (VanillaController, DualPrivController, AdaptiveQuantileController, DecayController, RandomController):
+    register_controller(_cls.name, _cls)

@@ -1,0 +1,185 @@
+"""Training RL controllers with Stable-Baselines3 (SAC by default; TD3, PPO, A2C, TQC).
+
+Hyper-parameters come from ``envs_configs/algos/<algo>.yaml`` in the RL Baselines3 Zoo format
+(top-level keys are env ids, with a ``default`` entry dp-gym falls back to), so
+``python -m rl_zoo3.train --algo sac --env dp_gym/TinyText-v0 --gym-packages dp_gym`` reads the
+same files.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from stable_baselines3 import A2C, PPO, SAC, TD3
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback, EvalCallback
+from stable_baselines3.common.monitor import Monitor
+
+import dp_gym
+
+ALGOS_DIR = Path(__file__).resolve().parents[1] / "envs_configs" / "algos"
+#: keys of a zoo file that are not algorithm constructor arguments
+_ZOO_ONLY = {"n_timesteps", "policy", "normalize", "n_envs", "env_wrapper", "frame_stack", "callback"}
+
+
+def algorithms() -> dict[str, type[BaseAlgorithm]]:
+    algos: dict[str, type[BaseAlgorithm]] = {"sac": SAC, "td3": TD3, "ppo": PPO, "a2c": A2C}
+    try:
+        from sb3_contrib import TQC
+
+        algos["tqc"] = TQC
+    except ImportError:  # sb3-contrib is an optional extra
+        pass
+    return algos
+
+
+def algorithm(name: str) -> type[BaseAlgorithm]:
+    algos = algorithms()
+    if name not in algos:
+        hint = " (install sb3-contrib for tqc)" if name == "tqc" else ""
+        raise ValueError(f"unknown algorithm {name!r}; available: {sorted(algos)}{hint}")
+    return algos[name]
+
+
+def _parse_policy_kwargs(text: str) -> dict[str, Any]:
+    """The zoo writes ``policy_kwargs: "dict(net_arch=[64, 64])"``; accept that literal form only."""
+    match = re.fullmatch(r"\s*dict\((.*)\)\s*", text, flags=re.S)
+    if not match:
+        raise ValueError(f"policy_kwargs must look like dict(key=value, ...), got {text!r}")
+    result: dict[str, Any] = {}
+    for part in re.split(r",\s*(?=\w+\s*=)", match.group(1).strip()):
+        if not part:
+            continue
+        key, _, value = part.partition("=")
+        result[key.strip()] = yaml.safe_load(value.strip())
+    return result
+
+
+def load_hyperparams(algo: str, env_id: str, path: Path | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(constructor kwargs, zoo-only settings)`` for ``algo`` on ``env_id``."""
+    path = path or ALGOS_DIR / f"{algo}.yaml"
+    if not path.exists():
+        raise FileNotFoundError(f"no hyper-parameter file {path}")
+    table = yaml.safe_load(path.read_text()) or {}
+    entry = dict(table.get(env_id) or table.get("default") or {})
+    zoo = {key: entry.pop(key) for key in list(entry) if key in _ZOO_ONLY}
+    if isinstance(entry.get("policy_kwargs"), str):
+        entry["policy_kwargs"] = _parse_policy_kwargs(entry["policy_kwargs"])
+    return entry, zoo
+
+
+class DPInfoLogger(BaseCallback):
+    """Per-step TensorBoard scalars: epsilon, sigma_eff, validation perplexity, per-group controls."""
+
+    def __init__(self, group_names: list[str]):
+        super().__init__()
+        self.group_names = group_names
+
+    def _on_step(self) -> bool:
+        info = self.locals["infos"][0]
+        record = self.logger.record
+        record("dp/epsilon", info["epsilon"])
+        record("dp/sigma_eff", info["sigma_eff"])
+        record("dp/val_ppl", info["val_ppl"])
+        record("dp/val_loss", info["val_loss"])
+        record("dp/budget_projected", float(info.get("budget_projected", False)))
+        record("dp/privacy_valid", float(info["privacy_valid"]))
+        for control in ("clip", "noise", "prune"):
+            if control in info:
+                for group, value in zip(self.group_names, np.atleast_1d(info[control]), strict=True):
+                    record(f"{control}/{group}", float(value))
+        self.logger.dump(self.num_timesteps)
+        return True
+
+
+def _latest_checkpoint(directory: Path) -> tuple[Path, Path | None, int] | None:
+    found = []
+    for path in directory.glob("rl_model_*_steps.zip"):
+        match = re.fullmatch(r"rl_model_(\d+)_steps\.zip", path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    if not found:
+        return None
+    steps, path = max(found)
+    buffer = directory / f"rl_model_replay_buffer_{steps}_steps.pkl"
+    return path, buffer if buffer.exists() else None, steps
+
+
+def train(env_id: str, algo: str = "sac", timesteps: int = 1000, seed: int = 0, out: str | Path = "runs/train",
+          resume: str | Path | None = None, env_overrides: dict[str, Any] | None = None,
+          checkpoint_every: int = 100, eval_every: int | None = None, progress_bar: bool = True,
+          hyperparams: dict[str, Any] | None = None) -> Path:
+    """Train ``algo`` on ``env_id`` for ``timesteps`` environment steps; returns the model path.
+
+    Writes TensorBoard logs (``out/tb``), checkpoints with the replay buffer (``out/checkpoints``),
+    the evaluation callback's log (``out/eval``), ``out/model.zip`` and ``out/run.json``. With
+    ``resume=DIR`` the latest checkpoint in ``DIR/checkpoints`` (model and replay buffer) continues
+    for the remaining steps.
+    """
+    if timesteps <= 0:
+        raise ValueError(f"timesteps must be > 0, got {timesteps}")
+    if env_id not in dp_gym.list_envs():
+        raise ValueError(f"unknown environment id {env_id!r}; registered: {list(dp_gym.list_envs())}")
+    cls = algorithm(algo)
+    kwargs, zoo = load_hyperparams(algo, env_id)
+    kwargs.update(hyperparams or {})
+    out = Path(out)
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    env_overrides = dict(env_overrides or {})
+
+    def make_env():
+        return Monitor(dp_gym.make(env_id, **env_overrides))
+
+    env = make_env()
+    eval_env = make_env()
+    done_steps = 0
+    if resume is not None:
+        latest = _latest_checkpoint(Path(resume) / "checkpoints")
+        if latest is None:
+            raise FileNotFoundError(f"no checkpoint to resume from in {Path(resume) / 'checkpoints'}")
+        model_path, buffer_path, done_steps = latest
+        model = cls.load(model_path, env=env, tensorboard_log=str(out / "tb"))
+        if buffer_path is not None and hasattr(model, "load_replay_buffer"):
+            model.load_replay_buffer(buffer_path)
+    else:
+        model = cls(zoo.get("policy", "MlpPolicy"), env, seed=seed, verbose=0, tensorboard_log=str(out / "tb"),
+                    **kwargs)
+    unwrapped = env.unwrapped
+    episode_steps = env.spec.max_episode_steps if env.spec and env.spec.max_episode_steps else 50
+    callbacks = CallbackList([
+        DPInfoLogger(unwrapped.group_names),
+        CheckpointCallback(save_freq=checkpoint_every, save_path=str(out / "checkpoints"),
+                           save_replay_buffer=hasattr(model, "replay_buffer")),
+        EvalCallback(eval_env, n_eval_episodes=1, eval_freq=eval_every or max(timesteps, 1) + 1,
+                     log_path=str(out / "eval"), best_model_save_path=str(out / "best"), deterministic=True),
+    ])
+    remaining = max(timesteps - done_steps, 0)
+    if remaining:
+        model.learn(total_timesteps=remaining, callback=callbacks, progress_bar=progress_bar,
+                    reset_num_timesteps=resume is None, tb_log_name=algo)
+    model_path = out / "model.zip"
+    model.save(model_path)
+    (out / "run.json").write_text(json.dumps({
+        "env_id": env_id, "algo": algo, "timesteps": timesteps, "seed": seed, "env_overrides": env_overrides,
+        "hyperparams": {k: v for k, v in kwargs.items() if k != "policy_kwargs"},
+        "episode_steps": episode_steps, "privacy_valid": unwrapped.config.privacy_valid,
+        "resumed_from_steps": done_steps if resume is not None else None}, indent=1))
+    env.close()
+    eval_env.close()
+    return model_path
+
+
+def load_policy(spec: str, env=None) -> BaseAlgorithm:
+    """Load ``"algo:PATH"`` (or a bare PATH, read as SAC) as an SB3 model."""
+    algo, _, path = spec.partition(":") if ":" in spec else ("sac", "", spec)
+    if not Path(path).exists():
+        raise FileNotFoundError(f"policy file {path} does not exist")
+    return algorithm(algo).load(path, env=env)
+
+
+__all__ = ["DPInfoLogger", "algorithm", "algorithms", "load_hyperparams", "load_policy", "train"]
