@@ -32,6 +32,7 @@ class EpisodeResult:
     steps: int
     wall_time_s: float
     privacy_valid: bool
+    groups: list[str] = field(default_factory=list)
     trajectory: list[dict[str, Any]] = field(default_factory=list)
 
     def updates_to_reach(self, target_ppl: float) -> int | None:
@@ -44,6 +45,7 @@ class EpisodeResult:
     def summary(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("trajectory")
+        data.pop("groups")
         return data
 
 
@@ -70,7 +72,7 @@ def run_episode(controller, env, seed: int, name: str) -> EpisodeResult:
         controller=name, seed=seed, final_val_loss=info["val_loss"], final_val_ppl=info["val_ppl"],
         base_val_ppl=base_ppl, epsilon=info["epsilon"], epsilon_budget=unwrapped.config.epsilon,
         delta=info["delta"], updates=info["updates"], steps=steps, wall_time_s=time.perf_counter() - start,
-        privacy_valid=bool(info["privacy_valid"]), trajectory=trajectory)
+        privacy_valid=bool(info["privacy_valid"]), groups=list(unwrapped.group_names), trajectory=trajectory)
 
 
 def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
@@ -196,15 +198,15 @@ def _plot_controls(results, path, privacy_valid):
         for row, control in enumerate(("clip", "noise")):
             axis = axes[row][column]
             values = np.array([p[control] for p in points])
-            for group in range(values.shape[1] if values.ndim == 2 else 0):
-                axis.plot(updates, values[:, group], label=f"group {group}")
+            for index, group in enumerate(first.groups):
+                axis.plot(updates, values[:, index], label=group)
             axis.set_yscale("log")
             axis.set_title(f"{name}: {control}" if row == 0 else "", fontsize=9)
             axis.set_ylabel(control)
             if row == 1:
                 axis.set_xlabel("updates")
     axes[0][0].legend(fontsize=7)
-    figure.suptitle("per-group clip and noise over an episode (seed %d)" % results[0].seed
+    figure.suptitle(f"per-group clip and noise over an episode (seed {results[0].seed})"
                     + ("" if privacy_valid else " - privacy_valid: false"), fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=100)

@@ -124,7 +124,7 @@ actions = st.lists(st.lists(st.sampled_from([-1.0, -0.999, 0.0, 1.0]) | st.float
 @given(sequence=actions, mode=st.sampled_from(["project", "terminate"]), epsilon=st.sampled_from([0.3, 1.0, 3.0]))
 def test_epsilon_never_exceeds_the_budget(sequence, mode, epsilon):
     env = small_env(budget_mode=mode, epsilon=epsilon, max_updates=12, updates_per_step=2)
-    for observation, _, terminated, truncated, info in rollout(env, [np.array(a) for a in sequence]):
+    for observation, _, _, _, info in rollout(env, [np.array(a) for a in sequence]):
         assert info["epsilon"] <= epsilon
         assert np.all(np.isfinite(observation)) and env.observation_space.contains(observation)
         if info.get("budget_projected"):

@@ -1,0 +1,122 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import dp_gym
+from agents.online import finetune_online
+from agents.rl import algorithm, load_hyperparams, load_policy, train
+from dp_gym.cli import main
+
+SMALL = {"task_kwargs": {"n_train": 64, "n_val": 8}, "max_updates": 8, "updates_per_step": 2}
+
+
+def scalars(directory: Path) -> dict[str, list[float]]:
+    values: dict[str, list[float]] = {}
+    for events in directory.rglob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            values.setdefault(tag, []).extend(e.value for e in accumulator.Scalars(tag))
+    return values
+
+
+def test_train_writes_tensorboard_epsilon_and_a_loadable_model_and_resumes(tmp_path):
+    model_path = train("dp_gym/TinyText-v0", "sac", timesteps=8, out=tmp_path, env_overrides=SMALL,
+                       checkpoint_every=4, progress_bar=False, hyperparams={"learning_starts": 2, "batch_size": 4})
+    logged = scalars(tmp_path / "tb")
+    assert len(logged["dp/epsilon"]) == 8 and max(logged["dp/epsilon"]) <= 3.0
+    assert "dp/val_ppl" in logged and any(tag.startswith("clip/") for tag in logged)
+    model = load_policy(f"sac:{model_path}")
+    env = dp_gym.make("dp_gym/TinyText-v0", **SMALL)
+    action, _ = model.predict(env.reset(seed=0)[0], deterministic=True)
+    assert env.action_space.contains(action)
+    assert (tmp_path / "checkpoints" / "rl_model_replay_buffer_8_steps.pkl").exists()
+
+    train("dp_gym/TinyText-v0", "sac", timesteps=12, out=tmp_path, resume=tmp_path, env_overrides=SMALL,
+          checkpoint_every=4, progress_bar=False)
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["resumed_from_steps"] == 8
+    resumed = load_policy(f"sac:{tmp_path / 'model.zip'}")
+    assert resumed.num_timesteps == 12
+    # The buffer saved after resuming holds more than the 4 post-resume steps could have made alone:
+    # the checkpointed transitions came back. (SB3 checkpoints before storing the step's transition,
+    # so each saved buffer lags one: 7 at step 8, 7 + 3 at step 12.)
+    resumed.load_replay_buffer(tmp_path / "checkpoints" / "rl_model_replay_buffer_12_steps.pkl")
+    assert resumed.replay_buffer.size() > 4
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train("dp_gym/TinyText-v0", "sac", 4, out=tmp_path, resume=tmp_path, env_overrides=SMALL, progress_bar=False)
+
+
+def test_zoo_hyperparameter_files_parse_and_construct(tmp_path):
+    env = dp_gym.make("dp_gym/TinyText-v0", **SMALL)
+    files = sorted(Path("envs_configs/algos").glob("*.yaml"))
+    assert {f.stem for f in files} >= {"sac", "td3", "ppo", "a2c", "tqc"}
+    for path in files:
+        table = yaml.safe_load(path.read_text())
+        assert "default" in table and "dp_gym/TinyText-v0" in table
+        for key, entry in table.items():
+            assert key == "default" or key in dp_gym.list_envs(), f"{path}: {key}"
+            assert {"n_timesteps", "policy"} <= set(entry), f"{path}: zoo needs n_timesteps and policy"
+        kwargs, zoo = load_hyperparams(path.stem, "dp_gym/TinyText-v0")
+        model = algorithm(path.stem)(zoo["policy"], env, **kwargs)
+        assert model.policy is not None
+
+
+def test_online_finetune_writes_model_and_privacy_report(tmp_path):
+    report = finetune_online("dp_gym/TinyText-v0", "vanilla", tmp_path / "vanilla", env_overrides=SMALL)
+    assert report["privacy_valid"] and report["epsilon"] <= 3.0 and report["history"]
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "vanilla" / "model")
+    assert model.config.n_layer == 3
+    assert report["val_ppl"] < report["base_val_ppl"]
+
+    learned = finetune_online("dp_gym/TinyText-v0", "sac", tmp_path / "sac", env_overrides=SMALL)
+    assert (tmp_path / "sac" / "controller.zip").exists() and learned["updates"] == 8
+    assert json.loads((tmp_path / "sac" / "privacy_report.json").read_text())["epsilon"] <= 3.0
+
+
+def test_compare_writes_csv_json_png_one_row_per_controller_and_seed(tmp_path):
+    overrides = json.dumps(SMALL)
+    code = main(["compare", "--controllers", "vanilla", "adaptive_quantile", "--seeds", "2",
+                 "--env-overrides", overrides, "--out", str(tmp_path)])
+    assert code == 0
+    rows = (tmp_path / "results.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 2 * 2 and rows[0].startswith("controller,seed")
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["privacy_valid"] is True and len(data["summary"]) == 2
+    for png in ("ppl_vs_epsilon.png", "controls_over_episode.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| vanilla |" in (tmp_path / "results.md").read_text()
+
+
+def test_oracle_runs_say_so_in_every_file(tmp_path):
+    overrides = json.dumps({**SMALL, "observation": "oracle"})
+    assert main(["evaluate", "--policy", "vanilla", "--episodes", "1", "--env-overrides", overrides,
+                 "--out", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "results.json").read_text())["privacy_valid"] is False
+    assert "privacy_valid: false" in (tmp_path / "results.md").read_text()
+    assert "False" in (tmp_path / "results.csv").read_text()
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["train", "--env", "dp_gym/Nope-v0"], "unknown environment id 'dp_gym/Nope-v0'; registered: dp_gym/TinyText-v0"),
+    (["train", "--timesteps", "0"], "must be a positive integer, got 0"),
+    (["evaluate", "--policy", "sac:/no/such/model.zip"], "policy file /no/such/model.zip does not exist"),
+    (["compare", "--controllers", "unicorn"], "unknown controller 'unicorn'"),
+    (["compare", "--controllers", "vanilla", "--env-overrides", "{not json"], "must be a JSON object"),
+])
+def test_bad_cli_input_is_one_clear_line_and_nonzero_exit(arguments, message):
+    process = subprocess.run([sys.executable, "-m", "dp_gym.cli", *arguments], capture_output=True, text=True,
+                             timeout=120)
+    assert process.returncode != 0
+    error_lines = [line for line in process.stderr.strip().splitlines() if "error" in line]
+    assert len(error_lines) == 1 and message in error_lines[0], process.stderr
