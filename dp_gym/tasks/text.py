@@ -47,6 +47,8 @@ class TextTask(Task):
         n_canaries, canary_repeats: canaries inserted into the private split.
         seed: data seed.
         tiny: shape of the tiny model when ``model == "tiny"``.
+        train_records, val_records: your own private training records and public validation
+            records (then ``n_train``, ``n_val`` and the canaries are not used).
     """
 
     def __init__(
@@ -59,6 +61,8 @@ class TextTask(Task):
         canary_repeats: int = 1,
         seed: int = 0,
         tiny: dict[str, Any] | None = None,
+        train_records: list[str] | None = None,
+        val_records: list[str] | None = None,
     ):
         from transformers import AutoTokenizer
 
@@ -72,8 +76,13 @@ class TextTask(Task):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.max_length = max_length
         self.canaries = make_canaries(n_canaries, canary_repeats, seed) if n_canaries else []
-        self.train_records = private_train_records(n_train, seed=1000 + seed, canaries=self.canaries)
-        self.val_records = clinical_notes(n_val, seed=2000 + seed)
+        if train_records is None:
+            train_records = private_train_records(n_train, seed=1000 + seed, canaries=self.canaries)
+        if val_records is None:
+            val_records = clinical_notes(n_val, seed=2000 + seed)
+        if not train_records or not val_records:
+            raise ValueError("train_records and val_records must not be empty")
+        self.train_records, self.val_records = list(train_records), list(val_records)
         self._train = self._encode(self.train_records)
         self._val = self._encode(self.val_records)
         self._base_state: dict[str, torch.Tensor] | None = None

@@ -247,3 +247,14 @@ def test_empty_batch_update_runs():
     report = updater.step({k: v[:0] for k, v in micro_batch().items()}, clip=1.0, noise=1.0,
                           count_noise=5.0, loss_noise=5.0)
     assert np.all(np.isfinite(report.noisy_grad_norm)) and math.isfinite(report.train_loss)
+
+
+def test_secure_mode_noise_has_the_same_std():
+    """Opacus' secure sampler (sum of 4 draws / 2) keeps std sigma*C/m."""
+    model = micro_gpt2()
+    updater, groups = make_updater(model, expected=2.0, secure_mode=True, seed=5)
+    before = snapshot(groups)
+    updater.step({k: v[:0] for k, v in micro_batch().items()}, clip=1.0, noise=[3.0, 3.0, 3.0])
+    delta = group_delta(groups, before, groups.parameters)["transformer.h.0"]
+    expected = 1.5
+    assert abs(float(delta.std()) - expected) < 4 * expected / math.sqrt(2 * delta.numel())
