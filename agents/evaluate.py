@@ -75,6 +75,24 @@ def run_episode(controller, env, seed: int, name: str) -> EpisodeResult:
         privacy_valid=bool(info["privacy_valid"]), groups=list(unwrapped.group_names), trajectory=trajectory)
 
 
+def tune_vanilla(env_id: str, clips: Sequence[float], seed: int, overrides: dict[str, Any],
+                 report: Callable[[str], None] | None = None) -> tuple[float, dict[float, float]]:
+    """Grid-search the plain DP-SGD clip on the *public* validation perplexity (one episode per
+    clip): the best-tuned baseline a fair comparison needs. Returns the best clip and all scores."""
+    import dp_gym
+    from agents.heuristics import make_controller
+
+    env = dp_gym.make(env_id, **overrides)
+    scores = {}
+    for clip in clips:
+        result = run_episode(make_controller("vanilla", env, clip=clip), env, seed, f"vanilla C={clip:g}")
+        scores[clip] = result.final_val_ppl
+        if report:
+            report(f"  vanilla C={clip:g}: val ppl {result.final_val_ppl:.2f} (epsilon {result.epsilon:.3f})")
+    env.close()
+    return min(scores, key=scores.get), scores
+
+
 def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
     """Mean and the half-width of its 95% Student-t confidence interval (0 for one value)."""
     values = np.asarray(values, dtype=float)

@@ -125,24 +125,10 @@ def cmd_compare(args) -> None:
     _compare_and_report(args.env, specs, list(range(args.seeds)), args.out, args.env_overrides)
 
 
-def tune_vanilla(env_id: str, clips, seed: int, overrides: dict[str, Any]) -> tuple[float, dict[float, float]]:
-    """Grid-search the vanilla clip on the public validation perplexity (one episode each)."""
-    import dp_gym
-    from agents.evaluate import run_episode
-    from agents.heuristics import make_controller
-
-    env = dp_gym.make(env_id, **overrides)
-    scores = {}
-    for clip in clips:
-        result = run_episode(make_controller("vanilla", env, clip=clip), env, seed, f"vanilla C={clip:g}")
-        scores[clip] = result.final_val_ppl
-        console.print(f"  vanilla C={clip:g}: val ppl {result.final_val_ppl:.2f} (epsilon {result.epsilon:.3f})")
-    env.close()
-    return min(scores, key=scores.get), scores
-
-
 def cmd_tune_vanilla(args) -> None:
-    best, scores = tune_vanilla(args.env, args.clips, args.seed, args.env_overrides)
+    from agents.evaluate import tune_vanilla
+
+    best, scores = tune_vanilla(args.env, args.clips, args.seed, args.env_overrides, report=console.print)
     console.print(f"best clip: {best:g}")
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -167,13 +153,14 @@ def cmd_finetune(args) -> None:
 
 def cmd_demo(args) -> None:
     """The main job: tune vanilla, train SAC, compare SAC with vanilla and adaptive quantile."""
+    from agents.evaluate import tune_vanilla
     from agents.rl import train
 
     out = Path(args.out)
     env_id = "dp_gym/TinyText-v0"
     console.rule("[bold]dp-gym demo[/]: SAC vs tuned DP-SGD vs adaptive clipping, epsilon 3, delta 1e-5")
     console.print("1/3 tuning the vanilla DP-SGD clip on public validation data")
-    best_clip, _ = tune_vanilla(env_id, args.clips, 0, {})
+    best_clip, _ = tune_vanilla(env_id, args.clips, 0, {}, report=console.print)
     console.print(f"2/3 training SAC for {args.timesteps} steps ({args.timesteps // 50} episodes)")
     model = train(env_id, "sac", args.timesteps, args.seed, out / "sac", progress_bar=not args.no_progress,
                   checkpoint_every=max(args.timesteps // 4, 1))
