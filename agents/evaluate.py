@@ -18,6 +18,11 @@ from typing import Any
 import numpy as np
 
 
+#: What the per-episode epsilon does and does not cover (written into every results.json).
+EPSILON_SCOPE = ("per episode: a controller trained or tuned on other episodes over the same private data "
+                 "adds those episodes' epsilon by composition; only online mode is covered end to end")
+
+
 @dataclass
 class EpisodeResult:
     controller: str
@@ -170,7 +175,7 @@ def write_report(results: list[EpisodeResult], out: str | Path, reference: str |
         for result in results:
             writer.writerow(result.summary())
     paths["json"].write_text(json.dumps({
-        "privacy_valid": privacy_valid, **(extra or {}), "summary": rows,
+        "privacy_valid": privacy_valid, "epsilon_scope": EPSILON_SCOPE, **(extra or {}), "summary": rows,
         "episodes": [asdict(r) for r in results]}, indent=1))
     warning = "" if privacy_valid else "**privacy_valid: false** (oracle observations were used)\n\n"
     paths["markdown"].write_text(warning + markdown_table(rows, reference) + "\n")

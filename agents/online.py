@@ -80,7 +80,10 @@ def finetune_online(env_id: str, controller: str = "sac", out: str | Path = "run
     model.save_pretrained(out / "model")
     unwrapped.task.tokenizer.save_pretrained(out / "model")
     report = privacy_report(env, final["ledger"], final["info"])
-    report.update(controller=controller, env_id=env_id, wall_time_s=time.perf_counter() - start,
+    report.update(epsilon_scope="end to end: the controller saw only this episode's privatized observations"
+                  if controller in ("sac", "td3", "tqc") else
+                  "this episode; a heuristic tuned on other private runs adds their epsilon",
+                  controller=controller, env_id=env_id, wall_time_s=time.perf_counter() - start,
                   base_val_ppl=perplexity(unwrapped.run.base_val_loss))
     (out / "privacy_report.json").write_text(json.dumps(report, indent=1))
     env.close()

@@ -93,6 +93,7 @@ def test_compare_writes_csv_json_png_one_row_per_controller_and_seed(tmp_path):
     assert len(rows) == 1 + 2 * 2 and rows[0].startswith("controller,seed")
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["privacy_valid"] is True and len(data["summary"]) == 2
+    assert "per episode" in data["epsilon_scope"]
     for png in ("ppl_vs_epsilon.png", "controls_over_episode.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| vanilla |" in (tmp_path / "results.md").read_text()
