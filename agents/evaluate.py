@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-
 #: What the per-episode epsilon does and does not cover (written into every results.json).
 EPSILON_SCOPE = ("per episode: a controller trained or tuned on other episodes over the same private data "
                  "adds those episodes' epsilon by composition; only online mode is covered end to end")
@@ -234,3 +233,11 @@ def _plot_controls(results, path, privacy_valid):
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+if __name__ == "__main__":  # `python -m agents.evaluate ...` is `dp-gym evaluate ...`
+    import sys
+
+    from dp_gym.cli import main
+
+    sys.exit(main(["evaluate", *sys.argv[1:]]))

@@ -121,3 +121,10 @@ def test_bad_cli_input_is_one_clear_line_and_nonzero_exit(arguments, message):
     assert process.returncode != 0
     error_lines = [line for line in process.stderr.strip().splitlines() if "error" in line]
     assert len(error_lines) == 1 and message in error_lines[0], process.stderr
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "compare", "finetune"])
+def test_python_dash_m_agents_entry_points(command):
+    process = subprocess.run([sys.executable, "-m", f"agents.{command}", "--help"], capture_output=True, text=True,
+                             timeout=120)
+    assert process.returncode == 0 and f"usage: dp-gym {command}" in process.stdout
