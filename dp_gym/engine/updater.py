@@ -255,7 +255,8 @@ class DPUpdater:
         norms = torch.zeros(size, len(names))
         for index, group in enumerate(names):
             for parameter in self.groups.parameters(group):
-                norms[:, index] += _grad_sample(parameter, size).reshape(size, -1).pow(2).sum(dim=1)
+                # vector_norm reduces in place: no B x numel temporary (x.pow(2).sum() makes one)
+                norms[:, index] += torch.linalg.vector_norm(_grad_sample(parameter, size).reshape(size, -1), dim=1) ** 2
         norms = norms.sqrt()
         # A NaN/inf entry makes the squared norm NaN/inf, so this one check covers every entry
         # (a finite gradient whose squared norm overflows float32 is also dropped: harmless).
@@ -277,7 +278,8 @@ class DPUpdater:
                 sample = _grad_sample(parameter, size)
                 if not bool(finite[:, index].all()):
                     sample = torch.nan_to_num(sample, nan=0.0, posinf=0.0, neginf=0.0)
-                parts.append(torch.einsum("i,i...->...", factors[:, index].to(sample.dtype), sample).reshape(-1))
+                # sum_i c_i g_i as one gemv on the transposed (B, numel) view: no B x numel temporary
+                parts.append(torch.mv(sample.reshape(size, -1).t(), factors[:, index].to(sample.dtype)))
                 parameter.grad_sample = None  # free B x numel as soon as it is summed
             sums[group] = torch.cat(parts).detach()
         unclipped = ((norms <= clip_t) & finite).sum(dim=0).to(torch.float32)
