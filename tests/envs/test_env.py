@@ -210,8 +210,7 @@ def test_utility_reward_telescopes_to_total_improvement():
 
 
 def test_make_vec_steps_two_envs():
-    envs = gym.make_vec("dp_gym/TinyText-v0", num_envs=2, vectorization_mode="sync",
-                        task_kwargs={"n_train": 64, "n_val": 8})
+    envs = gym.make_vec("dp_gym/TinyText-v0", num_envs=2, task_kwargs={"n_train": 64, "n_val": 8})
     observations, infos = envs.reset(seed=[0, 1])
     assert observations.shape == (2, envs.single_observation_space.shape[0])
     observations, rewards, terminated, truncated, infos = envs.step(envs.action_space.sample())
