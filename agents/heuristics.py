@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 
 from dp_gym.envs import DPFineTuneEnv
-from dp_gym.privacy import calibrate_noise, equal_group_sigmas
 
 
 class Controller:
@@ -47,13 +46,9 @@ class Controller:
         return {"controller": self.name}
 
     # helpers shared by the heuristics
-    def calibrated_sigmas(self, steps: int | None = None) -> np.ndarray:
-        """Equal per-group noise that spends the whole budget in ``steps`` (default: ``max_updates``)."""
-        cfg = self.config
-        groups = len(self.groups)
-        z = calibrate_noise(cfg.epsilon, cfg.delta, cfg.sample_rate, steps or cfg.max_updates, cfg.accountant)
-        counted = groups if cfg.count_noise is not None else 0
-        return np.array(equal_group_sigmas(z, groups, cfg.count_noise, counted, cfg.loss_noise))
+    def calibrated_sigmas(self) -> np.ndarray:
+        """Equal per-group noise that spends the whole budget in ``max_updates`` (the env's calibration)."""
+        return self.env.calibrated_group_noise()
 
     def encode(self, clip, noise, prune) -> np.ndarray:
         return self.env.codec.encode(clip=clip, noise=noise, prune=prune)

@@ -17,18 +17,13 @@ from rich.console import Console
 from rich.table import Table
 
 import dp_gym  # noqa: F401  (registers the ids)
-from dp_gym.privacy import calibrate_noise, equal_group_sigmas
 
 
 def run_episode(updates_per_step: int, max_updates: int, seed: int) -> dict:
     env = gym.make("dp_gym/TinyText-v0", updates_per_step=updates_per_step, max_updates=max_updates,
                    max_episode_steps=-(-max_updates // updates_per_step))
     unwrapped = env.unwrapped
-    config = unwrapped.config
-    groups = len(unwrapped.group_names)
-    z = calibrate_noise(config.epsilon, config.delta, config.sample_rate, config.max_updates)
-    sigmas = equal_group_sigmas(z, groups, config.count_noise, groups, config.loss_noise)
-    action = unwrapped.codec.encode(clip=0.5, noise=sigmas, prune=0.0)
+    action = unwrapped.codec.encode(clip=0.5, noise=unwrapped.calibrated_group_noise(), prune=0.0)
     env.reset(seed=seed)
     unwrapped.timings.clear()
     start = time.perf_counter()

@@ -21,17 +21,17 @@ from dp_gym.config import CONTROLS, ConfigError, EnvConfig
 
 @dataclass
 class DecodedAction:
-    """Per-group controls; ``noise`` is None when the config calibrates it."""
+    """Per-group controls."""
 
     clip: np.ndarray
-    noise: np.ndarray | None
+    noise: np.ndarray
     prune: np.ndarray
 
     def as_dict(self, group_names: list[str]) -> dict[str, dict[str, float]]:
         return {
             name: {
                 "clip": float(self.clip[i]),
-                "noise": None if self.noise is None else float(self.noise[i]),
+                "noise": float(self.noise[i]),
                 "prune": float(self.prune[i]),
             }
             for i, name in enumerate(group_names)
@@ -49,6 +49,8 @@ class ActionCodec:
             raise ConfigError("controls: at least one of clip / noise / prune must be 'control'")
         self.layout = [f"{control}/{group}" for control in self.controlled for group in self.group_names]
         self.space = spaces.Box(-1.0, 1.0, shape=(len(self.layout),), dtype=np.float32)
+        #: per-group noise used when the config says ``noise: calibrated`` (set by the env)
+        self.calibrated_noise: np.ndarray | None = None
 
     def decode(self, action) -> DecodedAction:
         """Out-of-range entries are clipped to [-1, 1]; NaN/inf raise ValueError naming the entry."""
@@ -70,7 +72,9 @@ class ActionCodec:
         if "noise" in values:
             noise = self._log_map(values["noise"], cfg.noise_range)
         elif cfg.controls["noise"] == "calibrated":
-            noise = None
+            if self.calibrated_noise is None:
+                raise RuntimeError("noise is 'calibrated' but the codec was given no calibrated noise")
+            noise = self.calibrated_noise.copy()
         else:
             noise = np.full(n, float(cfg.controls["noise"]))
         prune = values["prune"] * cfg.prune_max if "prune" in values else np.full(n, float(cfg.controls["prune"]))

@@ -71,7 +71,8 @@ class DPFineTuneEnv(gym.Env):
         reward = config.reward
         self.reward_fn = functools.partial(get_reward(reward["name"]), **reward.get("kwargs", {}))
         self._n_counted = len(self.group_names) if config.count_noise is not None else 0
-        self._calibrated_noise = self._calibrate() if config.controls["noise"] == "calibrated" else None
+        if config.controls["noise"] == "calibrated":
+            self.codec.calibrated_noise = self.calibrated_group_noise()
         self._max_noise_z = composed_noise_multiplier(
             [config.noise_range[1]] * len(self.group_names), config.count_noise, self._n_counted, config.loss_noise)
         self._seeded = False
@@ -100,10 +101,7 @@ class DPFineTuneEnv(gym.Env):
 
     def decode_action(self, action) -> dict[str, dict[str, float]]:
         """Per-group ``{"clip", "noise", "prune"}`` the action asks for (before budget enforcement)."""
-        decoded = self.codec.decode(action)
-        if decoded.noise is None:
-            decoded.noise = self._calibrated_noise
-        return decoded.as_dict(self.group_names)
+        return self.codec.decode(action).as_dict(self.group_names)
 
     # ------------------------------------------------------------------ gym API
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -134,8 +132,7 @@ class DPFineTuneEnv(gym.Env):
             raise RuntimeError("the episode has ended; call reset()")
         cfg, run, episode = self.config, self.run, self._episode
         decoded = self.codec.decode(action)
-        asked_noise = decoded.noise if decoded.noise is not None else self._calibrated_noise
-        noise = asked_noise
+        asked_noise = noise = decoded.noise
         updates = min(cfg.updates_per_step, cfg.max_updates - run.updates)
         z = composed_noise_multiplier(noise, cfg.count_noise, self._n_counted, cfg.loss_noise)
         projected, out_of_budget = False, False
@@ -180,10 +177,11 @@ class DPFineTuneEnv(gym.Env):
         return observation, float(reward), bool(terminated), bool(truncated), info
 
     # ------------------------------------------------------------------ budget
-    def _calibrate(self) -> np.ndarray:
-        """Equal per-group noise that spends the budget exactly in ``max_updates`` (statistics included)."""
+    def calibrated_group_noise(self, updates: int | None = None) -> np.ndarray:
+        """Equal per-group noise that spends the budget exactly in ``updates`` (default
+        ``max_updates``), the privatized statistics included: plain DP-SGD's calibration."""
         cfg = self.config
-        z = calibrate_noise(cfg.epsilon, cfg.delta, cfg.sample_rate, cfg.max_updates, cfg.accountant)
+        z = calibrate_noise(cfg.epsilon, cfg.delta, cfg.sample_rate, updates or cfg.max_updates, cfg.accountant)
         return np.array(equal_group_sigmas(z, len(self.group_names), cfg.count_noise, self._n_counted, cfg.loss_noise))
 
     def _budget_spent(self) -> bool:

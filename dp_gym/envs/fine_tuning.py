@@ -126,8 +126,7 @@ class FineTuningRun:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        if state["seed"] != self.seed:
-            self.reset(state["seed"])
+        self.seed = int(state["seed"])
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.sampler.load_state_dict(state["sampler"])

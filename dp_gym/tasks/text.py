@@ -85,7 +85,6 @@ class TextTask(Task):
         self.train_records, self.val_records = list(train_records), list(val_records)
         self._train = self._encode(self.train_records)
         self._val = self._encode(self.val_records)
-        self._base_state: dict[str, torch.Tensor] | None = None
 
     def _encode(self, records: list[str]) -> dict[str, torch.Tensor]:
         encoded = self.tokenizer(
@@ -96,12 +95,7 @@ class TextTask(Task):
     def build_model(self) -> nn.Module:
         from transformers import AutoModelForCausalLM
 
-        if self._base_state is None:
-            model = AutoModelForCausalLM.from_pretrained(self.model_path)
-            self._base_state = {k: v.clone() for k, v in model.state_dict().items()}
-        else:  # a fast reset: same architecture, base weights from memory
-            model = AutoModelForCausalLM.from_pretrained(self.model_path)
-            model.load_state_dict(self._base_state)
+        model = AutoModelForCausalLM.from_pretrained(self.model_path)
         model.train()
         return model
 
