@@ -87,6 +87,8 @@ class EnvConfig:
         loss_noise: sigma_l of the privatized training loss (null: not released).
         loss_bound: L, the clip of the per-sample loss in that release.
         seed: default seed of the episode.
+        token_pruning: ``{"rule": ..., "keep_ratio": ...}`` for tasks with visual tokens (passed to
+            the task); ``null`` for tasks without. Rules: ``dp_gym.models.token_pruning.registered_rules()``.
     """
 
     task: str = "text"
@@ -111,6 +113,7 @@ class EnvConfig:
     loss_noise: float | None = 10.0
     loss_bound: float = 8.0
     seed: int = 0
+    token_pruning: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         from dp_gym.envs.fine_tuning import OPTIMIZERS
@@ -168,6 +171,31 @@ class EnvConfig:
         if self.loss_bound <= 0:
             raise ConfigError(f"loss_bound must be > 0, got {self.loss_bound:g}")
         _integer("seed", self.seed, 0)
+        self._check_token_pruning()
+
+    def _check_token_pruning(self) -> None:
+        import inspect
+
+        from dp_gym.tasks import resolve_task
+        from dp_gym.tasks.vision import parse_token_pruning
+
+        if self.token_pruning is None:
+            return
+        try:
+            rule, keep_ratio = parse_token_pruning(self.token_pruning)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        if "token_pruning" in self.task_kwargs:
+            raise ConfigError("token_pruning is set both at the top level and in task_kwargs; keep one")
+        task = resolve_task(self.task)
+        if "token_pruning" not in inspect.signature(task.__init__).parameters:
+            raise ConfigError(f"token_pruning: task {self.task!r} has no visual tokens to prune (it takes no token_pruning)")
+        self.token_pruning = {"rule": rule, "keep_ratio": keep_ratio}
+
+    def task_arguments(self) -> dict[str, Any]:
+        """Keyword arguments of the task: ``task_kwargs`` plus ``token_pruning`` when set."""
+        extra = {"token_pruning": self.token_pruning} if self.token_pruning is not None else {}
+        return {**self.task_kwargs, **extra}
 
     def _check_controls(self) -> None:
         if not isinstance(self.controls, dict):

@@ -57,7 +57,7 @@ class DPFineTuneEnv(gym.Env):
         else:
             config = EnvConfig.from_dict(config or {}, **overrides)
         self.config = config
-        self.task = create_task(config.task, **config.task_kwargs)
+        self.task = create_task(config.task, **config.task_arguments())
         self.run = FineTuningRun(self.task, RunSettings(
             sample_rate=config.sample_rate, delta=config.delta, accountant=config.accountant,
             optimizer=config.optimizer, learning_rate=config.learning_rate, grouping=config.grouping,

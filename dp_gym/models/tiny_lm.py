@@ -39,6 +39,9 @@ class TinyLMConfig:
     pretrain_seq_len: int = 64
     pretrain_lr: float = 3e-3
     seed: int = 0
+    #: public generated scene captions added to the tokenizer and pre-training text (the tiny
+    #: vision-language model's LM uses them, so it knows the words of captions; 0 for the text LM)
+    public_captions: int = 0
 
     def cache_key(self) -> str:
         blob = json.dumps(asdict(self), sort_keys=True).encode()
@@ -50,7 +53,18 @@ def cache_dir() -> Path:
     return Path(os.environ.get("DP_GYM_CACHE", Path.home() / ".cache" / "dp_gym"))
 
 
-def train_public_tokenizer(vocab_size: int):
+def public_text(config: TinyLMConfig) -> list[str]:
+    """The public pre-training text: Python help paragraphs, plus public scene captions if asked."""
+    paragraphs = public_paragraphs()
+    if config.public_captions:
+        from dp_gym.data.scenes import PUBLIC_PRETRAINING_SEED, make_scenes
+
+        scenes = make_scenes(config.public_captions, seed=PUBLIC_PRETRAINING_SEED + config.seed)
+        paragraphs = paragraphs + [scene.caption for scene in scenes]
+    return paragraphs
+
+
+def train_public_tokenizer(vocab_size: int, texts: list[str] | None = None):
     """A byte-level BPE tokenizer trained on the public corpus (deterministic, about a second)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -64,7 +78,7 @@ def train_public_tokenizer(vocab_size: int):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(public_paragraphs(), trainer=trainer)
+    tokenizer.train_from_iterator(texts if texts is not None else public_paragraphs(), trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token="<|endoftext|>",
@@ -95,9 +109,9 @@ def build_tiny_lm(config: TinyLMConfig, vocab_size: int | None = None):
     return GPT2LMHeadModel(gpt2_config)
 
 
-def _pack_public_tokens(tokenizer, seq_len: int) -> torch.Tensor:
+def _pack_public_tokens(tokenizer, seq_len: int, texts: list[str]) -> torch.Tensor:
     ids: list[int] = []
-    for paragraph in public_paragraphs():
+    for paragraph in texts:
         ids.extend(tokenizer(paragraph)["input_ids"])
         ids.append(tokenizer.eos_token_id)
     n_chunks = len(ids) // seq_len
@@ -107,7 +121,7 @@ def _pack_public_tokens(tokenizer, seq_len: int) -> torch.Tensor:
 def pretrain_on_public(model, tokenizer, config: TinyLMConfig) -> list[float]:
     """Non-private pre-training on the public corpus; returns the loss curve."""
     generator = torch.Generator().manual_seed(config.seed)
-    chunks = _pack_public_tokens(tokenizer, config.pretrain_seq_len)
+    chunks = _pack_public_tokens(tokenizer, config.pretrain_seq_len, public_text(config))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.pretrain_lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.pretrain_lr, total_steps=max(config.pretrain_steps, 1), pct_start=0.1
@@ -141,7 +155,7 @@ def ensure_tiny_lm(config: TinyLMConfig | None = None, root: Path | None = None)
     if (target / "config.json").exists():
         return target
     root.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_public_tokenizer(config.vocab_size)
+    tokenizer = train_public_tokenizer(config.vocab_size, public_text(config))
     model = build_tiny_lm(config, vocab_size=len(tokenizer))
     losses = pretrain_on_public(model, tokenizer, config)
     staging = Path(tempfile.mkdtemp(prefix=".tiny-lm-", dir=root))

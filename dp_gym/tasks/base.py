@@ -56,6 +56,17 @@ class Task(abc.ABC):
         return {"task": type(self).__name__, "train_size": self.train_size}
 
 
+def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the padding columns no record of the batch uses (right padding, causal attention:
+    a record's loss does not depend on how far the batch is padded). Only tensors shaped like
+    ``attention_mask`` are trimmed; others (e.g. images) pass through."""
+    mask = batch["attention_mask"]
+    if mask.shape[0] == 0:
+        return batch
+    length = max(int(mask.sum(dim=1).max()), 2)
+    return {key: value[:, :length] if value.shape == mask.shape else value for key, value in batch.items()}
+
+
 _TASKS: dict[str, type[Task]] = {}
 
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from dp_gym.data.clinical_notes import clinical_notes, make_canaries, private_train_records
 from dp_gym.models.tiny_lm import TinyLMConfig, ensure_tiny_lm
-from dp_gym.tasks.base import Batch, Task, register_task
+from dp_gym.tasks.base import Batch, Task, register_task, trim_padding
 
 
 def per_token_losses(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -104,7 +104,7 @@ class TextTask(Task):
         return int(self._train["input_ids"].shape[0])
 
     def train_batch(self, indices: torch.Tensor) -> Batch:
-        return _trim_padding({key: value[indices] for key, value in self._train.items()})
+        return trim_padding({key: value[indices] for key, value in self._train.items()})
 
     def per_sample_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         losses = per_token_losses(model, batch["input_ids"], batch["attention_mask"])
@@ -117,7 +117,7 @@ class TextTask(Task):
         model.eval()
         total, tokens = 0.0, 0.0
         for start in range(0, self._val["input_ids"].shape[0], batch_size):
-            chunk = _trim_padding({k: v[start : start + batch_size] for k, v in self._val.items()})
+            chunk = trim_padding({k: v[start : start + batch_size] for k, v in self._val.items()})
             ids, mask = chunk["input_ids"], chunk["attention_mask"]
             total += float(per_token_losses(model, ids, mask).sum())
             tokens += float(mask[:, 1:].sum())
@@ -132,16 +132,6 @@ class TextTask(Task):
             "max_length": self.max_length,
             "n_canaries": len(self.canaries),
         }
-
-
-def _trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop the padding columns no record of the batch uses (right padding, causal attention:
-    a record's loss does not depend on how far the batch is padded)."""
-    mask = batch["attention_mask"]
-    if mask.shape[0] == 0:
-        return batch
-    length = max(int(mask.sum(dim=1).max()), 2)
-    return {key: value[:, :length] for key, value in batch.items()}
 
 
 def perplexity(loss: float) -> float:

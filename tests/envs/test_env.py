@@ -3,6 +3,7 @@ import math
 import gymnasium as gym
 import numpy as np
 import pytest
+import yaml
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -47,7 +48,9 @@ def assert_same(a, b):
 
 @pytest.mark.parametrize("env_id", sorted(dp_gym.list_envs()))
 def test_registered_envs_pass_both_checkers(env_id):
-    env = gym.make(env_id, task_kwargs={"n_train": 64, "n_val": 8})
+    yaml_kwargs = yaml.safe_load(open(gym.spec(env_id).kwargs["config_path"])).get("task_kwargs") or {}
+    env = gym.make(env_id, task_kwargs={**yaml_kwargs, "n_train": 64, "n_val": 8})
+    assert env.unwrapped.task.describe()["train_size"] == 64
     gym_check_env(env.unwrapped, skip_render_check=True)
     sb3_check_env(env.unwrapped, warn=True)
     assert env.spec.max_episode_steps == 50
@@ -56,7 +59,7 @@ def test_registered_envs_pass_both_checkers(env_id):
 def test_every_registered_id_has_a_yaml_and_description():
     envs = dp_gym.list_envs()
     assert {"dp_gym/TinyText-v0", "dp_gym/TinyTextClipOnly-v0", "dp_gym/TinyTextEps1-v0",
-            "dp_gym/TinyTextEps8-v0"} <= set(envs)
+            "dp_gym/TinyTextEps8-v0", "dp_gym/TinyVision-v0", "dp_gym/TinyDigits-v0"} <= set(envs)
     assert all(description for description in envs.values())
 
 

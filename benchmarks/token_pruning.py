@@ -1,0 +1,140 @@
+"""Visual-token pruning: DP step time, peak memory and utility for each rule and keep ratio.
+
+Side by side in one process, on the tiny LLaVA and the scenes task (``--dataset digits`` for the
+other): for keep ratio 1.0 / 0.5 / 0.25 and each rule, the non-private step time, dp-gym's DP step
+time and peak memory (RSS above the start on CPU; CUDA max allocated on a GPU), and the public
+validation loss after one DP fine-tuning run of ``--updates`` updates at the same epsilon (tuned-free
+vanilla DP-SGD: fixed clip, noise calibrated to spend the budget). Then the memory of dp-gym's DP
+step vs Opacus' stock flat clipping (``make_private``) on the same model and batch.
+
+    python benchmarks/token_pruning.py [--repeats 5] [--batch 32] [--updates 200] [--dataset scenes]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import median_ms, peak_memory_mib  # noqa: E402
+
+import dp_gym  # noqa: E402
+from agents.evaluate import run_episode  # noqa: E402
+from agents.heuristics import make_controller  # noqa: E402
+from dp_gym.engine import DPUpdater, ParameterGroups  # noqa: E402
+from dp_gym.tasks.vision import VisionLanguageTask  # noqa: E402
+
+SETTINGS = [("none", 1.0)] + [(rule, keep) for keep in (0.5, 0.25) for rule in ("cls_attention", "dissimilarity", "random")]
+
+
+def step_costs(task: VisionLanguageTask, batch, repeats: int, device: str) -> dict[str, float]:
+    data = {k: v.to(device) for k, v in batch.items()}
+    model = task.build_model().to(device)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def non_private():
+        optimizer.zero_grad(set_to_none=True)
+        task.per_sample_loss(model, data).mean().backward()
+        optimizer.step()
+
+    costs = {"non_private_ms": median_ms(non_private, repeats)}
+    model = task.build_model().to(device)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    updater = DPUpdater(model, optimizer, ParameterGroups(model), data["input_ids"].shape[0], sample_rate=0.05,
+                        loss_fn=task.per_sample_loss)
+
+    def dp_step():
+        updater.step(data, clip=1.0, noise=1.0, prune=0.0, count_noise=10.0, loss_noise=10.0)
+
+    costs["dp_ms"] = median_ms(dp_step, repeats)
+    costs["dp_mib"] = peak_memory_mib(dp_step)
+    return costs
+
+
+def opacus_peak_mib(task: VisionLanguageTask, batch, device: str) -> float:
+    from opacus import PrivacyEngine
+
+    data = {k: v.to(device) for k, v in batch.items()}
+    model = task.build_model().to(device)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(data["input_ids"]), batch_size=len(data["input_ids"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        private_model, private_optimizer, _ = PrivacyEngine().make_private(
+            module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=1.0, max_grad_norm=1.0,
+            poisson_sampling=False)
+
+    def opacus_step():
+        private_optimizer.zero_grad(set_to_none=True)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            task.per_sample_loss(private_model, data).mean().backward()
+        private_optimizer.step()
+
+    opacus_step()
+    return peak_memory_mib(opacus_step)
+
+
+def final_val_loss(env_id: str, rule: str, keep: float, updates: int, clip: float, seed: int) -> float:
+    env = dp_gym.make(env_id, token_pruning={"rule": rule, "keep_ratio": keep}, max_updates=updates)
+    controller = make_controller("vanilla", env, clip=clip)
+    result = run_episode(env, controller, seed=seed, name=f"{rule}:{keep}")
+    env.close()
+    return result.final_val_loss
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--updates", type=int, default=200)
+    parser.add_argument("--clip", type=float, default=0.3)
+    parser.add_argument("--dataset", choices=("scenes", "digits"), default="scenes")
+    parser.add_argument("--seed", type=int, default=1000)
+    args = parser.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    env_id = {"scenes": "dp_gym/TinyVision-v0", "digits": "dp_gym/TinyDigits-v0"}[args.dataset]
+
+    rows = []
+    for rule, keep in SETTINGS:
+        task = VisionLanguageTask(dataset=args.dataset, token_pruning={"rule": rule, "keep_ratio": keep})
+        batch = task.train_batch(torch.arange(args.batch))
+        costs = step_costs(task, batch, args.repeats, device)
+        costs["val_loss"] = final_val_loss(env_id, rule, keep, args.updates, args.clip, args.seed)
+        rows.append((rule, keep, task.visual_tokens, costs))
+        print(f"{rule} {keep}: {costs}", flush=True)
+
+    base = rows[0][3]
+    table = Table(title=f"Visual-token pruning, {env_id}, batch {args.batch}, {device}, {torch.get_num_threads()} threads, "
+                        f"median of {args.repeats}; val loss after {args.updates} DP updates at epsilon 3 (clip {args.clip:g})")
+    for column in ("rule", "keep", "visual tokens", "non-private ms", "DP step ms", "DP time vs keep 1", "DP peak MiB",
+                   "DP memory vs keep 1", "val loss", "val loss vs keep 1"):
+        table.add_column(column, justify="left" if column == "rule" else "right")
+    for rule, keep, tokens, c in rows:
+        table.add_row(rule, f"{keep:g}", str(tokens), f"{c['non_private_ms']:.1f}", f"{c['dp_ms']:.1f}",
+                      f"{100 * (c['dp_ms'] / base['dp_ms'] - 1):+.1f}%", f"{c['dp_mib']:.0f}",
+                      f"{100 * (c['dp_mib'] / base['dp_mib'] - 1):+.1f}%", f"{c['val_loss']:.4f}",
+                      f"{100 * (c['val_loss'] / base['val_loss'] - 1):+.2f}%")
+    console = Console(width=200)
+    console.print(table)
+
+    memory = Table(title="Peak memory of one DP step: dp-gym (per-group) vs Opacus make_private (flat), same model and batch")
+    for column in ("keep", "dp-gym MiB", "Opacus MiB", "dp-gym / Opacus"):
+        memory.add_column(column, justify="right")
+    for rule, keep in (("none", 1.0), ("cls_attention", 0.5)):
+        task = VisionLanguageTask(dataset=args.dataset, token_pruning={"rule": rule, "keep_ratio": keep})
+        batch = task.train_batch(torch.arange(args.batch))
+        ours = next(c for r, k, _, c in rows if r == rule and k == keep)["dp_mib"]
+        theirs = opacus_peak_mib(task, batch, device)
+        memory.add_row(f"{keep:g}", f"{ours:.0f}", f"{theirs:.0f}", f"{ours / theirs:.2f}")
+    console.print(memory)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""Image captioning with a LLaVA-style model whose visual tokens are pruned before the LM.
+
+Per example: the frozen vision tower encodes the image into ``n`` patch tokens; a pruning rule
+keeps ``k = ceil(keep_ratio * n)`` of them (a function of that example alone, see
+:mod:`dp_gym.models.token_pruning`); the trainable projector maps them into the LM's embedding
+space; the LM reads ``[k visual tokens, caption tokens]`` and is trained to predict the caption.
+The loss of an example is its mean next-token loss over caption tokens: the first caption token
+is predicted from the last visual token.
+
+Trainable under DP by default: the projector, every LM block and the head (final norm and
+``lm_head``). The vision tower and the LM's input embeddings are frozen.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dp_gym.data.digits import digit_splits
+from dp_gym.data.scenes import PRIVATE_SEED, PUBLIC_VALIDATION_SEED, make_scenes
+from dp_gym.models.tiny_vlm import TinyLMConfig, TinyVLMConfig, ensure_tiny_vlm, images_to_pixels
+from dp_gym.models.token_pruning import check_keep_ratio, check_rule, cls_attention_scores, prune_visual_tokens
+from dp_gym.tasks.base import Batch, Task, register_task, trim_padding
+
+DATASETS = ("scenes", "digits")
+
+
+def parse_token_pruning(token_pruning: dict[str, Any] | None) -> tuple[str, float]:
+    """``{"rule": ..., "keep_ratio": ...}`` -> ``(rule, keep_ratio)``; ``None`` keeps every token.
+
+    Raises:
+        ValueError: naming ``token_pruning.rule`` / ``token_pruning.keep_ratio`` / unknown keys.
+    """
+    if token_pruning is None:
+        return "none", 1.0
+    if not isinstance(token_pruning, dict):
+        raise ValueError(f"token_pruning must be a mapping {{rule, keep_ratio}}, got {token_pruning!r}")
+    unknown = set(token_pruning) - {"rule", "keep_ratio"}
+    if unknown:
+        raise ValueError(f"token_pruning has unknown keys {sorted(unknown)}; allowed: ['keep_ratio', 'rule']")
+    rule = check_rule(token_pruning.get("rule", "cls_attention"), "token_pruning.rule")
+    keep_ratio = check_keep_ratio(token_pruning.get("keep_ratio", 1.0), "token_pruning.keep_ratio")
+    if rule == "none" and keep_ratio != 1.0:
+        raise ValueError(f"token_pruning.keep_ratio must be 1 with rule 'none', got {keep_ratio!r}")
+    return rule, keep_ratio
+
+
+class VisionLanguageTask(Task):
+    """Fine-tune a LLaVA on private captioned images; evaluate on public ones.
+
+    Args:
+        model: ``"tiny"`` (the cached tiny LLaVA) or a folder that
+            ``LlavaForConditionalGeneration.from_pretrained`` and ``AutoTokenizer`` load.
+        dataset: ``"scenes"`` (generated shapes) or ``"digits"`` (scikit-learn's digits).
+        n_train, n_val: private training and public validation examples.
+        token_pruning: ``{"rule": name, "keep_ratio": r}``; ``None`` keeps every visual token.
+        max_text_length: caption tokens (longer captions are truncated).
+        seed: data seed (and the seed of the ``random`` pruning rule).
+        tiny: shape of the tiny model (``TinyVLMConfig`` fields) when ``model == "tiny"``.
+        train_vision: also fine-tune the vision tower (off by default, as in LLaVA).
+    """
+
+    def __init__(
+        self,
+        model: str = "tiny",
+        dataset: str = "scenes",
+        n_train: int = 512,
+        n_val: int = 64,
+        token_pruning: dict[str, Any] | None = None,
+        max_text_length: int = 48,
+        seed: int = 0,
+        tiny: dict[str, Any] | None = None,
+        train_vision: bool = False,
+    ):
+        from transformers import AutoTokenizer
+
+        if dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {list(DATASETS)}, got {dataset!r}")
+        if n_train < 1 or n_val < 1:
+            raise ValueError(f"n_train and n_val must be >= 1, got {n_train} and {n_val}")
+        self.rule, self.keep_ratio = parse_token_pruning(token_pruning)
+        if model == "tiny":
+            tiny = dict(tiny or {})
+            if "lm" in tiny and isinstance(tiny["lm"], dict):
+                tiny["lm"] = TinyLMConfig(**tiny["lm"])
+            self.model_path = ensure_tiny_vlm(TinyVLMConfig(**tiny))
+        else:
+            self.model_path = Path(model)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        from transformers import AutoConfig
+
+        self.model_config = AutoConfig.from_pretrained(self.model_path)
+        vision = self.model_config.vision_config
+        self.image_size = vision.image_size
+        self.dataset, self.seed, self.train_vision = dataset, seed, train_vision
+        self.max_text_length = max_text_length
+        if dataset == "scenes":
+            train = [(s.image, s.caption) for s in make_scenes(n_train, PRIVATE_SEED + seed, self.image_size)]
+            val = [(s.image, s.caption) for s in make_scenes(n_val, PUBLIC_VALIDATION_SEED + seed, self.image_size)]
+        else:
+            train, val = digit_splits(n_train, n_val, seed=seed, image_size=self.image_size)
+        self.train_captions = [caption for _, caption in train]
+        self.val_captions = [caption for _, caption in val]
+        self._train = self._encode(train)
+        self._val = self._encode(val)
+        self._random = torch.Generator().manual_seed(seed)
+
+    def _encode(self, pairs) -> dict[str, torch.Tensor]:
+        captions = [caption + self.tokenizer.eos_token for _, caption in pairs]
+        encoded = self.tokenizer(
+            captions, max_length=self.max_text_length, truncation=True, padding="max_length", return_tensors="pt"
+        )
+        return {
+            "pixel_values": images_to_pixels([image for image, _ in pairs]),
+            "input_ids": encoded["input_ids"],
+            "attention_mask": encoded["attention_mask"],
+        }
+
+    @property
+    def visual_tokens(self) -> int:
+        """Visual tokens the LM sees per example after pruning."""
+        from dp_gym.models.token_pruning import tokens_kept
+
+        vision = self.model_config.vision_config
+        patches = (vision.image_size // vision.patch_size) ** 2
+        kept = tokens_kept(patches, self.keep_ratio)
+        return kept + (1 if self.model_config.vision_feature_select_strategy == "full" else 0)
+
+    def build_model(self) -> nn.Module:
+        from transformers import LlavaForConditionalGeneration
+
+        # eager attention in the vision tower: the cls_attention rule reads its probabilities
+        model = LlavaForConditionalGeneration.from_pretrained(
+            self.model_path, attn_implementation={"vision_config": "eager", "text_config": "sdpa", "": "sdpa"}
+        )
+        for parameter in model.model.vision_tower.parameters():
+            parameter.requires_grad_(self.train_vision)
+        for parameter in model.model.language_model.get_input_embeddings().parameters():
+            parameter.requires_grad_(False)
+        position = getattr(model.model.language_model, "wpe", None)
+        if position is not None:
+            position.weight.requires_grad_(False)
+        model.train()
+        return model
+
+    @property
+    def train_size(self) -> int:
+        return int(self._train["input_ids"].shape[0])
+
+    def train_batch(self, indices: torch.Tensor) -> Batch:
+        return trim_padding({key: value[indices] for key, value in self._train.items()})
+
+    def visual_embeddings(self, model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``(B, k, D_lm)``: encode, prune each example's patches, project."""
+        llava = getattr(model, "_module", model)  # under Opacus' GradSampleModule
+        config = llava.config
+        wants_attention = self.rule == "cls_attention"
+        with torch.set_grad_enabled(self.train_vision and torch.is_grad_enabled()):
+            outputs = llava.model.vision_tower(
+                pixel_values, output_hidden_states=True, output_attentions=wants_attention, return_dict=True
+            )
+            hidden = outputs.hidden_states[config.vision_feature_layer]
+            attention = cls_attention_scores(outputs.attentions[-1]) if wants_attention else None
+            patches = prune_visual_tokens(hidden[:, 1:], self.rule, self.keep_ratio, attention, self._random)
+            if config.vision_feature_select_strategy == "full":
+                patches = torch.cat([hidden[:, :1], patches], dim=1)
+        return llava.model.multi_modal_projector(patches)
+
+    def caption_losses(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """``(B, T)`` next-token losses of the caption tokens, zero on padding."""
+        llava = getattr(model, "_module", model)
+        input_ids, mask = batch["input_ids"], batch["attention_mask"]
+        visual = self.visual_embeddings(model, batch["pixel_values"])
+        text = llava.get_input_embeddings()(input_ids)
+        size, kept, length = visual.shape[0], visual.shape[1], input_ids.shape[1]
+        embeds = torch.cat([visual, text.to(visual.dtype)], dim=1)
+        full_mask = torch.cat([torch.ones(size, kept, dtype=mask.dtype), mask], dim=1)
+        # expanded position ids: see per_token_losses (Opacus #841)
+        positions = torch.arange(kept + length).unsqueeze(0).expand(size, kept + length)
+        # logits only where a caption token is predicted: positions kept-1 .. kept+length-1
+        # (position kept-1+j predicts caption token j); the head never runs on visual positions
+        logits = llava(
+            inputs_embeds=embeds, attention_mask=full_mask, position_ids=positions, logits_to_keep=length + 1
+        ).logits
+        predictions = logits[:, :length]
+        losses = F.cross_entropy(predictions.reshape(size * length, -1), input_ids.reshape(-1), reduction="none")
+        return losses.view(size, length) * mask.to(losses.dtype)
+
+    def per_sample_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        losses = self.caption_losses(model, batch)
+        return losses.sum(dim=1) / batch["attention_mask"].sum(dim=1).clamp(min=1)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batch_size: int = 128) -> float:
+        was_training = model.training
+        model.eval()
+        total, tokens = 0.0, 0.0
+        for start in range(0, self._val["input_ids"].shape[0], batch_size):
+            chunk = trim_padding({k: v[start : start + batch_size] for k, v in self._val.items()})
+            total += float(self.caption_losses(model, chunk).sum())
+            tokens += float(chunk["attention_mask"].sum())
+        model.train(was_training)
+        return total / max(tokens, 1.0)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **super().describe(),
+            "model": str(self.model_path),
+            "dataset": self.dataset,
+            "n_val": int(self._val["input_ids"].shape[0]),
+            "token_pruning": {"rule": self.rule, "keep_ratio": self.keep_ratio},
+            "visual_tokens": self.visual_tokens,
+        }
+
+
+register_task("vision", VisionLanguageTask)

@@ -1,0 +1,127 @@
+import math
+
+import gymnasium as gym
+import pytest
+import torch
+from opacus import GradSampleModule
+
+import dp_gym
+from dp_gym.config import ConfigError, EnvConfig
+from dp_gym.engine.grad_samplers import register_transformers_grad_samplers
+from dp_gym.models.tiny_lm import TinyLMConfig
+from dp_gym.models.tiny_vlm import IMAGE_TOKEN, TinyVLMConfig, ensure_tiny_vlm
+from dp_gym.tasks.vision import VisionLanguageTask
+
+MICRO = TinyVLMConfig(
+    vision_hidden=32, vision_layers=1, vision_heads=2, pretrain_steps=3, pretrain_images=32, pretrain_batch_size=8,
+    lm=TinyLMConfig(vocab_size=320, n_layer=1, n_embd=32, n_head=2, pretrain_steps=3, public_captions=50),
+)
+
+
+@pytest.fixture(scope="module")
+def micro_vlm(tmp_path_factory):
+    return ensure_tiny_vlm(MICRO, root=tmp_path_factory.mktemp("vlm-cache"))
+
+
+def micro_task(path, rule="cls_attention", keep=0.5, dataset="scenes"):
+    return VisionLanguageTask(model=str(path), dataset=dataset, n_train=6, n_val=4,
+                              token_pruning={"rule": rule, "keep_ratio": keep})
+
+
+def test_the_saved_model_loads_through_from_pretrained(micro_vlm):
+    from transformers import AutoTokenizer, LlavaForConditionalGeneration
+
+    model = LlavaForConditionalGeneration.from_pretrained(micro_vlm)
+    tokenizer = AutoTokenizer.from_pretrained(micro_vlm)
+    assert tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) == model.config.image_token_id
+    assert model.config.vision_config.image_size == 32 and model.config.vision_config.patch_size == 4
+    assert ensure_tiny_vlm(MICRO, root=micro_vlm.parent) == micro_vlm  # cached, not rebuilt
+
+
+def test_only_projector_lm_blocks_and_head_train(micro_vlm):
+    from dp_gym.engine import ParameterGroups
+
+    model = micro_task(micro_vlm).build_model()
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert not any("vision_tower" in name or "wte" in name or "wpe" in name for name in trainable)
+    assert ParameterGroups(model).names == ["projector", "model.language_model.h.0", "head"]
+
+
+@pytest.mark.parametrize("keep, visual", [(1.0, 64), (0.5, 32), (0.25, 16), (0.1, 7)])
+def test_the_language_model_sees_fewer_tokens(micro_vlm, keep, visual):
+    task = micro_task(micro_vlm, rule="none" if keep == 1.0 else "cls_attention", keep=keep)
+    model = task.build_model()
+    batch = task.train_batch(torch.arange(3))
+    lengths = []
+    hook = model.model.language_model.register_forward_hook(
+        lambda module, args, kwargs, output: lengths.append(kwargs["inputs_embeds"].shape[1]), with_kwargs=True)
+    task.per_sample_loss(model, batch)
+    hook.remove()
+    assert task.visual_tokens == visual
+    assert lengths == [visual + batch["input_ids"].shape[1]]
+
+
+@pytest.mark.parametrize("rule", ["cls_attention", "dissimilarity", "none"])
+def test_per_sample_gradients_of_the_pruned_model_equal_a_per_example_loop(micro_vlm, rule):
+    register_transformers_grad_samplers()
+    task = micro_task(micro_vlm, rule=rule, keep=1.0 if rule == "none" else 0.25)
+    model = task.build_model()
+    batch = task.train_batch(torch.arange(4))
+    reference = []
+    for i in range(4):
+        model.zero_grad()
+        task.per_sample_loss(model, {k: v[i : i + 1] for k, v in batch.items()}).sum().backward()
+        reference.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    model.zero_grad()
+    module = GradSampleModule(model, batch_first=True, loss_reduction="sum")
+    task.per_sample_loss(module, batch).sum().backward()
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        for i in range(4):
+            torch.testing.assert_close(parameter.grad_sample[i], reference[i][name], atol=1e-5, rtol=1e-4,
+                                       msg=f"{name}, sample {i}")
+
+
+def test_digits_captions_and_disjoint_splits(micro_vlm):
+    task = micro_task(micro_vlm, dataset="digits")
+    assert all(c.startswith("the digit is ") for c in task.train_captions + task.val_captions)
+    pixels = task._train["pixel_values"]
+    assert pixels.shape == (6, 3, 32, 32) and float(pixels.min()) >= -1 and float(pixels.max()) <= 1
+    assert math.isfinite(task.evaluate(task.build_model()))
+
+
+@pytest.mark.parametrize("pruning, field", [
+    ({"rule": "cls_attention", "keep_ratio": 0}, "token_pruning.keep_ratio"),
+    ({"rule": "cls_attention", "keep_ratio": 1.5}, "token_pruning.keep_ratio"),
+    ({"rule": "cls_attention", "keep_ratio": float("nan")}, "token_pruning.keep_ratio"),
+    ({"rule": "biggest", "keep_ratio": 0.5}, "token_pruning.rule"),
+    ({"rule": "none", "keep_ratio": 0.5}, "token_pruning.keep_ratio"),
+    ({"rule": "random", "ratio": 0.5}, "unknown keys"),
+    ("half", "token_pruning must be a mapping"),
+])
+def test_bad_token_pruning_is_rejected_by_field(pruning, field):
+    with pytest.raises(ConfigError, match=field):
+        EnvConfig(task="vision", token_pruning=pruning)
+
+
+def test_token_pruning_on_a_text_task_is_rejected():
+    with pytest.raises(ConfigError, match="token_pruning: task 'text' has no visual tokens"):
+        EnvConfig(task="text", token_pruning={"rule": "random", "keep_ratio": 0.5})
+
+
+@pytest.mark.parametrize("env_id", ["dp_gym/TinyVision-v0", "dp_gym/TinyDigits-v0"])
+def test_vision_episode_stays_within_budget(env_id):
+    dataset = "scenes" if "Vision" in env_id else "digits"
+    env = dp_gym.make(env_id, max_updates=8, updates_per_step=4, epsilon=1.0,
+                      task_kwargs={"dataset": dataset, "n_train": 64, "n_val": 8})
+    assert env.unwrapped.task.describe()["token_pruning"] == {"rule": "cls_attention", "keep_ratio": 0.5}
+    env.action_space.seed(0)
+    observation, info = env.reset(seed=0)
+    done = False
+    while not done:
+        observation, reward, terminated, truncated, info = env.step(env.action_space.sample())
+        assert env.observation_space.contains(observation) and math.isfinite(reward)
+        done = terminated or truncated
+    assert 0 < info["epsilon"] <= 1.0 and info["privacy_valid"]
+    assert isinstance(env, gym.Env)
