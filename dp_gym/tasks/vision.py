@@ -23,7 +23,12 @@ from torch import nn
 from dp_gym.data.digits import digit_splits
 from dp_gym.data.scenes import PRIVATE_SEED, PUBLIC_VALIDATION_SEED, make_scenes
 from dp_gym.models.tiny_vlm import TinyLMConfig, TinyVLMConfig, ensure_tiny_vlm, images_to_pixels
-from dp_gym.models.token_pruning import check_keep_ratio, check_rule, cls_attention_scores, prune_visual_tokens
+from dp_gym.models.token_pruning import (
+    check_keep_ratio,
+    check_rule,
+    cls_attention_scores,
+    prune_visual_tokens,
+)
 from dp_gym.tasks.base import Batch, Task, register_task, trim_padding
 
 DATASETS = ("scenes", "digits")
