@@ -17,6 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from dp_gym.evaluation import ATTACK_COLUMNS
+
+#: columns ``compare(..., audit=True)`` adds: the attacks on the final model, then the audit's bound
+AUDIT_COLUMNS = (*ATTACK_COLUMNS, "epsilon_lower_bound")
+
 #: What the per-episode epsilon does and does not cover (written into every results.json).
 EPSILON_SCOPE = ("per episode: a controller trained or tuned on other episodes over the same private data "
                  "adds those episodes' epsilon by composition; only online mode is covered end to end")
@@ -38,6 +43,8 @@ class EpisodeResult:
     privacy_valid: bool
     groups: list[str] = field(default_factory=list)
     trajectory: list[dict[str, Any]] = field(default_factory=list)
+    #: privacy attacks on the final model (``compare(..., audit=True)``); see dp_gym.evaluation
+    privacy: dict[str, Any] | None = None
 
     def updates_to_reach(self, target_ppl: float) -> int | None:
         """First update count at which validation perplexity is <= ``target_ppl`` (None: never)."""
@@ -50,11 +57,15 @@ class EpisodeResult:
         data = asdict(self)
         data.pop("trajectory")
         data.pop("groups")
+        privacy = data.pop("privacy") or {}
+        data.update({column: privacy.get(column) for column in AUDIT_COLUMNS} if privacy else {})
         return data
 
 
-def run_episode(controller, env, seed: int, name: str) -> EpisodeResult:
-    """One episode of ``controller`` (anything with SB3's ``predict``) on ``env``."""
+def run_episode(controller, env, seed: int, name: str,
+                after: Callable[[Any], dict[str, Any]] | None = None) -> EpisodeResult:
+    """One episode of ``controller`` (anything with SB3's ``predict``) on ``env``; ``after(env)``,
+    if given, runs on the final state (before any reset) and fills ``privacy``."""
     unwrapped = env.unwrapped
     start = time.perf_counter()
     observation, info = env.reset(seed=seed)
@@ -76,7 +87,8 @@ def run_episode(controller, env, seed: int, name: str) -> EpisodeResult:
         controller=name, seed=seed, final_val_loss=info["val_loss"], final_val_ppl=info["val_ppl"],
         base_val_ppl=base_ppl, epsilon=info["epsilon"], epsilon_budget=unwrapped.config.epsilon,
         delta=info["delta"], updates=info["updates"], steps=steps, wall_time_s=time.perf_counter() - start,
-        privacy_valid=bool(info["privacy_valid"]), groups=list(unwrapped.group_names), trajectory=trajectory)
+        privacy_valid=bool(info["privacy_valid"]), groups=list(unwrapped.group_names), trajectory=trajectory,
+        privacy=after(env) if after is not None else None)
 
 
 def tune_vanilla(env_id: str, clips: Sequence[float], seed: int, overrides: dict[str, Any],
@@ -109,16 +121,41 @@ def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
 
 
 def compare(controllers: dict[str, Callable[[Any], Any]], make_env: Callable[[], Any], seeds: Sequence[int],
-            progress: Callable[[str], None] | None = None) -> list[EpisodeResult]:
-    """Run every controller on every seed. ``controllers`` maps a name to ``factory(env)``."""
+            progress: Callable[[str], None] | None = None, audit: bool = False,
+            audit_canaries: int = 256) -> list[EpisodeResult]:
+    """Run every controller on every seed. ``controllers`` maps a name to ``factory(env)``.
+
+    With ``audit``, each episode's final model is attacked (canary exposure, membership inference;
+    ``dp_gym.evaluation.privacy_attacks``), and each controller gets one extra training run, the
+    one-run audit, whose epsilon lower bound is stored with every episode of that controller.
+    """
+    from dp_gym.evaluation import one_run_audit, privacy_attacks
+
     env = make_env()
+    unwrapped = env.unwrapped
+    after = None
+    if audit:
+        reference = unwrapped.task.build_model()
+        after = lambda env: privacy_attacks(env.unwrapped.run.model, env.unwrapped.task, reference)  # noqa: E731
     results = []
     for name, factory in controllers.items():
         controller = factory(env)
+        mine = []
         for seed in seeds:
             if progress:
                 progress(f"{name}, seed {seed}")
-            results.append(run_episode(controller, env, seed, name))
+            mine.append(run_episode(controller, env, seed, name, after=after))
+        if audit:
+            if progress:
+                progress(f"{name}, one-run audit ({audit_canaries} canaries)")
+            config = unwrapped.config
+            audit_config = config.from_dict({**config.to_dict(), "task_kwargs": {
+                k: v for k, v in config.task_kwargs.items() if k not in ("n_canaries", "canary_repeats")}})
+            bound = one_run_audit(audit_config, factory, n_canaries=audit_canaries, seed=seeds[0]).to_dict()
+            for result in mine:
+                result.privacy["audit"] = bound
+                result.privacy["epsilon_lower_bound"] = bound["epsilon_lower_bound"]
+        results.extend(mine)
     env.close()
     return results
 
@@ -143,19 +180,35 @@ def summarize(results: list[EpisodeResult], reference: str | None = "vanilla") -
             "wall_time_s": float(np.mean([r.wall_time_s for r in mine])),
             "privacy_valid": all(r.privacy_valid for r in mine),
         })
+        if any(r.privacy for r in mine):
+            for column in AUDIT_COLUMNS:
+                values = [r.privacy[column] for r in mine if r.privacy and r.privacy.get(column) is not None]
+                rows[-1][column] = float(np.mean(values)) if values else None
     return rows
 
 
 def markdown_table(rows: list[dict[str, Any]], reference: str | None = "vanilla") -> str:
     header = ("| controller | final val ppl (mean +- 95% CI) | epsilon spent / budget | "
               f"updates to reach {reference or 'reference'}'s ppl | wall time (s) | privacy valid |")
-    lines = [header, "|---|---:|---:|---:|---:|:---:|"]
+    audited = any("epsilon_lower_bound" in row for row in rows)
+    if audited:
+        header += " exposure (bits) | MIA AUC loss / ref | TPR@1%FPR ref | audited epsilon lower bound |"
+    lines = [header, "|---|---:|---:|---:|---:|:---:|" + ("---:|---:|---:|---:|" if audited else "")]
     for row in rows:
         reach = "-" if row["updates_to_reference"] is None else f"{row['updates_to_reference']:.0f} ({row['reached_reference']})"
-        lines.append(f"| {row['controller']} | {row['final_val_ppl']:.2f} +- {row['final_val_ppl_ci95']:.2f} | "
-                     f"{row['epsilon']:.3f} / {row['epsilon_budget']:g} | {reach} | {row['wall_time_s']:.1f} | "
-                     f"{'yes' if row['privacy_valid'] else 'NO'} |")
+        line = (f"| {row['controller']} | {row['final_val_ppl']:.2f} +- {row['final_val_ppl_ci95']:.2f} | "
+                f"{row['epsilon']:.3f} / {row['epsilon_budget']:g} | {reach} | {row['wall_time_s']:.1f} | "
+                f"{'yes' if row['privacy_valid'] else 'NO'} |")
+        if audited:
+            line += (f" {_fmt(row.get('exposure_mean'))} | {_fmt(row.get('mia_loss_auc'), 3)} / "
+                     f"{_fmt(row.get('mia_reference_auc'), 3)} | {_fmt(row.get('mia_reference_tpr_at_1pct_fpr'), 3)} | "
+                     f"{_fmt(row.get('epsilon_lower_bound'), 3)} |")
+        lines.append(line)
     return "\n".join(lines)
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def write_report(results: list[EpisodeResult], out: str | Path, reference: str | None = "vanilla",

@@ -83,7 +83,7 @@ def finetune_online(env_id: str, controller: str = "sac", out: str | Path = "run
     report.update(epsilon_scope="end to end: the controller saw only this episode's privatized observations"
                   if controller in ("sac", "td3", "tqc") else
                   "this episode; a heuristic tuned on other private runs adds their epsilon",
-                  controller=controller, env_id=env_id, wall_time_s=time.perf_counter() - start,
+                  controller=controller, env_id=env_id, env_overrides=env_overrides or {}, wall_time_s=time.perf_counter() - start,
                   base_val_ppl=perplexity(unwrapped.run.base_val_loss))
     (out / "privacy_report.json").write_text(json.dumps(report, indent=1))
     env.close()

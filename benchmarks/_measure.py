@@ -73,3 +73,23 @@ def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return float(np.median(times) * 1000)
+
+
+def peak_allocated_mib(fn: Callable[[], object]) -> float:
+    """Peak of the bytes held by torch tensors while ``fn`` runs, above the start.
+
+    CUDA: ``max_memory_allocated``. CPU: replayed from ``torch.profiler``'s memory records (each
+    op's own allocations at its start, frees as they happen): the CPU analogue of the CUDA number,
+    deterministic where RSS depends on the allocator.
+    """
+    if torch.cuda.is_available():
+        return peak_memory_mib(fn)
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    current = peak = 0
+    for event in sorted(prof.events(), key=lambda e: (e.time_range.start, e.time_range.end)):
+        current += event.cpu_memory_usage if event.name == "[memory]" else event.self_cpu_memory_usage
+        peak = max(peak, current)
+    return peak / 2**20

@@ -6,6 +6,7 @@ Importing the package registers the ``dp_gym/...`` environment ids with Gymnasiu
 from dp_gym.config import ConfigError, EnvConfig
 from dp_gym.envs import (
     DPFineTuneEnv,
+    config_of,
     list_envs,
     make,
     make_from_config,
@@ -27,6 +28,7 @@ __all__ = [
     "list_envs",
     "make",
     "make_from_config",
+    "config_of",
     "register_config",
     "register_reward",
     "register_task",

@@ -1,4 +1,4 @@
-"""The ``dp-gym`` command line: ``envs | train | evaluate | compare | tune-vanilla | finetune | demo``.
+"""The ``dp-gym`` command line: ``envs | train | evaluate | compare | tune-vanilla | finetune | audit | demo``.
 
 Every command validates its arguments and fails with one clear line and a non-zero exit.
 """
@@ -97,14 +97,24 @@ def cmd_train(args) -> None:
     console.print(f"model: {path}\nTensorBoard: tensorboard --logdir {Path(args.out) / 'tb'}")
 
 
+#: canaries ``compare --audit`` inserts when the environment has none (exposure needs them)
+AUDIT_CANARIES = {"n_canaries": 8, "canary_repeats": 4}
+
+
 def _compare_and_report(env_id, specs: dict[str, Any], seeds, out, overrides, reference="vanilla",
-                        extra: dict | None = None) -> list:
+                        extra: dict | None = None, audit: bool = False) -> list:
     import dp_gym
     from agents.evaluate import compare, markdown_table, summarize, write_report
 
+    if audit:
+        config = dp_gym.config_of(env_id, **overrides)
+        if config.task != "text":
+            raise ValueError(f"--audit attacks text models; {env_id} has task {config.task!r}")
+        if not config.task_kwargs.get("n_canaries"):
+            overrides = {**overrides, "task_kwargs": {**config.task_kwargs, **AUDIT_CANARIES}}
     with console.status("running episodes") as status:
         results = compare(specs, lambda: dp_gym.make(env_id, **overrides), seeds,
-                          progress=lambda text: status.update(f"episode: {text}"))
+                          progress=lambda text: status.update(f"episode: {text}"), audit=audit)
     paths = write_report(results, out, reference=reference if reference in specs else None,
                          extra={"env_id": env_id, "env_overrides": overrides, **(extra or {})})
     console.print(markdown_table(summarize(results, reference), reference))
@@ -122,7 +132,7 @@ def cmd_compare(args) -> None:
     for spec in args.controllers:
         name = spec.split(":")[0]
         specs[name if name not in specs else spec] = controller_factory(spec)  # two of a kind: full spec
-    _compare_and_report(args.env, specs, list(range(args.seeds)), args.out, args.env_overrides)
+    _compare_and_report(args.env, specs, list(range(args.seeds)), args.out, args.env_overrides, audit=args.audit)
 
 
 def cmd_tune_vanilla(args) -> None:
@@ -149,6 +159,59 @@ def cmd_finetune(args) -> None:
                   f"epsilon {report['epsilon']:.3f} / {report['epsilon_budget']:g} (delta {report['delta']:g}, "
                   f"{report['accountant']}), privacy_valid={report['privacy_valid']}")
     console.print(f"model: {Path(args.out) / 'model'}  report: {Path(args.out) / 'privacy_report.json'}")
+
+
+def cmd_audit(args) -> None:
+    """Attack a fine-tuned model (``--model``/``--run``), or audit epsilon in one run (``--one-run``)."""
+    import dp_gym
+
+    out = Path(args.out) if args.out else None
+    if args.one_run:
+        from dp_gym.evaluation import one_run_audit
+
+        config = dp_gym.config_of(args.env, **args.env_overrides)
+        policy = None if args.controller == "vanilla" else controller_factory(args.controller)
+        with console.status(f"one-run audit of {args.env} ({args.canaries} canaries)"):
+            result = one_run_audit(config, policy, n_canaries=args.canaries, seed=args.seed, broken=args.broken)
+        report = result.to_dict() | {"env_id": args.env, "controller": args.controller}
+        verdict = ("FLAGGED: the audit contradicts the reported epsilon" if result.flagged
+                   else "consistent with the reported epsilon")
+        console.print(f"audited epsilon lower bound {result.epsilon_lower_bound:.3f} (confidence {result.confidence:g}; "
+                      f"{result.correct}/{result.guesses} correct guesses on {result.canaries} canaries) vs reported "
+                      f"{result.epsilon_reported:.3f}: {verdict}; privacy_valid={result.privacy_valid}")
+    else:
+        from transformers import AutoModelForCausalLM
+
+        from dp_gym.evaluation import privacy_attacks
+        from dp_gym.tasks import create_task
+
+        if bool(args.model) == bool(args.run):
+            raise ValueError("give exactly one of --model DIR (with --env) or --run DIR (a `dp-gym finetune` output), "
+                             "or --one-run")
+        env_id, overrides, model_dir = args.env, args.env_overrides, args.model
+        if args.run:
+            run = Path(args.run)
+            if not (run / "privacy_report.json").exists():
+                raise FileNotFoundError(f"{run / 'privacy_report.json'} does not exist (is {run} a `dp-gym finetune` output?)")
+            saved = json.loads((run / "privacy_report.json").read_text())
+            env_id, overrides, model_dir = saved["env_id"], saved.get("env_overrides", {}), run / "model"
+            out = out or run / "audit.json"
+        if not (Path(model_dir) / "config.json").exists():
+            raise FileNotFoundError(f"{model_dir} is not a saved model folder (no config.json)")
+        config = dp_gym.config_of(env_id, **overrides)
+        task = create_task(config.task, **config.task_arguments())
+        model = AutoModelForCausalLM.from_pretrained(model_dir)
+        with console.status("attacking the model"):
+            report = privacy_attacks(model, task, n_candidates=args.candidates, seed=args.seed)
+        report = {"env_id": env_id, "model": str(model_dir), **report}
+        exposure = (f"exposure {report['exposure_mean']:.2f} bits mean, {report['exposure_max']:.2f} max "
+                    f"(cap {report['exposure_cap']:.2f}); " if "exposure_mean" in report else "no canaries; ")
+        console.print(f"{exposure}MIA loss AUC {report['mia_loss_auc']:.3f}, reference AUC {report['mia_reference_auc']:.3f}, "
+                      f"reference TPR@1%FPR {report['mia_reference_tpr_at_1pct_fpr']:.3f}")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=1))
+        console.print(f"written: {out}")
 
 
 def cmd_demo(args) -> None:
@@ -205,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(comparison, "runs/compare")
     comparison.add_argument("--controllers", nargs="+", required=True)
     comparison.add_argument("--seeds", type=_positive_int, default=5)
+    comparison.add_argument("--audit", action="store_true",
+                            help="attack every final model and audit each controller's epsilon in one run")
 
     tune = commands.add_parser("tune-vanilla", help="grid-search the DP-SGD clip on public validation data")
     common(tune, None)
@@ -214,6 +279,17 @@ def build_parser() -> argparse.ArgumentParser:
     common(finetune, "runs/finetune")
     finetune.add_argument("--config", default=None, help="an environment YAML (instead of --env)")
     finetune.add_argument("--controller", default="sac")
+
+    audit = commands.add_parser("audit", help="privacy attacks on a fine-tuned model, or a one-run epsilon audit")
+    common(audit, out=None)
+    audit.add_argument("--model", default=None, help="a saved model folder (attacks; the private data of --env)")
+    audit.add_argument("--run", default=None, help="a `dp-gym finetune` output folder (attacks)")
+    audit.add_argument("--candidates", type=_positive_int, default=999, help="secrets sampled per canary")
+    audit.add_argument("--one-run", action="store_true", help="audit epsilon in one training run instead")
+    audit.add_argument("--controller", default="vanilla", help="with --one-run: the controller under audit")
+    audit.add_argument("--canaries", type=_positive_int, default=256, help="with --one-run: audit canaries")
+    audit.add_argument("--broken", default=None, choices=["no_noise"],
+                       help="with --one-run: a deliberately broken configuration (negative control)")
 
     demo = commands.add_parser("demo", help="the main job on the offline default")
     common(demo, "runs/demo", env=False)
@@ -225,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"envs": cmd_envs, "train": cmd_train, "evaluate": cmd_evaluate, "compare": cmd_compare,
-            "tune-vanilla": cmd_tune_vanilla, "finetune": cmd_finetune, "demo": cmd_demo}
+            "tune-vanilla": cmd_tune_vanilla, "finetune": cmd_finetune, "audit": cmd_audit, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

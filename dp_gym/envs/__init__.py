@@ -4,7 +4,14 @@ from dp_gym.envs.actions import ActionCodec, DecodedAction
 from dp_gym.envs.dp_finetune_env import DPFineTuneEnv
 from dp_gym.envs.fine_tuning import FineTuningRun, RunSettings
 from dp_gym.envs.observations import ObservationBuilder
-from dp_gym.envs.registration import list_envs, make, make_from_config, register_builtin_envs, register_config
+from dp_gym.envs.registration import (
+    config_of,
+    list_envs,
+    make,
+    make_from_config,
+    register_builtin_envs,
+    register_config,
+)
 from dp_gym.envs.rewards import RewardContext, get_reward, register_reward, registered_rewards
 
 __all__ = [
@@ -19,6 +26,7 @@ __all__ = [
     "list_envs",
     "make",
     "make_from_config",
+    "config_of",
     "register_builtin_envs",
     "register_config",
     "register_reward",

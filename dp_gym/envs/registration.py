@@ -79,3 +79,10 @@ def make(env_id: str, **overrides: Any) -> gym.Env:
     base = yaml.safe_load(Path(spec.kwargs["config_path"]).read_text()) or {}
     steps = episode_steps({**base, **overrides})
     return gym.make(env_id, max_episode_steps=steps, **overrides)
+
+
+def config_of(env_id: str, **overrides: Any) -> EnvConfig:
+    """The validated :class:`EnvConfig` of a registered id, with overrides."""
+    if env_id not in gym.registry:
+        raise ValueError(f"unknown environment id {env_id!r}; registered: {list(list_envs())}")
+    return EnvConfig.from_yaml(gym.spec(env_id).kwargs["config_path"], **overrides)

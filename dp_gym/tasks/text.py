@@ -76,6 +76,9 @@ class TextTask(Task):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.max_length = max_length
         self.canaries = make_canaries(n_canaries, canary_repeats, seed) if n_canaries else []
+        self.seed = seed
+        #: the private split is the generated clinical notes (so fresh non-members can be drawn)
+        self.generated_data = train_records is None
         if train_records is None:
             train_records = private_train_records(n_train, seed=1000 + seed, canaries=self.canaries)
         if val_records is None:
@@ -85,6 +88,19 @@ class TextTask(Task):
         self.train_records, self.val_records = list(train_records), list(val_records)
         self._train = self._encode(self.train_records)
         self._val = self._encode(self.val_records)
+
+    def nonmember_records(self, n: int) -> list[str]:
+        """``n`` records from the private distribution that are not in the training split (fresh
+        notes from a disjoint seed): the non-members of membership inference."""
+        if not self.generated_data:
+            raise ValueError("this task was given its own train_records; pass non-member records explicitly")
+        members = set(self.train_records)
+        return [r for r in clinical_notes(n, seed=7000 + self.seed) if r not in members]
+
+    def member_records(self) -> list[str]:
+        """The private training records that are not canaries."""
+        canary_texts = {c.text for c in self.canaries}
+        return [r for r in self.train_records if r not in canary_texts]
 
     def _encode(self, records: list[str]) -> dict[str, torch.Tensor]:
         encoded = self.tokenizer(
