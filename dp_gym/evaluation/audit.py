@@ -2,8 +2,11 @@
 
 Procedure:
 
-1. Draw ``m`` audit canaries (random secrets, one record each). Include each one in the private
-   training split independently with probability 1/2 (a coin the auditor keeps).
+1. Draw ``m`` audit canaries, each a record of ``length`` uniformly random tokens (the random
+   inputs of Steinke et al.: unlike a templated secret such as "insurance number 839221", nothing
+   else in the data predicts them, so a model that trains on one visibly lowers its loss).
+   Include each one in the private training split independently with probability 1/2 (a coin
+   the auditor keeps).
 2. Fine-tune once with the controller under audit (the environment's own DP updates and ledger).
 3. Score every canary: ``s_i = L_ref(x_i) - L_target(x_i)`` (how much training lowered its loss;
    the reference is the public base model). Guess "included" for the ``k+`` highest scores,
@@ -35,7 +38,7 @@ import numpy as np
 from scipy import stats
 
 from dp_gym.config import EnvConfig
-from dp_gym.data.clinical_notes import make_canaries, private_train_records
+from dp_gym.data.clinical_notes import private_train_records
 from dp_gym.evaluation.scoring import record_losses
 
 BROKEN_MODES = ("no_noise",)
@@ -120,6 +123,14 @@ def audit_bound_from_scores(scores, included, delta: float, confidence: float = 
     return best
 
 
+def random_token_canaries(tokenizer, m: int, length: int = 16, seed: int = 0) -> list[str]:
+    """``m`` records of ``length`` uniformly random non-special tokens, decoded to text."""
+    rng = np.random.default_rng(seed)
+    special = set(tokenizer.all_special_ids)
+    vocabulary = np.array([i for i in range(len(tokenizer)) if i not in special])
+    return [tokenizer.decode(rng.choice(vocabulary, size=length).tolist()) for _ in range(m)]
+
+
 def _drop_gradient_noise(updater) -> None:
     """The broken configuration: add no gradient noise but report (and account) the asked-for noise."""
     honest_step = updater.step
@@ -156,15 +167,17 @@ def one_run_audit(config: EnvConfig, policy=None, n_canaries: int = 256, confide
         raise ValueError(f"broken must be None or one of {list(BROKEN_MODES)}, got {broken!r}")
     if config.task != "text":
         raise ValueError(f"the one-run audit inserts text canaries; task must be 'text', got {config.task!r}")
-    rng = np.random.default_rng(seed)
-    canaries = make_canaries(n_canaries, repeats=1, seed=10_000 + seed)
-    included = rng.random(n_canaries) < 0.5
+    from dp_gym.tasks.text import TextTask
+
     kwargs = dict(config.task_kwargs)
     if "train_records" in kwargs or kwargs.get("n_canaries"):
         raise ValueError("the audit builds the training split itself; remove train_records / n_canaries")
-    task_seed = kwargs.get("seed", 0)
-    records = private_train_records(kwargs.get("n_train", 512), seed=1000 + task_seed,
-                                    canaries=[c for c, keep in zip(canaries, included, strict=True) if keep])
+    template = TextTask(**{**kwargs, "n_train": 1})  # its tokenizer (and the private notes' seed)
+    texts = random_token_canaries(template.tokenizer, n_canaries, seed=10_000 + seed)
+    included = np.random.default_rng(seed).random(n_canaries) < 0.5
+    records = private_train_records(kwargs.get("n_train", 512), seed=1000 + template.seed)
+    records += [text for text, keep in zip(texts, included, strict=True) if keep]
+    np.random.default_rng(seed + 1).shuffle(records)
     audited = EnvConfig.from_dict({**config.to_dict(), "task_kwargs": {**kwargs, "train_records": records}})
     env = DPFineTuneEnv(audited)
     observation, info = env.reset(seed=seed)
@@ -181,7 +194,6 @@ def one_run_audit(config: EnvConfig, policy=None, n_canaries: int = 256, confide
         observation, _, terminated, truncated, info = env.step(action)
         done = terminated or truncated
     tokenizer = env.task.tokenizer
-    texts = [c.text for c in canaries]
     reference = env.task.build_model()
     scores = record_losses(reference, tokenizer, texts) - record_losses(env.run.model, tokenizer, texts)
     bound, r, v, k = audit_bound_from_scores(scores, included, config.delta, confidence)

@@ -1,4 +1,5 @@
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -109,11 +110,15 @@ def test_oracle_runs_say_so_in_every_file(tmp_path):
 
 
 @pytest.mark.parametrize("arguments, message", [
-    (["train", "--env", "dp_gym/Nope-v0"], "unknown environment id 'dp_gym/Nope-v0'; registered: dp_gym/TinyText-v0"),
+    (["train", "--env", "dp_gym/Nope-v0"], "unknown environment id 'dp_gym/Nope-v0'; registered: dp_gym/TinyDigits-v0, dp_gym/TinyText-v0"),
     (["train", "--timesteps", "0"], "must be a positive integer, got 0"),
     (["evaluate", "--policy", "sac:/no/such/model.zip"], "policy file /no/such/model.zip does not exist"),
     (["compare", "--controllers", "unicorn"], "unknown controller 'unicorn'"),
     (["compare", "--controllers", "vanilla", "--env-overrides", "{not json"], "must be a JSON object"),
+    (["audit"], "give exactly one of --model DIR"),
+    (["audit", "--run", "/no/such/run"], "/no/such/run/privacy_report.json does not exist"),
+    (["audit", "--model", "/no/such/model"], "/no/such/model is not a saved model folder"),
+    (["audit", "--one-run", "--broken", "everything"], "invalid choice: 'everything'"),
 ])
 def test_bad_cli_input_is_one_clear_line_and_nonzero_exit(arguments, message):
     process = subprocess.run([sys.executable, "-m", "dp_gym.cli", *arguments], capture_output=True, text=True,
@@ -128,3 +133,32 @@ def test_python_dash_m_agents_entry_points(command):
     process = subprocess.run([sys.executable, "-m", f"agents.{command}", "--help"], capture_output=True, text=True,
                              timeout=120)
     assert process.returncode == 0 and f"usage: dp-gym {command}" in process.stdout
+
+
+def test_audit_attacks_a_finetuned_run_and_compare_adds_the_columns(tmp_path):
+    small = {**SMALL, "task_kwargs": {"n_train": 64, "n_val": 8, "n_canaries": 2, "canary_repeats": 2}}
+    finetune_online("dp_gym/TinyText-v0", "vanilla", tmp_path / "run", env_overrides=small)
+    assert main(["audit", "--run", str(tmp_path / "run"), "--candidates", "99"]) == 0
+    report = json.loads((tmp_path / "run" / "audit.json").read_text())
+    assert report["canaries"] == 2 and report["exposure_cap"] == pytest.approx(math.log2(100))
+    assert 0 <= report["mia_reference_auc"] <= 1 and report["mia_members"] > 0
+
+    audited = {**SMALL, "sample_rate": 0.2, "count_noise": None, "loss_noise": None}
+    code = main(["compare", "--controllers", "vanilla", "--seeds", "1", "--audit",
+                 "--env-overrides", json.dumps(audited), "--out", str(tmp_path / "cmp")])
+    assert code == 0
+    summary = json.loads((tmp_path / "cmp" / "results.json").read_text())["summary"][0]
+    for column in ("exposure_mean", "mia_loss_auc", "mia_reference_auc", "mia_reference_tpr_at_1pct_fpr",
+                   "epsilon_lower_bound"):
+        assert summary[column] is not None, column
+    assert summary["epsilon_lower_bound"] <= summary["epsilon"]
+    assert "audited epsilon lower bound" in (tmp_path / "cmp" / "results.md").read_text()
+    assert "epsilon_lower_bound" in (tmp_path / "cmp" / "results.csv").read_text().splitlines()[0]
+
+
+def test_one_run_audit_from_the_cli(tmp_path):
+    overrides = {**SMALL, "max_updates": 20, "updates_per_step": 10, "count_noise": None, "loss_noise": None}
+    assert main(["audit", "--one-run", "--canaries", "32", "--broken", "no_noise", "--env-overrides",
+                 json.dumps(overrides), "--out", str(tmp_path / "audit.json")]) == 0
+    report = json.loads((tmp_path / "audit.json").read_text())
+    assert report["broken"] == "no_noise" and report["privacy_valid"] is False and report["canaries"] == 32
