@@ -9,11 +9,15 @@ vanilla DP-SGD: fixed clip, noise calibrated to spend the budget). Then the memo
 step vs Opacus' stock flat clipping (``make_private``) on the same model and batch.
 
     python benchmarks/token_pruning.py [--repeats 5] [--batch 32] [--updates 200] [--dataset scenes]
+    # more visual tokens per caption token, as in real LLaVA (576 patches): 16x16 = 256 patches
+    python benchmarks/token_pruning.py --tiny '{"patch_size": 2, "lm": {"public_captions": 4000, "pretrain_seq_len": 128, "n_positions": 320}}'
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -83,8 +87,10 @@ def opacus_peak_mib(task: VisionLanguageTask, batch, device: str) -> tuple[float
     return peak_allocated_mib(opacus_step), peak_memory_mib(opacus_step)
 
 
-def final_val_loss(env_id: str, rule: str, keep: float, updates: int, clip: float, seed: int) -> float:
-    env = dp_gym.make(env_id, token_pruning={"rule": rule, "keep_ratio": keep}, max_updates=updates)
+def final_val_loss(env_id: str, rule: str, keep: float, updates: int, clip: float, seed: int, tiny: dict) -> float:
+    task_kwargs = {**dp_gym.config_of(env_id).task_kwargs, "tiny": tiny}
+    env = dp_gym.make(env_id, token_pruning={"rule": rule, "keep_ratio": keep}, max_updates=updates,
+                      task_kwargs=task_kwargs)
     controller = make_controller("vanilla", env, clip=clip)
     result = run_episode(controller, env, seed=seed, name=f"{rule}:{keep}")
     env.close()
@@ -99,21 +105,24 @@ def main() -> None:
     parser.add_argument("--clip", type=float, default=0.3)
     parser.add_argument("--dataset", choices=("scenes", "digits"), default="scenes")
     parser.add_argument("--seed", type=int, default=1000)
+    parser.add_argument("--tiny", type=json.loads, default={}, help="TinyVLMConfig fields (JSON)")
+    parser.add_argument("--no-utility", action="store_true", help="skip the DP fine-tuning runs (val loss)")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     env_id = {"scenes": "dp_gym/TinyVision-v0", "digits": "dp_gym/TinyDigits-v0"}[args.dataset]
 
     rows = []
     for rule, keep in SETTINGS:
-        task = VisionLanguageTask(dataset=args.dataset, token_pruning={"rule": rule, "keep_ratio": keep})
+        task = VisionLanguageTask(dataset=args.dataset, token_pruning={"rule": rule, "keep_ratio": keep}, tiny=args.tiny)
         batch = task.train_batch(torch.arange(args.batch))
         costs = step_costs(task, batch, args.repeats, device)
-        costs["val_loss"] = final_val_loss(env_id, rule, keep, args.updates, args.clip, args.seed)
+        costs["val_loss"] = (math.nan if args.no_utility else
+                             final_val_loss(env_id, rule, keep, args.updates, args.clip, args.seed, args.tiny))
         rows.append((rule, keep, task.visual_tokens, costs))
         print(f"{rule} {keep}: {costs}", flush=True)
 
     base = rows[0][3]
-    table = Table(title=f"Visual-token pruning, {env_id}, batch {args.batch}, {device}, {torch.get_num_threads()} threads, "
+    table = Table(title=f"Visual-token pruning, {env_id} {json.dumps(args.tiny) if args.tiny else ''}, batch {args.batch}, {device}, {torch.get_num_threads()} threads, "
                         f"median of {args.repeats}; val loss after {args.updates} DP updates at epsilon 3 (clip {args.clip:g})")
     for column in ("rule", "keep", "visual tokens", "non-private ms", "DP step ms", "DP time vs keep 1", "DP peak MiB",
                    "DP memory vs keep 1", "DP peak RSS MiB", "val loss", "val loss vs keep 1"):
@@ -130,7 +139,7 @@ def main() -> None:
     for column in ("keep", "dp-gym MiB", "Opacus MiB", "dp-gym / Opacus", "dp-gym RSS MiB", "Opacus RSS MiB"):
         memory.add_column(column, justify="right")
     for rule, keep in (("none", 1.0), ("cls_attention", 0.5)):
-        task = VisionLanguageTask(dataset=args.dataset, token_pruning={"rule": rule, "keep_ratio": keep})
+        task = VisionLanguageTask(dataset=args.dataset, token_pruning={"rule": rule, "keep_ratio": keep}, tiny=args.tiny)
         batch = task.train_batch(torch.arange(args.batch))
         ours = next(c for r, k, _, c in rows if r == rule and k == keep)
         theirs, theirs_rss = opacus_peak_mib(task, batch, device)

@@ -16,6 +16,7 @@ import yaml
 
 CONTROLS = ("clip", "noise", "prune")
 BUDGET_MODES = ("project", "terminate")
+NOISE_SCALES = ("absolute", "paced")
 OBSERVATION_MODES = ("private", "oracle")
 #: a control is either in the action vector, fixed to a number, or (noise only) calibrated so
 #: that equal per-group noise spends the budget exactly in ``max_updates``
@@ -76,7 +77,14 @@ class EnvConfig:
         controls: per control (clip, noise, prune): ``"control"`` (in the action vector), a
             number (fixed for every group), or, for noise only, ``"calibrated"``.
         clip_range: [low, high] of C_g, mapped log-linearly from the action.
-        noise_range: [low, high] of sigma_g, mapped log-linearly from the action.
+        noise_range: [low, high] of sigma_g, mapped log-linearly from the action (with
+            ``noise_scale: paced``, the range of a factor on the paced noise; it must contain 1).
+        noise_scale: ``absolute`` (the action sets sigma_g) or ``paced``: the action sets a factor
+            ``f_g`` on the pace, the equal per-group noise that would spend the *remaining* budget
+            exactly over the remaining updates, recomputed every step. ``f = 1`` (action 0 for a
+            range symmetric in log scale) is plain DP-SGD; ``f < 1`` spends faster now and the pace
+            rises later to pay for it (only a controller that keeps ``f < 1`` to the end runs out
+            of budget before ``max_updates``).
         prune_max: the largest prune ratio, mapped linearly from the action, in [0, 1].
         budget_mode: ``project`` (raise the noise to fit the budget) or ``terminate``.
         reward: ``{"name": ..., "kwargs": {...}}``; see :func:`dp_gym.envs.register_reward`.
@@ -103,6 +111,7 @@ class EnvConfig:
     controls: dict[str, Any] = field(default_factory=lambda: {c: "control" for c in CONTROLS})
     clip_range: tuple[float, float] = (0.05, 5.0)
     noise_range: tuple[float, float] = (1.0, 30.0)
+    noise_scale: str = "absolute"
     prune_max: float = 0.9
     budget_mode: str = "project"
     reward: dict[str, Any] = field(default_factory=lambda: {"name": "utility", "kwargs": {}})
@@ -146,6 +155,13 @@ class EnvConfig:
         self._check_controls()
         self.clip_range = _range("clip_range", self.clip_range)
         self.noise_range = _range("noise_range", self.noise_range)
+        _choice("noise_scale", self.noise_scale, NOISE_SCALES)
+        if self.noise_scale == "paced":
+            if self.controls["noise"] != "control":
+                raise ConfigError(f"noise_scale 'paced' needs controls.noise 'control', got {self.controls['noise']!r}")
+            if not (self.noise_range[0] <= 1.0 <= self.noise_range[1]):
+                raise ConfigError(f"noise_range must contain 1 with noise_scale 'paced' (it is a factor on the "
+                                  f"paced noise), got {list(self.noise_range)}")
         self.prune_max = _number("prune_max", self.prune_max)
         if not (0 <= self.prune_max <= 1):
             raise ConfigError(f"prune_max must be in [0, 1], got {self.prune_max:g}")

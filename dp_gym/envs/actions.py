@@ -6,6 +6,10 @@ Clip and noise map log-linearly onto their ranges, prune linearly onto ``[0, pru
     sigma_g = exp(log lo_s + (a + 1)/2 * (log hi_s - log lo_s))
     p_g     = (a + 1)/2 * prune_max
 
+With ``noise_scale: paced`` the noise entry is a factor on the pace ``s_g`` (the noise that spends
+the remaining budget evenly, set by the environment before every step):
+``sigma_g = s_g * exp(log lo_s + (a + 1)/2 * (log hi_s - log lo_s))``.
+
 Controls fixed by the config are not in the vector.
 """
 
@@ -49,7 +53,8 @@ class ActionCodec:
             raise ConfigError("controls: at least one of clip / noise / prune must be 'control'")
         self.layout = [f"{control}/{group}" for control in self.controlled for group in self.group_names]
         self.space = spaces.Box(-1.0, 1.0, shape=(len(self.layout),), dtype=np.float32)
-        #: per-group noise used when the config says ``noise: calibrated`` (set by the env)
+        #: per-group noise used when the config says ``noise: calibrated``, or the pace that
+        #: ``noise_scale: paced`` multiplies (set by the env)
         self.calibrated_noise: np.ndarray | None = None
 
     def decode(self, action) -> DecodedAction:
@@ -69,7 +74,9 @@ class ActionCodec:
             values[control] = unit[index * n : (index + 1) * n]
         cfg = self.config
         clip = self._log_map(values["clip"], cfg.clip_range) if "clip" in values else np.full(n, cfg.controls["clip"])
-        if "noise" in values:
+        if "noise" in values and cfg.noise_scale == "paced":
+            noise = self._pace() * self._log_map(values["noise"], cfg.noise_range)
+        elif "noise" in values:
             noise = self._log_map(values["noise"], cfg.noise_range)
         elif cfg.controls["noise"] == "calibrated":
             if self.calibrated_noise is None:
@@ -91,9 +98,16 @@ class ActionCodec:
                 unit = value / cfg.prune_max if cfg.prune_max > 0 else np.zeros_like(value)
             else:
                 low, high = cfg.clip_range if control == "clip" else cfg.noise_range
+                if control == "noise" and cfg.noise_scale == "paced":
+                    value = value / self._pace()
                 unit = (np.log(value) - np.log(low)) / max(np.log(high) - np.log(low), 1e-12)
             parts.append(np.clip(2.0 * unit - 1.0, -1.0, 1.0))
         return np.concatenate(parts).astype(np.float32)
+
+    def _pace(self) -> np.ndarray:
+        if self.calibrated_noise is None:
+            raise RuntimeError("noise_scale is 'paced' but the codec was given no pace (call reset())")
+        return self.calibrated_noise
 
     @staticmethod
     def _log_map(unit: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:

@@ -26,6 +26,7 @@ from dp_gym.privacy import (
     min_noise_for_budget,
     scale_sigmas_to,
 )
+from dp_gym.privacy.calibration import MAX_NOISE_MULTIPLIER
 from dp_gym.tasks import create_task, perplexity
 
 
@@ -73,8 +74,9 @@ class DPFineTuneEnv(gym.Env):
         self._n_counted = len(self.group_names) if config.count_noise is not None else 0
         if config.controls["noise"] == "calibrated":
             self.codec.calibrated_noise = self.calibrated_group_noise()
+        largest_noise = MAX_NOISE_MULTIPLIER if config.noise_scale == "paced" else config.noise_range[1]
         self._max_noise_z = composed_noise_multiplier(
-            [config.noise_range[1]] * len(self.group_names), config.count_noise, self._n_counted, config.loss_noise)
+            [largest_noise] * len(self.group_names), config.count_noise, self._n_counted, config.loss_noise)
         self._seeded = False
         self._episode: dict[str, Any] = {}
         #: seconds spent per phase since construction: dp_update, evaluation, accounting, total_step
@@ -110,6 +112,7 @@ class DPFineTuneEnv(gym.Env):
             seed = self.config.seed if not self._seeded else int(self.np_random.integers(2**31 - 1))
         self._seeded = True
         self.run.reset(seed)
+        self._update_pace()
         val_loss = self.run.base_val_loss
         observation = self.observer.initial(val_loss)
         self._episode = {
@@ -172,6 +175,8 @@ class DPFineTuneEnv(gym.Env):
             epsilon_before=epsilon_before, epsilon=run.ledger.epsilon(), epsilon_budget=cfg.epsilon,
             updates=run.updates, max_updates=cfg.max_updates, terminal=terminated or truncated))
         episode["done"] = terminated or truncated
+        if not episode["done"]:
+            self._update_pace()
         applied = (decoded.clip, noise, decoded.prune)
         info = self._info(applied, asked_noise, projected=projected)
         return observation, float(reward), bool(terminated), bool(truncated), info
@@ -183,6 +188,25 @@ class DPFineTuneEnv(gym.Env):
         cfg = self.config
         z = calibrate_noise(cfg.epsilon, cfg.delta, cfg.sample_rate, updates or cfg.max_updates, cfg.accountant)
         return np.array(equal_group_sigmas(z, len(self.group_names), cfg.count_noise, self._n_counted, cfg.loss_noise))
+
+    def paced_group_noise(self) -> np.ndarray:
+        """Equal per-group noise that spends the *remaining* budget exactly over the remaining
+        updates (``min_noise_for_budget`` on the ledger so far): the pace of ``noise_scale: paced``.
+        At the start of an episode it equals :meth:`calibrated_group_noise`."""
+        cfg, run = self.config, self.run
+        remaining = max(cfg.max_updates - run.updates, 1)
+        if run.updates == 0:
+            return self.calibrated_group_noise()
+        z = min_noise_for_budget(run.ledger, cfg.epsilon, cfg.sample_rate, remaining)
+        return np.array(equal_group_sigmas(z, len(self.group_names), cfg.count_noise, self._n_counted, cfg.loss_noise))
+
+    def _update_pace(self) -> None:
+        if self.config.noise_scale != "paced":
+            return
+        try:
+            self.codec.calibrated_noise = self.paced_group_noise()
+        except (BudgetExhaustedError, ValueError):  # nothing left to pace: the budget check ends the episode
+            self.codec.calibrated_noise = np.full(len(self.group_names), MAX_NOISE_MULTIPLIER)
 
     def _budget_spent(self) -> bool:
         """True when even the largest configured noise cannot pay for another step."""

@@ -110,6 +110,10 @@ class VisionLanguageTask(Task):
             val = [(s.image, s.caption) for s in make_scenes(n_val, PUBLIC_VALIDATION_SEED + seed, self.image_size)]
         else:
             train, val = digit_splits(n_train, n_val, seed=seed, image_size=self.image_size)
+        positions = getattr(self.model_config.text_config, "max_position_embeddings", None)
+        if positions is not None and self.visual_tokens + max_text_length > positions:
+            raise ValueError(f"{self.visual_tokens} visual tokens + max_text_length {max_text_length} exceed the "
+                             f"language model's {positions} positions; prune more or shorten the captions")
         self.train_captions = [caption for _, caption in train]
         self.val_captions = [caption for _, caption in val]
         self._train = self._encode(train)

@@ -258,3 +258,49 @@ def test_full_default_episode():
         steps += 1
         done = terminated or truncated
     assert info["epsilon"] <= 3.0 and steps <= 50
+
+
+PACED = {**SMALL, "noise_scale": "paced", "noise_range": [0.5, 2.0], "max_updates": 12, "updates_per_step": 3}
+
+
+def test_paced_noise_at_action_zero_is_plain_dp_sgd_and_spends_the_budget():
+    env = DPFineTuneEnv(**PACED)
+    env.reset(seed=0)
+    calibrated = env.calibrated_group_noise()
+    zero = np.zeros(env.action_space.shape, dtype=np.float32)
+    done, noises = False, []
+    while not done:
+        _, _, terminated, truncated, info = env.step(zero)
+        noises.append(info["noise"].copy())
+        done = terminated or truncated
+    assert truncated and info["updates"] == 12
+    np.testing.assert_allclose(noises[0], calibrated)
+    for noise in noises[1:]:  # re-paced every step: the same plain DP-SGD noise, up to the bisection tolerance
+        np.testing.assert_allclose(noise, calibrated, rtol=2e-3)
+    assert 0.99 * 3.0 <= info["epsilon"] <= 3.0
+
+
+def test_paced_noise_rises_to_pay_for_early_spending():
+    env = DPFineTuneEnv(**PACED)
+    env.reset(seed=0)
+    action = env.codec.encode(clip=0.5, noise=0.5 * env.calibrated_group_noise(), prune=0.0)
+    assert env.decode_action(action)[env.group_names[0]]["noise"] == pytest.approx(0.5 * env.calibrated_group_noise()[0])
+    done, noises = False, []
+    while not done:
+        _, _, terminated, truncated, info = env.step(env.action_space.low)  # factor 0.5 every step
+        noises.append(info["noise"][0])
+        done = terminated or truncated
+    # spending 4x the pace every step, it still runs most updates: the pace rose to pay for it;
+    # only the last steps are projected onto what is left of the budget
+    assert info["updates"] >= 9 and info["epsilon"] <= 3.0
+    assert noises[-1] > noises[0]
+
+
+@pytest.mark.parametrize("overrides, field", [
+    ({"noise_scale": "paced", "controls": {"noise": "calibrated"}}, "noise_scale 'paced' needs controls.noise"),
+    ({"noise_scale": "paced", "noise_range": [1.5, 3.0]}, "noise_range must contain 1"),
+    ({"noise_scale": "relative"}, "noise_scale must be one of"),
+])
+def test_bad_noise_scale_is_rejected_by_field(overrides, field):
+    with pytest.raises(dp_gym.ConfigError, match=field):
+        dp_gym.EnvConfig(**overrides)

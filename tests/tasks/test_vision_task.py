@@ -125,3 +125,8 @@ def test_vision_episode_stays_within_budget(env_id):
         done = terminated or truncated
     assert 0 < info["epsilon"] <= 1.0 and info["privacy_valid"]
     assert isinstance(env, gym.Env)
+
+
+def test_too_many_tokens_for_the_language_model_is_a_clear_error(micro_vlm):
+    with pytest.raises(ValueError, match="64 visual tokens \\+ max_text_length 100 exceed the language model's 128"):
+        VisionLanguageTask(model=str(micro_vlm), n_train=4, n_val=2, max_text_length=100)
