@@ -258,6 +258,7 @@ class DPFineTuneEnv(gym.Env):
         self.np_random.bit_generator.state = copy.deepcopy(state["np_random"])
         self._seeded = state["seeded"]
         torch.set_rng_state(state["torch_rng"])
+        self._update_pace()  # a function of the restored ledger
 
     def close(self) -> None:
         self._episode = {}

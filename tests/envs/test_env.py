@@ -160,8 +160,10 @@ def test_same_seed_same_actions_same_trajectory():
     assert not np.array_equal(different[1][0], rollout(env_b, sequence, seed=7)[1][0])
 
 
-def test_resume_from_state_continues_identically():
-    env = small_env(max_updates=12)
+@pytest.mark.parametrize("paced", [False, True], ids=["absolute", "paced"])
+def test_resume_from_state_continues_identically(paced):
+    extra = {"noise_scale": "paced", "noise_range": [0.5, 2.0]} if paced else {}
+    env = small_env(max_updates=12, **extra)
     rng = np.random.default_rng(1)
     sequence = [rng.uniform(-0.5, 1, env.action_space.shape) for _ in range(6)]
     uninterrupted = rollout(env, sequence, seed=3)
@@ -170,7 +172,7 @@ def test_resume_from_state_continues_identically():
     for action in sequence[:3]:
         env.step(action)
     state = env.state_dict()
-    fresh = DPFineTuneEnv(**{**SMALL, "max_updates": 12})
+    fresh = DPFineTuneEnv(**{**SMALL, "max_updates": 12, **extra})
     fresh.load_state_dict(state)
     resumed = [fresh.step(action) for action in sequence[3:]]
     assert_same(uninterrupted[4:], resumed)
