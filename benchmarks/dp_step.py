@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from pathlib import Path
 
 import torch
@@ -18,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import median_ms, peak_memory_mib  # noqa: E402
+from _measure import median_ms, opacus_flat_step, peak_memory_mib, with_stable_allocator  # noqa: E402
 
 from dp_gym.engine import DPUpdater, ParameterGroups  # noqa: E402
 from dp_gym.models.tiny_lm import TinyLMConfig, build_tiny_lm, ensure_tiny_lm  # noqa: E402
@@ -75,29 +74,13 @@ def bench_model(name, factory, batch, repeats, device):
 
     rows.append(("dp-gym, prune 0.5", median_ms(dp_gym_pruned, repeats), peak_memory_mib(dp_gym_pruned)))
 
-    from opacus import PrivacyEngine
-
-    model = factory().to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(data["input_ids"]), batch_size=size)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        private_model, private_optimizer, _ = PrivacyEngine().make_private(
-            module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=1.0, max_grad_norm=1.0,
-            poisson_sampling=False)
-
-    def opacus_step():
-        private_optimizer.zero_grad(set_to_none=True)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            per_sample_loss(private_model, data).mean().backward()
-        private_optimizer.step()
-
+    opacus_step = opacus_flat_step(factory().to(device).train(), per_sample_loss, data)
     rows.append(("Opacus make_private (flat)", median_ms(opacus_step, repeats), peak_memory_mib(opacus_step)))
     return [(name, *row) for row in rows]
 
 
 def main() -> None:
+    with_stable_allocator()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--batch", type=int, default=32)

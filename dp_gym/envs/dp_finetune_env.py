@@ -72,7 +72,8 @@ class DPFineTuneEnv(gym.Env):
         reward = config.reward
         self.reward_fn = functools.partial(get_reward(reward["name"]), **reward.get("kwargs", {}))
         self._n_counted = len(self.group_names) if config.count_noise is not None else 0
-        if config.controls["noise"] == "calibrated":
+        if config.controls["noise"] == "calibrated" or config.noise_scale == "paced":
+            # calibrated noise, or the pace before any update (so actions encode before reset())
             self.codec.calibrated_noise = self.calibrated_group_noise()
         largest_noise = MAX_NOISE_MULTIPLIER if config.noise_scale == "paced" else config.noise_range[1]
         self._max_noise_z = composed_noise_multiplier(

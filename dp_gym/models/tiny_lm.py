@@ -158,12 +158,17 @@ def ensure_tiny_lm(config: TinyLMConfig | None = None, root: Path | None = None)
     tokenizer = train_public_tokenizer(config.vocab_size, public_text(config))
     model = build_tiny_lm(config, vocab_size=len(tokenizer))
     losses = pretrain_on_public(model, tokenizer, config)
-    staging = Path(tempfile.mkdtemp(prefix=".tiny-lm-", dir=root))
+    return save_to_cache(model, tokenizer, target,
+                         {"config": asdict(config), "final_public_loss": losses[-1] if losses else None})
+
+
+def save_to_cache(model, tokenizer, target: Path, metadata: dict) -> Path:
+    """``save_pretrained`` model and tokenizer into ``target`` atomically: written to a temporary
+    sibling folder, then renamed (a concurrent builder's identical copy may win the race)."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    (staging / "dp_gym_pretraining.json").write_text(
-        json.dumps({"config": asdict(config), "final_public_loss": losses[-1] if losses else None})
-    )
+    (staging / "dp_gym_pretraining.json").write_text(json.dumps(metadata))
     try:
         staging.rename(target)
     except OSError:  # another process won the race; its copy is identical

@@ -16,8 +16,6 @@ GPT-2's input and output embeddings are untied in the LLaVA (LLaVA's weight tyin
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,7 +23,7 @@ import numpy as np
 import torch
 
 from dp_gym.data.scenes import COLOURS, PUBLIC_PRETRAINING_SEED, SHAPES, Scene, make_scenes
-from dp_gym.models.tiny_lm import TinyLMConfig, cache_dir, ensure_tiny_lm
+from dp_gym.models.tiny_lm import TinyLMConfig, cache_dir, ensure_tiny_lm, save_to_cache
 
 IMAGE_TOKEN = "<image>"
 
@@ -184,14 +182,5 @@ def ensure_tiny_vlm(config: TinyVLMConfig | None = None, root: Path | None = Non
     _copy_language_model(model, lm_path)
     losses = pretrain_vision_on_public(model.model.vision_tower, config)
     root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tiny-vlm-", dir=root))
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    (staging / "dp_gym_pretraining.json").write_text(
-        json.dumps({"config": asdict(config), "final_public_vision_loss": losses[-1] if losses else None})
-    )
-    try:
-        staging.rename(target)
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return save_to_cache(model, tokenizer, target,
+                         {"config": asdict(config), "final_public_vision_loss": losses[-1] if losses else None})

@@ -75,3 +75,17 @@ def test_controller_registry():
         register_controller("vanilla-test-alias", lambda env: None)
     with pytest.raises(ValueError, match="unknown controller 'nope'"):
         make_controller("nope", None)
+
+
+def test_vanilla_on_a_paced_env_is_factor_one_and_matches_calibrated_noise():
+    env = dp_gym.make("dp_gym/TinyTextPaced-v0", max_updates=8, updates_per_step=4,
+                      task_kwargs={"n_train": 64, "n_val": 8})
+    controller = make_controller("vanilla", env, clip=0.1)
+    observation, _ = env.reset(seed=0)
+    action, _ = controller.predict(observation)
+    layout = env.unwrapped.action_layout
+    noise_entries = [a for name, a in zip(layout, action, strict=True) if name.startswith("noise/")]
+    np.testing.assert_allclose(noise_entries, 0.0, atol=1e-6)  # factor 1 on the pace
+    _, _, _, _, info = env.step(action)
+    np.testing.assert_allclose(info["noise"], env.unwrapped.calibrated_group_noise(), rtol=1e-6)
+    np.testing.assert_allclose(info["clip"], 0.1, rtol=1e-6)
