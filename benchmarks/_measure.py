@@ -28,12 +28,18 @@ def _release_free_memory() -> None:
         pass
 
 
-def peak_memory_mib(fn: Callable[[], object]) -> float:
+def peak_memory_mib(fn: Callable[[], object], release: Callable[[], object] | None = None) -> float:
     """Peak memory above the starting point while ``fn`` runs.
+
+    ``release`` runs first: it drops what a previous call left alive that ``fn`` would free anyway
+    (Opacus keeps the per-sample gradients until the next ``zero_grad``; without this, their memory
+    would count for nothing and Opacus' peak would look one B x P copy smaller).
 
     CUDA: ``max_memory_allocated``. CPU: resident set size sampled every 0.5 ms by a thread
     (free heap memory is returned to the OS first, so earlier runs do not hide later peaks).
     """
+    if release is not None:
+        release()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -78,21 +84,24 @@ def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
 MMAP_THRESHOLD = "65536"
 
 
-def with_stable_allocator() -> None:
-    """Re-execute this script with glibc's mmap threshold fixed at 64 KiB (once).
+def memory_in_child(extra_args: list[str]) -> dict:
+    """Run this script again with ``extra_args`` (its memory-only mode) and glibc's mmap threshold
+    fixed at 64 KiB; return the JSON object it prints last.
 
     By default glibc raises its mmap threshold dynamically, so freed tensors may stay in the heap
     and RSS peaks depend on what ran before (seen here: the same step read 182 to 205 MiB). With a
     fixed threshold every tensor of 64 KiB or more is its own mapping, returned to the OS when
-    freed, and the sampled RSS peak tracks live tensor memory (repeat runs agree to 1 MiB).
-    Timings are measured under the same setting for every row of a table.
+    freed, and the sampled RSS peak tracks live tensor memory (repeats agree to 1 MiB). It also
+    makes every allocation a system call, so times are measured in the parent, never here.
     """
-    if os.environ.get("MALLOC_MMAP_THRESHOLD_") == MMAP_THRESHOLD or torch.cuda.is_available():
-        return
+    import json
+    import subprocess
     import sys
 
     environment = {**os.environ, "MALLOC_MMAP_THRESHOLD_": MMAP_THRESHOLD}
-    os.execve(sys.executable, [sys.executable, *sys.argv], environment)
+    process = subprocess.run([sys.executable, *sys.argv, *extra_args], env=environment, capture_output=True,
+                             text=True, check=True)
+    return json.loads(process.stdout.strip().splitlines()[-1])
 
 
 def opacus_flat_step(model: torch.nn.Module, loss_fn: Callable, data: dict) -> Callable[[], None]:
@@ -118,4 +127,6 @@ def opacus_flat_step(model: torch.nn.Module, loss_fn: Callable, data: dict) -> C
             loss_fn(private_model, data).mean().backward()
         private_optimizer.step()
 
+    #: drops the per-sample gradients Opacus keeps between steps (see ``peak_memory_mib``)
+    step.release = lambda: private_optimizer.zero_grad(set_to_none=True)
     return step

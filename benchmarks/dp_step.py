@@ -9,6 +9,7 @@ GPT-2 (6 layers, 256 wide). Prints one table; ratios are what to read.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import median_ms, opacus_flat_step, peak_memory_mib, with_stable_allocator  # noqa: E402
+from _measure import median_ms, memory_in_child, opacus_flat_step, peak_memory_mib  # noqa: E402
 
 from dp_gym.engine import DPUpdater, ParameterGroups  # noqa: E402
 from dp_gym.models.tiny_lm import TinyLMConfig, build_tiny_lm, ensure_tiny_lm  # noqa: E402
@@ -44,11 +45,10 @@ def models():
     yield "gpt2 6x256", lambda: build_tiny_lm(larger)
 
 
-def bench_model(name, factory, batch, repeats, device):
-    rows = []
-    data = {k: v.to(device) for k, v in batch.items()}
-
-    model = factory().to(device).train()
+def steps(factory, data) -> list[tuple[str, object, object]]:
+    """``(label, step, release)`` per compared step; ``release`` drops what a step keeps alive
+    until the next one (the gradients), so peaks count them (see ``peak_memory_mib``)."""
+    model = factory().train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
 
     def non_private():
@@ -56,49 +56,56 @@ def bench_model(name, factory, batch, repeats, device):
         per_sample_loss(model, data).mean().backward()
         optimizer.step()
 
-    rows.append(("non-private", median_ms(non_private, repeats), peak_memory_mib(non_private)))
-
-    model = factory().to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    groups = ParameterGroups(model)
-    size = data["input_ids"].shape[0]
-    updater = DPUpdater(model, optimizer, groups, size, sample_rate=0.05, loss_fn=per_sample_loss)
-
-    def dp_gym_step():
-        updater.step(data, clip=1.0, noise=1.0, prune=0.0, count_noise=10.0, loss_noise=10.0)
-
-    rows.append((f"dp-gym ({len(groups)} groups)", median_ms(dp_gym_step, repeats), peak_memory_mib(dp_gym_step)))
-
-    def dp_gym_pruned():
-        updater.step(data, clip=1.0, noise=1.0, prune=0.5, count_noise=10.0, loss_noise=10.0)
-
-    rows.append(("dp-gym, prune 0.5", median_ms(dp_gym_pruned, repeats), peak_memory_mib(dp_gym_pruned)))
-
-    opacus_step = opacus_flat_step(factory().to(device).train(), per_sample_loss, data)
-    rows.append(("Opacus make_private (flat)", median_ms(opacus_step, repeats), peak_memory_mib(opacus_step)))
-    return [(name, *row) for row in rows]
+    dp_model = factory().train()
+    groups = ParameterGroups(dp_model)
+    updater = DPUpdater(dp_model, torch.optim.Adam(dp_model.parameters(), lr=1e-4), groups,
+                        data["input_ids"].shape[0], sample_rate=0.05, loss_fn=per_sample_loss)
+    opacus_step = opacus_flat_step(factory().train(), per_sample_loss, data)
+    return [
+        ("non-private", non_private, lambda: optimizer.zero_grad(set_to_none=True)),
+        (f"dp-gym ({len(groups)} groups)",
+         lambda: updater.step(data, clip=1.0, noise=1.0, count_noise=10.0, loss_noise=10.0), None),
+        ("dp-gym, prune 0.5",
+         lambda: updater.step(data, clip=1.0, noise=1.0, prune=0.5, count_noise=10.0, loss_noise=10.0), None),
+        ("Opacus make_private (flat)", opacus_step, opacus_step.release),
+    ]
 
 
 def main() -> None:
-    with_stable_allocator()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seq", type=int, default=112)
+    parser.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    batch = make_batch(1024, args.batch, args.seq)
+    batch = {k: v.to(device) for k, v in make_batch(1024, args.batch, args.seq).items()}
+
+    def memory() -> dict:
+        peaks = {}
+        for name, factory in models():
+            for label, step, release in steps(lambda f=factory: f().to(device), batch):
+                step()
+                peaks[f"{name}|{label}"] = peak_memory_mib(step, release=release)
+        return peaks
+
+    if args.memory_only:
+        print(json.dumps(memory()))
+        return
+    peaks = memory_in_child(["--memory-only"]) if device == "cpu" else memory()
     table = Table(title=f"DP step, batch {args.batch} x {args.seq} tokens, {device}, "
                         f"{torch.get_num_threads()} threads, median of {args.repeats}")
-    for column in ("model", "step", "ms", "x non-private", "x Opacus", "peak MiB"):
+    for column in ("model", "step", "ms", "x non-private", "x Opacus", "peak MiB", "memory x Opacus"):
         table.add_column(column, justify="left" if column in ("model", "step") else "right")
     for name, factory in models():
-        rows = bench_model(name, factory, batch, args.repeats, device)
-        base, opacus = rows[0][2], rows[-1][2]
-        for model_name, step, ms, mib in rows:
-            table.add_row(model_name, step, f"{ms:.1f}", f"{ms / base:.2f}", f"{ms / opacus:.2f}", f"{mib:.0f}")
+        rows = [(label, median_ms(step, args.repeats), peaks[f"{name}|{label}"])
+                for label, step, _ in steps(lambda f=factory: f().to(device), batch)]
+        (_, base, _), (_, opacus, opacus_mib) = rows[0], rows[-1]
+        for label, ms, mib in rows:
+            table.add_row(name, label, f"{ms:.1f}", f"{ms / base:.2f}", f"{ms / opacus:.2f}", f"{mib:.0f}",
+                          f"{mib / opacus_mib:.2f}")
         table.add_section()
-    Console(width=120).print(table)
+    Console(width=140).print(table)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Side by side in one process, on the tiny LLaVA and the scenes task (``--dataset digits`` for the
 other): for keep ratio 1.0 / 0.5 / 0.25 and each rule, the non-private step time, dp-gym's DP step
 time and peak memory (CUDA max allocated on a GPU; on CPU the resident-set growth during the step,
-with glibc's mmap threshold fixed so that it tracks live tensors: see ``with_stable_allocator``),
+in a child process with glibc's mmap threshold fixed so that it tracks live tensors: see
+``memory_in_child``),
 and the public validation loss after one DP fine-tuning run of ``--updates`` updates at the same
 epsilon (plain DP-SGD: a fixed clip, noise calibrated to spend the budget). Then the memory of dp-gym's DP
 step vs Opacus' stock flat clipping (``make_private``) on the same model and batch.
@@ -26,7 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import median_ms, opacus_flat_step, peak_memory_mib, with_stable_allocator  # noqa: E402
+from _measure import median_ms, memory_in_child, opacus_flat_step, peak_memory_mib  # noqa: E402
 
 import dp_gym  # noqa: E402
 from agents.evaluate import run_episode  # noqa: E402
@@ -37,7 +38,14 @@ from dp_gym.tasks.vision import VisionLanguageTask  # noqa: E402
 SETTINGS = [("none", 1.0)] + [(rule, keep) for keep in (0.5, 0.25) for rule in ("cls_attention", "dissimilarity", "random")]
 
 
-def step_costs(task: VisionLanguageTask, batch, repeats: int, device: str) -> dict[str, float]:
+def dp_updater(task: VisionLanguageTask, data, device: str) -> DPUpdater:
+    model = task.build_model().to(device)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    return DPUpdater(model, optimizer, ParameterGroups(model), data["input_ids"].shape[0], sample_rate=0.05,
+                     loss_fn=task.per_sample_loss)
+
+
+def step_times(task: VisionLanguageTask, batch, repeats: int, device: str) -> dict[str, float]:
     data = {k: v.to(device) for k, v in batch.items()}
     model = task.build_model().to(device)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -47,25 +55,21 @@ def step_costs(task: VisionLanguageTask, batch, repeats: int, device: str) -> di
         task.per_sample_loss(model, data).mean().backward()
         optimizer.step()
 
-    costs = {"non_private_ms": median_ms(non_private, repeats)}
-    model = task.build_model().to(device)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    updater = DPUpdater(model, optimizer, ParameterGroups(model), data["input_ids"].shape[0], sample_rate=0.05,
-                        loss_fn=task.per_sample_loss)
-
-    def dp_step():
-        updater.step(data, clip=1.0, noise=1.0, prune=0.0, count_noise=10.0, loss_noise=10.0)
-
-    costs["dp_ms"] = median_ms(dp_step, repeats)
-    costs["dp_mib"] = peak_memory_mib(dp_step)
-    return costs
+    updater = dp_updater(task, data, device)
+    return {"non_private_ms": median_ms(non_private, repeats),
+            "dp_ms": median_ms(lambda: updater.step(data, clip=1.0, noise=1.0, count_noise=10.0, loss_noise=10.0),
+                               repeats)}
 
 
-def opacus_peak_mib(task: VisionLanguageTask, batch, device: str) -> float:
+def step_memory(task: VisionLanguageTask, batch, device: str) -> dict[str, float]:
+    """Peak memory of one dp-gym DP step and of one Opacus step (run in the memory-only child)."""
     data = {k: v.to(device) for k, v in batch.items()}
-    step = opacus_flat_step(task.build_model().to(device), task.per_sample_loss, data)
+    updater = dp_updater(task, data, device)
+    step = lambda: updater.step(data, clip=1.0, noise=1.0, count_noise=10.0, loss_noise=10.0)  # noqa: E731
     step()
-    return peak_memory_mib(step)
+    opacus = opacus_flat_step(task.build_model().to(device), task.per_sample_loss, data)
+    opacus()
+    return {"dp_mib": peak_memory_mib(step), "opacus_mib": peak_memory_mib(opacus, release=opacus.release)}
 
 
 def final_val_loss(env_id: str, rule: str, keep: float, updates: int, clip: float, seed: int, tiny: dict) -> float:
@@ -79,7 +83,6 @@ def final_val_loss(env_id: str, rule: str, keep: float, updates: int, clip: floa
 
 
 def main() -> None:
-    with_stable_allocator()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch", type=int, default=32)
@@ -89,15 +92,24 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--tiny", type=json.loads, default={}, help="TinyVLMConfig fields (JSON)")
     parser.add_argument("--no-utility", action="store_true", help="skip the DP fine-tuning runs (val loss)")
+    parser.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     env_id = {"scenes": "dp_gym/TinyVision-v0", "digits": "dp_gym/TinyDigits-v0"}[args.dataset]
 
+    def setting(rule: str, keep: float):
+        task = VisionLanguageTask(dataset=args.dataset, token_pruning={"rule": rule, "keep_ratio": keep}, tiny=args.tiny)
+        return task, task.train_batch(torch.arange(args.batch))
+
+    if args.memory_only:
+        print(json.dumps({f"{rule}:{keep}": step_memory(*setting(rule, keep), device) for rule, keep in SETTINGS}))
+        return
+    memory = (memory_in_child(["--memory-only"]) if device == "cpu" else
+              {f"{rule}:{keep}": step_memory(*setting(rule, keep), device) for rule, keep in SETTINGS})
     rows = []
     for rule, keep in SETTINGS:
-        task = VisionLanguageTask(dataset=args.dataset, token_pruning={"rule": rule, "keep_ratio": keep}, tiny=args.tiny)
-        batch = task.train_batch(torch.arange(args.batch))
-        costs = step_costs(task, batch, args.repeats, device)
+        task, batch = setting(rule, keep)
+        costs = {**step_times(task, batch, args.repeats, device), **memory[f"{rule}:{keep}"]}
         costs["val_loss"] = (math.nan if args.no_utility else
                              final_val_loss(env_id, rule, keep, args.updates, args.clip, args.seed, args.tiny))
         rows.append((rule, keep, task.visual_tokens, costs))
@@ -117,16 +129,12 @@ def main() -> None:
     console = Console(width=200)
     console.print(table)
 
-    memory = Table(title="Peak memory of one DP step: dp-gym (per-group) vs Opacus make_private (flat), same model and batch")
-    for column in ("keep", "dp-gym MiB", "Opacus MiB", "dp-gym / Opacus"):
-        memory.add_column(column, justify="right")
-    for rule, keep in (("none", 1.0), ("cls_attention", 0.5)):
-        task = VisionLanguageTask(dataset=args.dataset, token_pruning={"rule": rule, "keep_ratio": keep}, tiny=args.tiny)
-        batch = task.train_batch(torch.arange(args.batch))
-        ours = next(c for r, k, _, c in rows if r == rule and k == keep)
-        theirs = opacus_peak_mib(task, batch, device)
-        memory.add_row(f"{keep:g}", f"{ours['dp_mib']:.0f}", f"{theirs:.0f}", f"{ours['dp_mib'] / theirs:.2f}")
-    console.print(memory)
+    opacus = Table(title="Peak memory of one DP step: dp-gym (per-group) vs Opacus make_private (flat), same model and batch")
+    for column in ("rule", "keep", "dp-gym MiB", "Opacus MiB", "dp-gym / Opacus"):
+        opacus.add_column(column, justify="left" if column == "rule" else "right")
+    for rule, keep, _, c in rows:
+        opacus.add_row(rule, f"{keep:g}", f"{c['dp_mib']:.0f}", f"{c['opacus_mib']:.0f}", f"{c['dp_mib'] / c['opacus_mib']:.2f}")
+    console.print(opacus)
 
 
 if __name__ == "__main__":
