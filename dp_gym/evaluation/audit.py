@@ -40,6 +40,7 @@ from scipy import stats
 from dp_gym.config import EnvConfig
 from dp_gym.data.clinical_notes import private_train_records
 from dp_gym.evaluation.scoring import record_losses
+from dp_gym.privacy import composed_noise_multiplier
 
 BROKEN_MODES = ("no_noise",)
 
@@ -136,10 +137,7 @@ def _drop_gradient_noise(updater) -> None:
     honest_step = updater.step
 
     def step(batch, clip, noise, prune=0.0, count_noise=None, loss_noise=None):
-        report = honest_step(batch, clip, np.zeros_like(np.asarray(noise, float)) + 0.0, prune,
-                             count_noise=count_noise, loss_noise=loss_noise)
-        from dp_gym.privacy import composed_noise_multiplier
-
+        report = honest_step(batch, clip, 0.0, prune, count_noise=count_noise, loss_noise=loss_noise)
         claimed = np.broadcast_to(np.asarray(noise, float), (len(report.group_names),))
         counted = len(report.group_names) if count_noise is not None else 0
         z = composed_noise_multiplier(claimed, count_noise, counted, loss_noise)
