@@ -87,12 +87,11 @@ def train_public_tokenizer(vocab_size: int, texts: list[str] | None = None):
     )
 
 
-def build_tiny_lm(config: TinyLMConfig, vocab_size: int | None = None):
-    """A randomly initialized ``GPT2LMHeadModel`` of the given shape."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+def gpt2_config(config: TinyLMConfig, vocab_size: int | None = None, tie_word_embeddings: bool | None = None):
+    """The ``GPT2Config`` of the given shape (no dropout; token 0 is BOS, EOS and padding)."""
+    from transformers import GPT2Config
 
-    torch.manual_seed(config.seed)
-    gpt2_config = GPT2Config(
+    return GPT2Config(
         vocab_size=vocab_size or config.vocab_size,
         n_positions=config.n_positions,
         n_embd=config.n_embd,
@@ -101,12 +100,19 @@ def build_tiny_lm(config: TinyLMConfig, vocab_size: int | None = None):
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attn_pdrop=0.0,
-        tie_word_embeddings=config.tie_word_embeddings,
+        tie_word_embeddings=config.tie_word_embeddings if tie_word_embeddings is None else tie_word_embeddings,
         bos_token_id=0,
         eos_token_id=0,
         pad_token_id=0,
     )
-    return GPT2LMHeadModel(gpt2_config)
+
+
+def build_tiny_lm(config: TinyLMConfig, vocab_size: int | None = None):
+    """A randomly initialized ``GPT2LMHeadModel`` of the given shape."""
+    from transformers import GPT2LMHeadModel
+
+    torch.manual_seed(config.seed)
+    return GPT2LMHeadModel(gpt2_config(config, vocab_size))
 
 
 def _pack_public_tokens(tokenizer, seq_len: int, texts: list[str]) -> torch.Tensor:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from dp_gym.data.scenes import COLOURS, PUBLIC_PRETRAINING_SEED, SHAPES, Scene, make_scenes
-from dp_gym.models.tiny_lm import TinyLMConfig, cache_dir, ensure_tiny_lm, save_to_cache
+from dp_gym.models.tiny_lm import TinyLMConfig, cache_dir, ensure_tiny_lm, gpt2_config, save_to_cache
 
 IMAGE_TOKEN = "<image>"
 
@@ -76,10 +76,9 @@ def scene_attributes(scene: Scene) -> np.ndarray:
 
 def build_tiny_vlm(config: TinyVLMConfig, vocab_size: int):
     """A randomly initialized ``LlavaForConditionalGeneration`` of the given shape."""
-    from transformers import CLIPVisionConfig, GPT2Config, LlavaConfig, LlavaForConditionalGeneration
+    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
 
     torch.manual_seed(config.seed)
-    lm = config.lm
     vision = CLIPVisionConfig(
         hidden_size=config.vision_hidden,
         intermediate_size=4 * config.vision_hidden,
@@ -90,20 +89,7 @@ def build_tiny_vlm(config: TinyVLMConfig, vocab_size: int):
         num_channels=3,
         projection_dim=config.vision_hidden,
     )
-    text = GPT2Config(
-        vocab_size=vocab_size,
-        n_positions=lm.n_positions,
-        n_embd=lm.n_embd,
-        n_layer=lm.n_layer,
-        n_head=lm.n_head,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        tie_word_embeddings=False,
-        bos_token_id=0,
-        eos_token_id=0,
-        pad_token_id=0,
-    )
+    text = gpt2_config(config.lm, vocab_size, tie_word_embeddings=False)
     llava = LlavaConfig(
         vision_config=vision,
         text_config=text,
