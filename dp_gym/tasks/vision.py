@@ -28,6 +28,7 @@ from dp_gym.models.token_pruning import (
     check_rule,
     cls_attention_scores,
     prune_visual_tokens,
+    tokens_kept,
 )
 from dp_gym.tasks.base import Batch, Task, register_task, trim_padding
 
@@ -81,7 +82,7 @@ class VisionLanguageTask(Task):
         tiny: dict[str, Any] | None = None,
         train_vision: bool = False,
     ):
-        from transformers import AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
 
         if dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {list(DATASETS)}, got {dataset!r}")
@@ -98,8 +99,6 @@ class VisionLanguageTask(Task):
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        from transformers import AutoConfig
-
         self.model_config = AutoConfig.from_pretrained(self.model_path)
         vision = self.model_config.vision_config
         self.image_size = vision.image_size
@@ -134,8 +133,6 @@ class VisionLanguageTask(Task):
     @property
     def visual_tokens(self) -> int:
         """Visual tokens the LM sees per example after pruning."""
-        from dp_gym.models.token_pruning import tokens_kept
-
         vision = self.model_config.vision_config
         patches = (vision.image_size // vision.patch_size) ** 2
         kept = tokens_kept(patches, self.keep_ratio)
