@@ -67,6 +67,20 @@ def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {key: value[:, :length] if value.shape == mask.shape else value for key, value in batch.items()}
 
 
+class EncodedTrainSplit:
+    """Mixin for tasks that keep their private split as tensors in ``self._train`` (batch first,
+    with an ``attention_mask``): ``train_size`` and padding-trimmed ``train_batch``."""
+
+    _train: dict[str, torch.Tensor]
+
+    @property
+    def train_size(self) -> int:
+        return int(self._train["attention_mask"].shape[0])
+
+    def train_batch(self, indices: torch.Tensor) -> Batch:
+        return trim_padding({key: value[indices] for key, value in self._train.items()})
+
+
 _TASKS: dict[str, type[Task]] = {}
 
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from dp_gym.data.clinical_notes import clinical_notes, make_canaries, private_train_records
 from dp_gym.models.tiny_lm import TinyLMConfig, ensure_tiny_lm
-from dp_gym.tasks.base import Batch, Task, register_task, trim_padding
+from dp_gym.tasks.base import Batch, EncodedTrainSplit, Task, register_task, trim_padding
 
 
 def per_token_losses(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -34,7 +34,7 @@ def per_token_losses(model: nn.Module, input_ids: torch.Tensor, attention_mask: 
     return losses.view(size, length)[:, :-1] * mask
 
 
-class TextTask(Task):
+class TextTask(EncodedTrainSplit, Task):
     """Fine-tune a causal LM on private records; evaluate on public held-out records.
 
     Args:
@@ -114,13 +114,6 @@ class TextTask(Task):
         model = AutoModelForCausalLM.from_pretrained(self.model_path)
         model.train()
         return model
-
-    @property
-    def train_size(self) -> int:
-        return int(self._train["input_ids"].shape[0])
-
-    def train_batch(self, indices: torch.Tensor) -> Batch:
-        return trim_padding({key: value[indices] for key, value in self._train.items()})
 
     def per_sample_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         losses = per_token_losses(model, batch["input_ids"], batch["attention_mask"])

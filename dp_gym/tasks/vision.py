@@ -30,7 +30,7 @@ from dp_gym.models.token_pruning import (
     prune_visual_tokens,
     tokens_kept,
 )
-from dp_gym.tasks.base import Batch, Task, register_task, trim_padding
+from dp_gym.tasks.base import Batch, EncodedTrainSplit, Task, register_task, trim_padding
 
 DATASETS = ("scenes", "digits")
 
@@ -55,7 +55,7 @@ def parse_token_pruning(token_pruning: dict[str, Any] | None) -> tuple[str, floa
     return rule, keep_ratio
 
 
-class VisionLanguageTask(Task):
+class VisionLanguageTask(EncodedTrainSplit, Task):
     """Fine-tune a LLaVA on private captioned images; evaluate on public ones.
 
     Args:
@@ -154,13 +154,6 @@ class VisionLanguageTask(Task):
             position.weight.requires_grad_(False)
         model.train()
         return model
-
-    @property
-    def train_size(self) -> int:
-        return int(self._train["input_ids"].shape[0])
-
-    def train_batch(self, indices: torch.Tensor) -> Batch:
-        return trim_padding({key: value[indices] for key, value in self._train.items()})
 
     def visual_embeddings(self, model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
         """``(B, k, D_lm)``: encode, prune each example's patches, project."""
