@@ -9,7 +9,9 @@ gradients, the Poisson sampler, the noise generator, the accountants) is Opacus'
 
 The update, for a Poisson batch ``B`` (rate ``q``, expected size ``m = qN``) and groups ``g``:
 
-1. per-sample gradients ``g_{i,g}`` (Opacus ``GradSampleModule`` hooks);
+1. per-sample gradients ``g_{i,g}`` (Opacus ``GradSampleModule`` hooks), or for linear layers
+   only their norms and the clipped sums of step 2, from the layer's inputs and output gradients
+   (``per_sample="bookkeeping"``, the default: :mod:`dp_gym.engine.bookkeeping`; exact, cheaper);
 2. clip: ``gbar_{i,g} = g_{i,g} * min(1, C_g / ||g_{i,g}||)``;
 3. noise: ``G_g = (sum_i gbar_{i,g} + N(0, (sigma_g C_g)^2 I)) / m``;
 4. prune (post-processing): zero the ``floor(p_g * n_g)`` coordinates of ``G_g`` with the smallest
@@ -37,6 +39,7 @@ from opacus.grad_sample import GradSampleModule
 from opacus.optimizers.optimizer import _generate_noise
 from torch import nn
 
+from dp_gym.engine.bookkeeping import BookkeepingGradSampleModule
 from dp_gym.engine.grad_samplers import register_transformers_grad_samplers
 from dp_gym.engine.parameter_groups import ParameterGroups
 from dp_gym.privacy import composed_noise_multiplier
@@ -44,6 +47,7 @@ from dp_gym.privacy import composed_noise_multiplier
 logger = logging.getLogger(__name__)
 
 Batch = Mapping[str, torch.Tensor]
+PER_SAMPLE_MODES = ("bookkeeping", "opacus")
 PerSampleLoss = Callable[[nn.Module, Batch], torch.Tensor]
 
 
@@ -94,6 +98,9 @@ class DPUpdater:
     Args:
         model: the model to train (wrapped in an Opacus ``GradSampleModule`` here, unless it
             already is one).
+        per_sample: ``"bookkeeping"`` (linear layers give per-sample norms and clipped sums
+            without per-sample gradients; same numbers up to float rounding) or ``"opacus"``
+            (every per-sample gradient materialized by Opacus' hooks).
         optimizer: an optimizer over the model's trainable parameters (SGD, Adam, AdamW, ...).
         groups: the parameter groups (:class:`ParameterGroups` of the same model).
         expected_batch_size: ``m = q N``; sums are divided by it (not by the realized size,
@@ -120,7 +127,10 @@ class DPUpdater:
         seed: int = 0,
         secure_mode: bool = False,
         oracle: bool = False,
+        per_sample: str = "bookkeeping",
     ):
+        if per_sample not in PER_SAMPLE_MODES:
+            raise ValueError(f"per_sample must be one of {list(PER_SAMPLE_MODES)}, got {per_sample!r}")
         if expected_batch_size <= 0:
             raise ValueError(f"expected_batch_size must be > 0, got {expected_batch_size}")
         if not (0 < sample_rate <= 1):
@@ -131,7 +141,9 @@ class DPUpdater:
         if isinstance(model, GradSampleModule):
             self.module = model
         else:
-            self.module = GradSampleModule(model, batch_first=True, loss_reduction="sum")
+            wrapper = BookkeepingGradSampleModule if per_sample == "bookkeeping" else GradSampleModule
+            self.module = wrapper(model, batch_first=True, loss_reduction="sum")
+        self.per_sample = "bookkeeping" if isinstance(self.module, BookkeepingGradSampleModule) else "opacus"
         self.optimizer = optimizer
         self.groups = groups
         self.group_names = groups.names
@@ -255,8 +267,7 @@ class DPUpdater:
         norms = torch.zeros(size, len(names))
         for index, group in enumerate(names):
             for parameter in self.groups.parameters(group):
-                # vector_norm reduces in place: no B x numel temporary (x.pow(2).sum() makes one)
-                norms[:, index] += torch.linalg.vector_norm(_grad_sample(parameter, size).reshape(size, -1), dim=1) ** 2
+                norms[:, index] += self._squared_norms(parameter, size)
         norms = norms.sqrt()
         # A NaN/inf entry makes the squared norm NaN/inf, so this one check covers every entry
         # (a finite gradient whose squared norm overflows float32 is also dropped: harmless).
@@ -273,14 +284,9 @@ class DPUpdater:
 
         sums = {}
         for index, group in enumerate(names):
-            parts = []
-            for parameter in self.groups.parameters(group):
-                sample = _grad_sample(parameter, size)
-                if not bool(finite[:, index].all()):
-                    sample = torch.nan_to_num(sample, nan=0.0, posinf=0.0, neginf=0.0)
-                # sum_i c_i g_i as one gemv on the transposed (B, numel) view: no B x numel temporary
-                parts.append(torch.mv(sample.reshape(size, -1).t(), factors[:, index].to(sample.dtype)))
-                parameter.grad_sample = None  # free B x numel as soon as it is summed
+            drop = None if bool(finite[:, index].all()) else ~finite[:, index]
+            parts = [self._weighted_sum(parameter, factors[:, index], size, drop)
+                     for parameter in self.groups.parameters(group)]
             sums[group] = torch.cat(parts).detach()
         unclipped = ((norms <= clip_t) & finite).sum(dim=0).to(torch.float32)
         loss_sum = losses.detach().masked_fill(~finite_loss, 0.0).clamp(0.0, self.loss_bound).sum()
@@ -294,6 +300,26 @@ class DPUpdater:
             }
         self.module.zero_grad(set_to_none=True)
         return sums, unclipped, loss_sum, oracle
+
+    def _squared_norms(self, parameter: nn.Parameter, size: int) -> torch.Tensor:
+        """``(B,)`` ``||g_i||^2`` of one parameter's per-sample gradients."""
+        if self.per_sample == "bookkeeping" and self.module.is_bookkept(parameter):
+            return self.module.squared_norms(parameter, size)
+        # vector_norm reduces in place: no B x numel temporary (x.pow(2).sum() makes one)
+        return torch.linalg.vector_norm(_grad_sample(parameter, size).reshape(size, -1), dim=1) ** 2
+
+    def _weighted_sum(self, parameter: nn.Parameter, factors: torch.Tensor, size: int,
+                      drop: torch.Tensor | None) -> torch.Tensor:
+        """Flat ``sum_i c_i g_i`` of one parameter; samples flagged in ``drop`` contribute 0."""
+        if self.per_sample == "bookkeeping" and self.module.is_bookkept(parameter):
+            return self.module.weighted_sum(parameter, factors, size, drop)
+        sample = _grad_sample(parameter, size)
+        if drop is not None:
+            sample = torch.nan_to_num(sample, nan=0.0, posinf=0.0, neginf=0.0)
+        # sum_i c_i g_i as one gemv on the transposed (B, numel) view: no B x numel temporary
+        total = torch.mv(sample.reshape(size, -1).t(), factors.to(sample.dtype))
+        parameter.grad_sample = None  # free B x numel as soon as it is summed
+        return total
 
     @torch.no_grad()
     def _apply(self, noisy: dict[str, torch.Tensor], frozen: set[str]) -> np.ndarray:

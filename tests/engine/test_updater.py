@@ -78,11 +78,13 @@ def snapshot(groups):
     return {g: [p.detach().clone() for p in groups.parameters(g)] for g in groups}
 
 
-def test_per_group_clipping_equals_a_clipped_loop():
-    model = micro_gpt2()
+@pytest.mark.parametrize("per_sample", ["bookkeeping", "opacus"])
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_per_group_clipping_equals_a_clipped_loop(per_sample, tied):
+    model = micro_gpt2(tied=tied)
     batch = micro_batch()
     reference = loop_gradients(copy.deepcopy(model), batch)
-    updater, groups = make_updater(model, expected=5.0)
+    updater, groups = make_updater(model, expected=5.0, per_sample=per_sample)
     clip = np.array([0.05, 0.2, 0.01])
     before = snapshot(groups)
     updater.step(batch, clip=clip, noise=0.0)
@@ -180,7 +182,8 @@ def test_zero_noise_and_huge_clip_is_non_private_sgd():
         torch.testing.assert_close(actual, expected, atol=1e-6, rtol=1e-5, msg=name)
 
 
-def test_nonfinite_sample_contributes_zero():
+@pytest.mark.parametrize("per_sample", ["bookkeeping", "opacus"])
+def test_nonfinite_sample_contributes_zero(per_sample):
     batch = micro_batch()
 
     def poisoned(model, batch):
@@ -188,9 +191,9 @@ def test_nonfinite_sample_contributes_zero():
         return torch.cat([losses[:1] * float("nan"), losses[1:]])
 
     model_a, model_b = micro_gpt2(), micro_gpt2()
-    updater_a, groups_a = make_updater(model_a)
+    updater_a, groups_a = make_updater(model_a, per_sample=per_sample)
     updater_a.loss_fn = poisoned
-    updater_b, _ = make_updater(model_b)
+    updater_b, _ = make_updater(model_b, per_sample=per_sample)
     report = updater_a.step(batch, clip=0.1, noise=0.0, loss_noise=1e-6)
     updater_b.step({k: v[1:] for k, v in batch.items()}, clip=0.1, noise=0.0)
     assert updater_a.nonfinite_samples == 1

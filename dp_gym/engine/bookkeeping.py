@@ -1,0 +1,211 @@
+"""Per-sample gradient norms and clipped sums of linear layers without per-sample gradients.
+
+Opacus' ``GradSampleModule`` materializes every per-sample gradient (``B x numel`` per
+parameter) and then clips it. For a linear layer ``y_t = W a_t + b`` (``nn.Linear``, or GPT-2's
+``Conv1D``, which stores ``W^T``) applied to the ``T`` positions of example ``i``, both things the
+DP update needs can be had from the layer's inputs ``A_i`` (``T x d_in``) and output gradients
+``G_i`` (``T x d_out``) alone ("book-keeping", Bu et al. 2023; "ghost" norms, Li et al. 2021):
+
+* squared norm: ``||grad W_i||_F^2 = ||G_i^T A_i||_F^2 = sum_{s,t} (a_s . a_t)(g_s . g_t)
+  = <A_i A_i^T, G_i G_i^T>_F``, which costs ``O(T^2 (d_in + d_out))`` instead of
+  ``O(T d_in d_out)`` and never holds a ``d_out x d_in`` matrix per example;
+  ``||grad b_i||^2 = ||sum_t g_t||^2``;
+* clipped sum with per-example factors ``c_i``: ``sum_i c_i G_i^T A_i = (c G)^T A`` over all
+  ``B T`` rows: one matrix product.
+
+Why this is written here: Opacus' own ghost clipping
+(``GradSampleModuleFastGradientClipping``) computes the norms the same way but clips with *one*
+threshold for all parameters, through a second backward pass of the re-weighted loss. dp-gym clips
+every parameter group with its own ``C_g``, so the factor ``c_{i,g}`` differs by group and no single
+loss re-weighting produces the clipped sums. Keeping ``A`` and ``G`` (book-keeping) gives them
+with no second backward. When ``2 T^2 > d_in d_out`` the ghost norm is the dearer one, and the
+per-sample gradient is formed once (one batched product) and kept for the sum, as Opacus would.
+
+Everything else (layer norms, embeddings, layers whose weights are shared with another module,
+any layer type Opacus knows) stays with Opacus' hooks and per-sample gradients, untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from opacus.grad_sample import GradSampleModule
+from torch import nn
+
+
+def _linear_types() -> tuple[type[nn.Module], ...]:
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover - transformers is a hard dependency
+        return (nn.Linear,)
+    return (nn.Linear, Conv1D)
+
+
+@dataclass
+class _BookkeptLayer:
+    """Inputs and output gradients of one linear layer over the calls of one forward pass."""
+
+    module: nn.Module
+    weight_is_out_by_in: bool  # nn.Linear stores (d_out, d_in); Conv1D stores (d_in, d_out)
+    inputs: list[torch.Tensor] = field(default_factory=list)
+    output_grads: list[torch.Tensor | None] = field(default_factory=list)
+    _weight_samples: torch.Tensor | None = None  # (B, *weight.shape), only when materialized
+
+    def clear(self) -> None:
+        self.inputs.clear()
+        self.output_grads.clear()
+        self._weight_samples = None
+
+    def _rows(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``A`` (B, T, d_in) and ``G`` (B, T, d_out), the calls concatenated along T.
+
+        Several calls of one layer in a forward pass add their gradients, and
+        ``sum_c G_c^T A_c = [G_1; G_2]^T [A_1; A_2]``: concatenating positions is exact.
+        """
+        if len(self.output_grads) != len(self.inputs) or any(g is None for g in self.output_grads):
+            raise RuntimeError("a book-kept layer's backward pass did not complete; call backward once per forward")
+        inputs, grads = [], []
+        for activation, grad in zip(self.inputs, self.output_grads, strict=True):
+            if activation.shape[0] != size or grad.shape[0] != size:
+                raise RuntimeError(
+                    f"a linear layer saw batch dimension {activation.shape[0]} != {size}; a module saw a "
+                    "broadcast input (e.g. GPT-2 position_ids of shape (1, T): pass them expanded, Opacus #841)")
+            inputs.append(activation.reshape(size, -1, activation.shape[-1]))
+            grads.append(grad.reshape(size, -1, grad.shape[-1]).to(activation.dtype))
+        if len(inputs) == 1:
+            return inputs[0], grads[0]
+        return torch.cat(inputs, dim=1), torch.cat(grads, dim=1)
+
+    def squared_norms(self, parameter: nn.Parameter, size: int) -> torch.Tensor:
+        """``(B,)`` squared norms of the per-sample gradients of ``parameter``."""
+        inputs, grads = self._rows(size)
+        if parameter is self.module.weight:
+            positions, d_in, d_out = inputs.shape[1], inputs.shape[2], grads.shape[2]
+            if 2 * positions * positions <= d_in * d_out:
+                gram_inputs = torch.bmm(inputs, inputs.transpose(1, 2))
+                gram_grads = torch.bmm(grads, grads.transpose(1, 2))
+                return (gram_inputs * gram_grads).sum(dim=(1, 2)).clamp(min=0)
+            samples = torch.bmm(grads.transpose(1, 2), inputs)  # (B, d_out, d_in)
+            self._weight_samples = samples if self.weight_is_out_by_in else samples.transpose(1, 2)
+            return torch.linalg.vector_norm(samples.reshape(size, -1), dim=1) ** 2
+        return torch.linalg.vector_norm(grads.sum(dim=1), dim=1) ** 2
+
+    def weighted_sum(self, parameter: nn.Parameter, factors: torch.Tensor, size: int,
+                     drop: torch.Tensor | None = None) -> torch.Tensor:
+        """``sum_i c_i grad_i`` of ``parameter``, flat; samples where ``drop`` is true contribute 0.
+
+        Zeroing a dropped sample's rows (rather than multiplying by ``c_i = 0``) keeps a NaN/inf
+        of that sample out of the sum.
+        """
+        factors = factors.to(self.inputs[0].dtype)
+        if parameter is self.module.weight and self._weight_samples is not None:
+            samples = self._weight_samples.reshape(size, -1)
+            if drop is not None:
+                samples = torch.where(drop.unsqueeze(1), torch.zeros((), dtype=samples.dtype), samples)
+            return torch.mv(samples.t(), factors)
+        inputs, grads = self._rows(size)
+        if drop is not None:
+            keep = ~drop.view(size, 1, 1)
+            inputs = torch.where(keep, inputs, torch.zeros((), dtype=inputs.dtype))
+            grads = torch.where(keep, grads, torch.zeros((), dtype=grads.dtype))
+        weighted = grads * factors.view(size, 1, 1)
+        if parameter is self.module.weight:
+            d_in, d_out = inputs.shape[2], grads.shape[2]
+            if self.weight_is_out_by_in:
+                total = weighted.reshape(-1, d_out).t() @ inputs.reshape(-1, d_in)
+            else:
+                total = inputs.reshape(-1, d_in).t() @ weighted.reshape(-1, d_out)
+            return total.reshape(-1)
+        return weighted.sum(dim=(0, 1))
+
+
+class BookkeepingGradSampleModule(GradSampleModule):
+    """Opacus' ``GradSampleModule`` whose linear layers are book-kept instead of sampled.
+
+    A ``nn.Linear`` / ``Conv1D`` is book-kept when Opacus would hook it and none of its trainable
+    parameters belongs to another module as well (a tied weight needs the norm of the *sum* of its
+    per-sample gradients, so it stays with Opacus). Book-kept parameters get no ``grad_sample``;
+    ask :meth:`squared_norms` and :meth:`weighted_sum` instead. The plain ``.grad`` of every
+    parameter is still the ordinary batch gradient.
+    """
+
+    def __init__(self, module: nn.Module, *, batch_first: bool = True, loss_reduction: str = "sum", **kwargs):
+        if not batch_first or loss_reduction != "sum":
+            raise ValueError("book-keeping supports batch_first=True and loss_reduction='sum' only")
+        owners: dict[int, int] = {}
+        for sub in module.modules():
+            for parameter in sub.parameters(recurse=False):
+                owners[id(parameter)] = owners.get(id(parameter), 0) + 1
+        linear = _linear_types()
+        object.__setattr__(self, "_bookkept_layers", {})
+        # the modules Opacus would hook (it does not descend into layers it samples with functorch)
+        hooked = list(GradSampleModule.iterate_submodules(self, module))
+        layers: dict[nn.Module, _BookkeptLayer] = {}
+        for sub in hooked:
+            trainable = [p for p in sub.parameters(recurse=False) if p.requires_grad]
+            if type(sub) in linear and trainable and all(owners[id(p)] == 1 for p in trainable):
+                layers[sub] = _BookkeptLayer(sub, weight_is_out_by_in=isinstance(sub, nn.Linear))
+        object.__setattr__(self, "_bookkept_layers", layers)
+        super().__init__(module, batch_first=batch_first, loss_reduction=loss_reduction, **kwargs)
+        self._bookkept_by_parameter = {
+            id(p): layer for layer in layers.values() for p in layer.module.parameters(recurse=False) if p.requires_grad
+        }
+        self._bookkeeping_hooks = [layer.module.register_forward_hook(self._capture) for layer in layers.values()]
+
+    def iterate_submodules(self, module: nn.Module):
+        for sub in super().iterate_submodules(module):
+            if sub not in self._bookkept_layers:
+                yield sub
+
+    def _capture(self, module: nn.Module, inputs, output) -> None:
+        if not (self.hooks_enabled and module.training and torch.is_grad_enabled()):
+            return
+        if not isinstance(output, torch.Tensor) or not output.requires_grad:
+            return
+        layer = self._bookkept_layers[module]
+        slot = len(layer.inputs)
+        layer.inputs.append(inputs[0].detach())
+        layer.output_grads.append(None)
+
+        def keep_gradient(grad: torch.Tensor) -> None:
+            layer.output_grads[slot] = grad.detach()
+
+        output.register_hook(keep_gradient)
+
+    # ------------------------------------------------------------------ the updater's interface
+    def is_bookkept(self, parameter: nn.Parameter) -> bool:
+        return id(parameter) in self._bookkept_by_parameter
+
+    @property
+    def bookkept_modules(self) -> list[nn.Module]:
+        return list(self._bookkept_layers)
+
+    def squared_norms(self, parameter: nn.Parameter, size: int) -> torch.Tensor:
+        """``(B,)`` ``||grad_i||^2`` of a book-kept parameter after one forward and backward."""
+        layer = self._bookkept_by_parameter[id(parameter)]
+        if not layer.inputs:
+            return torch.zeros(size)  # the layer took no part in this forward pass
+        return layer.squared_norms(parameter, size)
+
+    def weighted_sum(self, parameter: nn.Parameter, factors: torch.Tensor, size: int,
+                     drop: torch.Tensor | None = None) -> torch.Tensor:
+        """Flat ``sum_i c_i grad_i`` of a book-kept parameter (``drop``: samples that contribute 0)."""
+        layer = self._bookkept_by_parameter[id(parameter)]
+        if not layer.inputs:
+            return torch.zeros(parameter.numel(), dtype=parameter.dtype)
+        return layer.weighted_sum(parameter, factors, size, drop)
+
+    def clear_bookkeeping(self) -> None:
+        for layer in self._bookkept_layers.values():
+            layer.clear()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.clear_bookkeeping()
+        super().zero_grad(set_to_none=set_to_none)
+
+    def remove_hooks(self) -> None:
+        for hook in getattr(self, "_bookkeeping_hooks", []):
+            hook.remove()
+        self._bookkeeping_hooks = []
+        super().remove_hooks()

@@ -1,0 +1,124 @@
+"""Book-kept linear layers give the per-sample norms and clipped sums Opacus' per-sample gradients give."""
+
+import numpy as np
+import pytest
+import torch
+from opacus.grad_sample import GradSampleModule
+from torch import nn
+
+from dp_gym.engine import DPUpdater, ParameterGroups, register_transformers_grad_samplers
+from dp_gym.engine.bookkeeping import BookkeepingGradSampleModule
+from tests.conftest import micro_batch, micro_gpt2
+from tests.engine.test_updater import per_sample_loss
+
+
+class SharedLinearNet(nn.Module):
+    """One ``nn.Linear`` applied twice per forward pass, then a 2-D (position-free) head."""
+
+    def __init__(self, width: int = 6, hidden: int = 40):
+        super().__init__()
+        self.inner = nn.Linear(width, width)
+        self.wide = nn.Linear(width, hidden)  # d_in * d_out large: ghost norm
+        self.narrow = nn.Linear(hidden, 2)  # d_in * d_out small vs T^2: materialized
+        self.head = nn.Linear(2, 1)
+
+    def forward(self, x):  # x: (B, T, width)
+        h = torch.tanh(self.inner(torch.tanh(self.inner(x))))
+        h = self.narrow(torch.relu(self.wide(h)))
+        return self.head(h.mean(dim=1)).squeeze(-1)
+
+
+def net_loss(model, batch):
+    return (model(batch["x"]) - batch["y"]) ** 2
+
+
+def net_batch(size=6, positions=9, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return {"x": torch.randn(size, positions, 6, generator=generator), "y": torch.randn(size, generator=generator)}
+
+
+def per_example_gradients(model, loss_fn, batch):
+    size = next(iter(batch.values())).shape[0]
+    out = []
+    for i in range(size):
+        model.zero_grad()
+        loss_fn(model, {k: v[i : i + 1] for k, v in batch.items()}).sum().backward()
+        out.append({id(p): p.grad.detach().clone() for p in model.parameters()})
+    model.zero_grad()
+    return out
+
+
+@pytest.mark.parametrize("positions", [1, 9])
+def test_norms_and_weighted_sums_equal_a_per_example_loop(positions):
+    torch.manual_seed(0)
+    model = SharedLinearNet()
+    batch = net_batch(positions=positions)
+    reference = per_example_gradients(model, net_loss, batch)
+    module = BookkeepingGradSampleModule(model)
+    assert set(module.bookkept_modules) == {model.inner, model.wide, model.narrow, model.head}
+    net_loss(module, batch).sum().backward()
+    factors = torch.rand(6, generator=torch.Generator().manual_seed(1))
+    for parameter in model.parameters():
+        assert module.is_bookkept(parameter)
+        expected_norms = torch.stack([r[id(parameter)].reshape(-1).norm() ** 2 for r in reference])
+        torch.testing.assert_close(module.squared_norms(parameter, 6), expected_norms, rtol=1e-4, atol=1e-7)
+        expected_sum = sum(c * r[id(parameter)].reshape(-1) for c, r in zip(factors, reference, strict=True))
+        torch.testing.assert_close(module.weighted_sum(parameter, factors, 6), expected_sum, rtol=1e-4, atol=1e-6)
+
+
+def test_a_dropped_sample_with_nan_contributes_zero():
+    model = SharedLinearNet()
+    batch = net_batch()
+    batch["x"][2, 0, 0] = float("nan")
+    module = BookkeepingGradSampleModule(model)
+    net_loss(module, batch).masked_fill(torch.arange(6) == 2, 0.0).sum().backward()
+    drop = torch.arange(6) == 2
+    for parameter in model.parameters():
+        norms = module.squared_norms(parameter, 6)
+        assert torch.isfinite(norms[~drop]).all()
+        assert torch.isfinite(module.weighted_sum(parameter, torch.ones(6), 6, drop)).all()
+
+
+def test_tied_weights_stay_with_opacus():
+    register_transformers_grad_samplers()
+    tied = BookkeepingGradSampleModule(micro_gpt2(tied=True))
+    untied = BookkeepingGradSampleModule(micro_gpt2(tied=False))
+    assert not tied.is_bookkept(tied._module.lm_head.weight)  # shared with the input embedding
+    assert untied.is_bookkept(untied._module.lm_head.weight)
+    assert not untied.is_bookkept(untied._module.transformer.wte.weight)  # an embedding: Opacus
+    per_sample_loss(tied, micro_batch()).sum().backward()
+    assert tied._module.transformer.wte.weight.grad_sample.shape[0] == 5
+    assert getattr(tied._module.transformer.h[0].attn.c_attn.weight, "grad_sample", None) is None
+
+
+def test_the_two_per_sample_modes_release_the_same_update():
+    batch = micro_batch()
+    reports = []
+    for mode in ("bookkeeping", "opacus"):
+        model = micro_gpt2(tied=False)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        updater = DPUpdater(model, optimizer, ParameterGroups(model), 5.0, sample_rate=0.1, loss_fn=per_sample_loss,
+                            seed=3, per_sample=mode, oracle=True)
+        reports.append(updater.step(batch, clip=[0.05, 0.2, 0.01], noise=1.5, count_noise=4.0))
+    bookkept, opacus = reports
+    np.testing.assert_allclose(bookkept.oracle["per_sample_norm_quantiles"], opacus.oracle["per_sample_norm_quantiles"],
+                               rtol=1e-4)
+    np.testing.assert_allclose(bookkept.unclipped_fraction, opacus.unclipped_fraction, rtol=1e-6)
+    for group in bookkept.noisy_update:
+        torch.testing.assert_close(bookkept.noisy_update[group], opacus.noisy_update[group], rtol=1e-4, atol=1e-6)
+
+
+def test_unknown_per_sample_mode_is_rejected():
+    model = micro_gpt2()
+    with pytest.raises(ValueError, match="per_sample"):
+        DPUpdater(model, torch.optim.SGD(model.parameters(), lr=1.0), ParameterGroups(model), 5.0, sample_rate=0.1,
+                  loss_fn=per_sample_loss, per_sample="ghost")
+
+
+def test_plain_opacus_module_is_still_accepted():
+    model = micro_gpt2()
+    module = GradSampleModule(model, batch_first=True, loss_reduction="sum")
+    updater = DPUpdater(module, torch.optim.SGD(model.parameters(), lr=1.0), ParameterGroups(model), 5.0,
+                        sample_rate=0.1, loss_fn=per_sample_loss)
+    assert updater.per_sample == "opacus"
+    updater.step(micro_batch(), clip=0.1, noise=1.0)
