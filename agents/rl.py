@@ -9,16 +9,19 @@ same files.
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import yaml
 from stable_baselines3 import A2C, PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback, EvalCallback
 from stable_baselines3.common.monitor import Monitor
+from torch import nn
 
 import dp_gym
 
@@ -73,6 +76,43 @@ def load_hyperparams(algo: str, env_id: str, path: Path | None = None) -> tuple[
     return entry, zoo
 
 
+ACTOR_INITS = ("default", "zero")
+
+
+def start_at_action_zero(model: BaseAlgorithm, std: float = 0.1) -> None:
+    """Make the policy's mean action 0 for every observation, with exploration noise ``std``.
+
+    A residual start (as in residual RL): on an environment whose action 0 is a tuned baseline
+    (``dp_gym/TinyTextPaced-v0``: plain DP-SGD at the tuned clip), the untrained policy *is*
+    the baseline and training learns corrections to it instead of starting from a random
+    policy. The last layer of the actor's mean is zeroed; ``std`` is the initial standard
+    deviation of the Gaussian before the squashing ``tanh`` (SAC, TQC), of the Gaussian policy
+    (PPO, A2C), or TD3's exploration noise is left as configured.
+    """
+    if std <= 0:
+        raise ValueError(f"the initial action std must be > 0, got {std}")
+    policy = model.policy
+    with torch.no_grad():
+        actor = getattr(policy, "actor", None)
+        if actor is not None and isinstance(getattr(actor, "log_std", None), nn.Linear):  # SAC, TQC
+            for layer in (actor.mu, actor.log_std):
+                layer.weight.zero_()
+            actor.mu.bias.zero_()
+            actor.log_std.bias.fill_(math.log(std))
+        elif actor is not None:  # TD3 (and DDPG): mu is a Sequential ending in Tanh
+            last = [m for m in actor.mu.modules() if isinstance(m, nn.Linear)][-1]
+            last.weight.zero_()
+            last.bias.zero_()
+            policy.actor_target.load_state_dict(actor.state_dict())
+        elif hasattr(policy, "action_net"):  # PPO, A2C
+            policy.action_net.weight.zero_()
+            policy.action_net.bias.zero_()
+            if isinstance(getattr(policy, "log_std", None), nn.Parameter):
+                policy.log_std.fill_(math.log(std))
+        else:
+            raise ValueError(f"cannot start {type(model).__name__}'s policy at action 0")
+
+
 class DPInfoLogger(BaseCallback):
     """Per-step TensorBoard scalars: epsilon, sigma_eff, validation perplexity, per-group controls."""
 
@@ -113,16 +153,20 @@ def _latest_checkpoint(directory: Path) -> tuple[Path, Path | None, int] | None:
 def train(env_id: str, algo: str = "sac", timesteps: int = 1000, seed: int = 0, out: str | Path = "runs/train",
           resume: str | Path | None = None, env_overrides: dict[str, Any] | None = None,
           checkpoint_every: int = 100, eval_every: int | None = None, progress_bar: bool = True,
-          hyperparams: dict[str, Any] | None = None) -> Path:
+          hyperparams: dict[str, Any] | None = None, actor_init: str = "default",
+          actor_init_std: float = 0.1) -> Path:
     """Train ``algo`` on ``env_id`` for ``timesteps`` environment steps; returns the model path.
 
     Writes TensorBoard logs (``out/tb``), checkpoints with the replay buffer (``out/checkpoints``),
     the evaluation callback's log (``out/eval``), ``out/model.zip`` and ``out/run.json``. With
     ``resume=DIR`` the latest checkpoint in ``DIR/checkpoints`` (model and replay buffer) continues
-    for the remaining steps.
+    for the remaining steps. ``actor_init="zero"`` starts the policy at action 0 with exploration
+    std ``actor_init_std`` (:func:`start_at_action_zero`).
     """
     if timesteps <= 0:
         raise ValueError(f"timesteps must be > 0, got {timesteps}")
+    if actor_init not in ACTOR_INITS:
+        raise ValueError(f"actor_init must be one of {list(ACTOR_INITS)}, got {actor_init!r}")
     if env_id not in dp_gym.list_envs():
         raise ValueError(f"unknown environment id {env_id!r}; registered: {list(dp_gym.list_envs())}")
     cls = algorithm(algo)
@@ -149,6 +193,8 @@ def train(env_id: str, algo: str = "sac", timesteps: int = 1000, seed: int = 0, 
     else:
         model = cls(zoo.get("policy", "MlpPolicy"), env, seed=seed, verbose=0, tensorboard_log=str(out / "tb"),
                     **kwargs)
+        if actor_init == "zero":
+            start_at_action_zero(model, actor_init_std)
     unwrapped = env.unwrapped
     episode_steps = env.spec.max_episode_steps if env.spec and env.spec.max_episode_steps else 50
     callbacks = CallbackList([
@@ -167,6 +213,7 @@ def train(env_id: str, algo: str = "sac", timesteps: int = 1000, seed: int = 0, 
     (out / "run.json").write_text(json.dumps({
         "env_id": env_id, "algo": algo, "timesteps": timesteps, "seed": seed, "env_overrides": env_overrides,
         "hyperparams": {k: v for k, v in kwargs.items() if k != "policy_kwargs"},
+        "actor_init": actor_init, "actor_init_std": actor_init_std if actor_init == "zero" else None,
         "episode_steps": episode_steps, "privacy_valid": unwrapped.config.privacy_valid,
         "resumed_from_steps": done_steps if resume is not None else None}, indent=1))
     env.close()
@@ -182,4 +229,4 @@ def load_policy(spec: str, env=None) -> BaseAlgorithm:
     return algorithm(algo).load(path, env=env)
 
 
-__all__ = ["DPInfoLogger", "algorithm", "algorithms", "load_hyperparams", "load_policy", "train"]
+__all__ = ["ACTOR_INITS", "DPInfoLogger", "algorithm", "start_at_action_zero", "algorithms", "load_hyperparams", "load_policy", "train"]

@@ -6,16 +6,19 @@ updates SAC needs to reach vanilla's final perplexity (RLDP reports -5.4% perple
 of the updates).
 
     python benchmarks/controller_utility.py [--timesteps 500] [--seeds 5] [--out runs/bench/controller_utility]
+    # SAC from a random start and SAC started at action 0 (= the tuned baseline on the paced env)
+    python benchmarks/controller_utility.py --env dp_gym/TinyTextPaced-v0 --actor-inits default zero
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 
 import dp_gym
 from agents.evaluate import compare, markdown_table, summarize, tune_vanilla, write_report
 from agents.heuristics import make_controller
-from agents.rl import load_policy, train
+from agents.rl import ACTOR_INITS, load_policy, train
 
 
 def main() -> None:
@@ -25,22 +28,32 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--clips", type=float, nargs="+", default=[0.1, 0.3, 1.0])
     parser.add_argument("--out", default="runs/bench/controller_utility")
+    parser.add_argument("--actor-inits", nargs="+", choices=ACTOR_INITS, default=["default"],
+                        help="train one SAC per start: default (random policy) and/or zero (starts at action 0)")
+    parser.add_argument("--actor-init-std", type=float, default=0.1)
+    parser.add_argument("--env-overrides", type=json.loads, default={},
+                        help='JSON config overrides for every controller, e.g. \'{"grouping": "global"}\'')
     args = parser.parse_args()
 
-    best_clip, scores = tune_vanilla(args.env, args.clips, seed=0, overrides={}, report=print)
-    model_path = train(args.env, "sac", args.timesteps, seed=0, out=f"{args.out}/sac", progress_bar=False,
-                       checkpoint_every=max(args.timesteps // 2, 1))
+    best_clip, scores = tune_vanilla(args.env, args.clips, seed=0, overrides=args.env_overrides, report=print)
     controllers = {
         "vanilla": lambda env: make_controller("vanilla", env, clip=best_clip),
         "adaptive_quantile": lambda env: make_controller("adaptive_quantile", env),
-        "sac": lambda env: load_policy(f"sac:{model_path}"),
     }
-    results = compare(controllers, lambda: dp_gym.make(args.env), seeds=range(1000, 1000 + args.seeds))
+    for actor_init in args.actor_inits:
+        name = "sac" if actor_init == "default" else f"sac_{actor_init}"
+        model_path = train(args.env, "sac", args.timesteps, seed=0, out=f"{args.out}/{name}", progress_bar=False,
+                           checkpoint_every=max(args.timesteps // 2, 1), actor_init=actor_init,
+                           actor_init_std=args.actor_init_std, env_overrides=args.env_overrides)
+        controllers[name] = lambda env, path=model_path: load_policy(f"sac:{path}")
+    results = compare(controllers, lambda: dp_gym.make(args.env, **args.env_overrides),
+                      seeds=range(1000, 1000 + args.seeds))
     write_report(results, args.out, extra={"vanilla_clip": best_clip, "vanilla_scores": scores,
-                                           "sac_timesteps": args.timesteps})
+                                           "sac_timesteps": args.timesteps, "actor_inits": args.actor_inits,
+                                           "actor_init_std": args.actor_init_std, "env_overrides": args.env_overrides})
     rows = summarize(results)
     vanilla = next(r for r in rows if r["controller"] == "vanilla")
-    print(f"\n{args.env}, epsilon 3, delta 1e-5, {args.seeds} seeds; vanilla clip {best_clip:g} "
+    print(f"\n{args.env} {json.dumps(args.env_overrides) if args.env_overrides else ''}, epsilon 3, delta 1e-5, {args.seeds} seeds; vanilla clip {best_clip:g} "
           f"(tuned on public validation); SAC trained {args.timesteps} steps")
     print(markdown_table(rows))
     for row in rows:

@@ -1,7 +1,10 @@
 """DP step cost: non-private vs dp-gym (per-group clip/noise/prune) vs Opacus stock flat clipping.
 
 All measured side by side in one process, on the same batch, for the tiny default and a larger
-GPT-2 (6 layers, 256 wide). Prints one table; ratios are what to read.
+GPT-2 (6 layers, 256 wide, with tied and with untied output embeddings). dp-gym runs twice: with
+book-kept linear layers (the default: norms and clipped sums from layer inputs and output
+gradients) and with every per-sample gradient materialized by Opacus' hooks. Prints one table;
+ratios are what to read.
 
     python benchmarks/dp_step.py [--repeats 7] [--batch 32] [--seq 112]
 """
@@ -43,6 +46,8 @@ def models():
     yield "tiny (3x96)", lambda: AutoModelForCausalLM.from_pretrained(tiny_path)
     larger = TinyLMConfig(vocab_size=1024, n_layer=6, n_embd=256, n_head=8, n_positions=128)
     yield "gpt2 6x256", lambda: build_tiny_lm(larger)
+    untied = TinyLMConfig(vocab_size=1024, n_layer=6, n_embd=256, n_head=8, n_positions=128, tie_word_embeddings=False)
+    yield "gpt2 6x256 untied", lambda: build_tiny_lm(untied)
 
 
 def steps(factory, data) -> list[tuple[str, object, object]]:
@@ -56,17 +61,22 @@ def steps(factory, data) -> list[tuple[str, object, object]]:
         per_sample_loss(model, data).mean().backward()
         optimizer.step()
 
-    dp_model = factory().train()
-    groups = ParameterGroups(dp_model)
-    updater = DPUpdater(dp_model, torch.optim.Adam(dp_model.parameters(), lr=1e-4), groups,
-                        data["input_ids"].shape[0], sample_rate=0.05, loss_fn=per_sample_loss)
+    def updater(per_sample: str) -> DPUpdater:
+        dp_model = factory().train()
+        return DPUpdater(dp_model, torch.optim.Adam(dp_model.parameters(), lr=1e-4), ParameterGroups(dp_model),
+                         data["input_ids"].shape[0], sample_rate=0.05, loss_fn=per_sample_loss, per_sample=per_sample)
+
+    bookkeeping, materialized = updater("bookkeeping"), updater("opacus")
     opacus_step = opacus_flat_step(factory().train(), per_sample_loss, data)
+    groups = len(bookkeeping.group_names)
     return [
         ("non-private", non_private, lambda: optimizer.zero_grad(set_to_none=True)),
-        (f"dp-gym ({len(groups)} groups)",
-         lambda: updater.step(data, clip=1.0, noise=1.0, count_noise=10.0, loss_noise=10.0), None),
+        (f"dp-gym ({groups} groups)",
+         lambda: bookkeeping.step(data, clip=1.0, noise=1.0, count_noise=10.0, loss_noise=10.0), None),
         ("dp-gym, prune 0.5",
-         lambda: updater.step(data, clip=1.0, noise=1.0, prune=0.5, count_noise=10.0, loss_noise=10.0), None),
+         lambda: bookkeeping.step(data, clip=1.0, noise=1.0, prune=0.5, count_noise=10.0, loss_noise=10.0), None),
+        ("dp-gym, per-sample grads (Opacus hooks)",
+         lambda: materialized.step(data, clip=1.0, noise=1.0, count_noise=10.0, loss_noise=10.0), None),
         ("Opacus make_private (flat)", opacus_step, opacus_step.release),
     ]
 

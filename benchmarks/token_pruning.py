@@ -10,8 +10,12 @@ epsilon (plain DP-SGD: a fixed clip, noise calibrated to spend the budget). Then
 step vs Opacus' stock flat clipping (``make_private``) on the same model and batch.
 
     python benchmarks/token_pruning.py [--repeats 5] [--batch 32] [--updates 200] [--dataset scenes]
-    # more visual tokens per caption token, as in real LLaVA (576 patches): 16x16 = 256 patches
-    python benchmarks/token_pruning.py --tiny '{"patch_size": 2, "lm": {"public_captions": 4000, "pretrain_seq_len": 128, "n_positions": 320}}'
+    # the session-2 default: 32x32 images, 64 visual tokens (fewer visual tokens per caption token)
+    python benchmarks/token_pruning.py --tiny '{"image_size": 32, "lm": {"public_captions": 4000, "pretrain_seq_len": 128}}'
+
+The default tiny LLaVA encodes 48x48 images into 144 visual tokens; its frozen vision tower's
+features are computed once per image (``VisionLanguageTask(cache_vision_features=True)``), so a
+step is pruning + projector + LM for every row.
 """
 
 from __future__ import annotations

@@ -93,7 +93,7 @@ def cmd_train(args) -> None:
 
     path = train(args.env, args.algo, args.timesteps, args.seed, args.out, resume=args.resume,
                  env_overrides=args.env_overrides, checkpoint_every=args.checkpoint_every,
-                 progress_bar=not args.no_progress)
+                 progress_bar=not args.no_progress, actor_init=args.actor_init, actor_init_std=args.actor_init_std)
     console.print(f"model: {path}\nTensorBoard: tensorboard --logdir {Path(args.out) / 'tb'}")
 
 
@@ -258,6 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", default=None, help="a previous --out folder to continue from")
     train.add_argument("--checkpoint-every", type=_positive_int, default=100)
     train.add_argument("--no-progress", action="store_true")
+    train.add_argument("--actor-init", choices=["default", "zero"], default="default",
+                       help="zero: the untrained policy takes action 0 (the baseline on a paced env)")
+    train.add_argument("--actor-init-std", type=_positive_float, default=0.1,
+                       help="initial exploration std with --actor-init zero")
 
     evaluate = commands.add_parser("evaluate", help="evaluate one controller")
     common(evaluate, "runs/evaluate")

@@ -18,8 +18,15 @@ Why this is written here: Opacus' own ghost clipping
 threshold for all parameters, through a second backward pass of the re-weighted loss. dp-gym clips
 every parameter group with its own ``C_g``, so the factor ``c_{i,g}`` differs by group and no single
 loss re-weighting produces the clipped sums. Keeping ``A`` and ``G`` (book-keeping) gives them
-with no second backward. When ``2 T^2 > d_in d_out`` the ghost norm is the dearer one, and the
-per-sample gradient is formed once (one batched product) and kept for the sum, as Opacus would.
+with no second backward.
+
+Which way per weight (:func:`use_ghost_norm`): the ghost way costs ``B T^2 (d_in + d_out)`` extra
+multiply-adds (the two Gram matrices; the clipped sum costs what forming the per-sample gradients
+costs), the materialized way writes and reads ``B d_in d_out`` floats twice more (norm, then the
+weighted sum). The ghost way is taken when ``T^2 (d_in + d_out) <= 8 d_in d_out``: large output
+layers over few positions (a vocabulary head), where the ``B x V x d`` per-sample tensor is what
+costs. Otherwise the per-sample gradient is formed once (one batched product) and kept for the
+sum, as Opacus would.
 
 Everything else (layer norms, embeddings, layers whose weights are shared with another module,
 any layer type Opacus knows) stays with Opacus' hooks and per-sample gradients, untouched.
@@ -42,6 +49,16 @@ def _linear_types() -> tuple[type[nn.Module], ...]:
     return (nn.Linear, Conv1D)
 
 
+#: ghost norm when ``T^2 (d_in + d_out) <= GHOST_COST_RATIO * d_in * d_out`` (measured on CPU:
+#: at 8 the vocabulary head of the tiny models goes ghost, their d x 4d MLP layers do not)
+GHOST_COST_RATIO = 8
+
+
+def use_ghost_norm(positions: int, d_in: int, d_out: int) -> bool:
+    """Whether the Gram-matrix ("ghost") norm is the cheaper way for a weight (see the module doc)."""
+    return positions * positions * (d_in + d_out) <= GHOST_COST_RATIO * d_in * d_out
+
+
 @dataclass
 class _BookkeptLayer:
     """Inputs and output gradients of one linear layer over the calls of one forward pass."""
@@ -51,11 +68,13 @@ class _BookkeptLayer:
     inputs: list[torch.Tensor] = field(default_factory=list)
     output_grads: list[torch.Tensor | None] = field(default_factory=list)
     _weight_samples: torch.Tensor | None = None  # (B, *weight.shape), only when materialized
+    _bias_samples: torch.Tensor | None = None  # (B, d_out): sum_t g_{i,t}
 
     def clear(self) -> None:
         self.inputs.clear()
         self.output_grads.clear()
         self._weight_samples = None
+        self._bias_samples = None
 
     def _rows(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``A`` (B, T, d_in) and ``G`` (B, T, d_out), the calls concatenated along T.
@@ -82,14 +101,15 @@ class _BookkeptLayer:
         inputs, grads = self._rows(size)
         if parameter is self.module.weight:
             positions, d_in, d_out = inputs.shape[1], inputs.shape[2], grads.shape[2]
-            if 2 * positions * positions <= d_in * d_out:
+            if use_ghost_norm(positions, d_in, d_out):
                 gram_inputs = torch.bmm(inputs, inputs.transpose(1, 2))
                 gram_grads = torch.bmm(grads, grads.transpose(1, 2))
                 return (gram_inputs * gram_grads).sum(dim=(1, 2)).clamp(min=0)
             samples = torch.bmm(grads.transpose(1, 2), inputs)  # (B, d_out, d_in)
             self._weight_samples = samples if self.weight_is_out_by_in else samples.transpose(1, 2)
             return torch.linalg.vector_norm(samples.reshape(size, -1), dim=1) ** 2
-        return torch.linalg.vector_norm(grads.sum(dim=1), dim=1) ** 2
+        self._bias_samples = grads.sum(dim=1)
+        return torch.linalg.vector_norm(self._bias_samples, dim=1) ** 2
 
     def weighted_sum(self, parameter: nn.Parameter, factors: torch.Tensor, size: int,
                      drop: torch.Tensor | None = None) -> torch.Tensor:
@@ -99,8 +119,14 @@ class _BookkeptLayer:
         of that sample out of the sum.
         """
         factors = factors.to(self.inputs[0].dtype)
-        if parameter is self.module.weight and self._weight_samples is not None:
-            samples = self._weight_samples.reshape(size, -1)
+        is_weight = parameter is self.module.weight
+        samples = self._weight_samples if is_weight else self._bias_samples
+        if samples is not None:  # formed by squared_norms; freed once summed
+            if is_weight:
+                self._weight_samples = None
+            else:
+                self._bias_samples = None
+            samples = samples.reshape(size, -1)
             if drop is not None:
                 samples = torch.where(drop.unsqueeze(1), torch.zeros((), dtype=samples.dtype), samples)
             return torch.mv(samples.t(), factors)
@@ -109,15 +135,19 @@ class _BookkeptLayer:
             keep = ~drop.view(size, 1, 1)
             inputs = torch.where(keep, inputs, torch.zeros((), dtype=inputs.dtype))
             grads = torch.where(keep, grads, torch.zeros((), dtype=grads.dtype))
-        weighted = grads * factors.view(size, 1, 1)
-        if parameter is self.module.weight:
-            d_in, d_out = inputs.shape[2], grads.shape[2]
-            if self.weight_is_out_by_in:
-                total = weighted.reshape(-1, d_out).t() @ inputs.reshape(-1, d_in)
-            else:
-                total = inputs.reshape(-1, d_in).t() @ weighted.reshape(-1, d_out)
-            return total.reshape(-1)
-        return weighted.sum(dim=(0, 1))
+        if not is_weight:
+            return torch.mv(grads.sum(dim=1).t(), factors)
+        d_in, d_out = inputs.shape[2], grads.shape[2]
+        # scale the narrower side by c_i, then one product over all B*T rows
+        if d_in <= d_out:
+            inputs = inputs * factors.view(size, 1, 1)
+        else:
+            grads = grads * factors.view(size, 1, 1)
+        if self.weight_is_out_by_in:
+            total = grads.reshape(-1, d_out).t() @ inputs.reshape(-1, d_in)
+        else:
+            total = inputs.reshape(-1, d_in).t() @ grads.reshape(-1, d_out)
+        return total.reshape(-1)
 
 
 class BookkeepingGradSampleModule(GradSampleModule):
@@ -185,6 +215,9 @@ class BookkeepingGradSampleModule(GradSampleModule):
         """``(B,)`` ``||grad_i||^2`` of a book-kept parameter after one forward and backward."""
         layer = self._bookkept_by_parameter[id(parameter)]
         if not layer.inputs:
+            if parameter.grad is not None:
+                raise RuntimeError(f"a parameter of shape {tuple(parameter.shape)} has a gradient but its layer was "
+                                   "not called: it was used outside its module (e.g. F.linear(x, layer.weight))")
             return torch.zeros(size)  # the layer took no part in this forward pass
         return layer.squared_norms(parameter, size)
 

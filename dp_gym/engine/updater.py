@@ -348,9 +348,18 @@ class DPUpdater:
         self.nonfinite_samples = int(state["nonfinite_samples"])
 
 
+#: a gradient without per-sample information would silently train that parameter on noise alone
+_USED_OUTSIDE_ITS_MODULE = (
+    "a parameter of shape {shape} has a gradient but no per-sample gradient: it was used outside "
+    "the module that owns it (e.g. F.linear(x, other_module.weight)); per-sample hooks only see "
+    "module calls, so call the module or tie the weight to a module that is called")
+
+
 def _grad_sample(parameter: nn.Parameter, size: int) -> torch.Tensor:
     sample = getattr(parameter, "grad_sample", None)
     if sample is None:
+        if parameter.grad is not None:
+            raise RuntimeError(_USED_OUTSIDE_ITS_MODULE.format(shape=tuple(parameter.shape)))
         # The parameter took no part in this forward pass: its per-sample gradients are zero.
         return torch.zeros(size, *parameter.shape)
     if isinstance(sample, list):

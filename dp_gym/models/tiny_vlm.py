@@ -1,8 +1,9 @@
 """The tiny default vision-language model: a LLaVA built from ``transformers`` configs.
 
-``LlavaForConditionalGeneration`` with a small CLIP vision tower (32x32 images, 4x4 patches:
-64 patch tokens plus [CLS]), a two-layer MLP projector, and the tiny GPT-2 as its language
-model. The vision tower is pre-trained briefly on *public* generated scenes (predict the
+``LlavaForConditionalGeneration`` with a small CLIP vision tower (48x48 images, 4x4 patches:
+144 patch tokens plus [CLS]), a two-layer MLP projector, and the tiny GPT-2 as its language
+model. As in a real LLaVA (576 visual tokens against a few dozen text tokens), the visual tokens
+outnumber a caption's (at most about 17) many times over: the regime visual-token pruning is for. The vision tower is pre-trained briefly on *public* generated scenes (predict the
 background colour, the colours and the shapes present from [CLS]); the language model starts
 from the cached tiny LM (pre-trained on public text and public scene captions); the projector starts random. The result is
 saved once per configuration under ``$DP_GYM_CACHE`` with ``save_pretrained`` (model and
@@ -32,7 +33,7 @@ IMAGE_TOKEN = "<image>"
 class TinyVLMConfig:
     """Shape of the tiny LLaVA and of its vision tower's brief public pre-training."""
 
-    image_size: int = 32
+    image_size: int = 48
     patch_size: int = 4
     vision_hidden: int = 64
     vision_layers: int = 2
@@ -42,9 +43,11 @@ class TinyVLMConfig:
     pretrain_images: int = 2048
     pretrain_lr: float = 3e-3
     seed: int = 0
-    #: the LM also pre-trains on public scene captions, over 128-token chunks (visual tokens
-    #: come first, so caption tokens sit at positions 64 and beyond)
-    lm: TinyLMConfig = field(default_factory=lambda: TinyLMConfig(public_captions=4000, pretrain_seq_len=128))
+    #: the LM also pre-trains on public scene captions, over 192-token chunks: visual tokens come
+    #: first, so caption tokens sit at positions 144 and beyond, and the position embeddings stay
+    #: frozen under DP (they must be trained there already)
+    lm: TinyLMConfig = field(default_factory=lambda: TinyLMConfig(public_captions=4000, pretrain_seq_len=192,
+                                                                  n_positions=256))
 
     def cache_key(self) -> str:
         import hashlib
@@ -147,7 +150,7 @@ def _copy_language_model(llava, lm_path: Path) -> None:
 
 
 def ensure_tiny_vlm(config: TinyVLMConfig | None = None, root: Path | None = None) -> Path:
-    """The folder of the cached tiny LLaVA (built on first use, about half a minute).
+    """The folder of the cached tiny LLaVA (built on first use, about a minute and a half on 2 cores).
 
     ``LlavaForConditionalGeneration.from_pretrained(folder)`` and
     ``AutoTokenizer.from_pretrained(folder)`` load it.

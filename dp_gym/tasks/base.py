@@ -56,15 +56,19 @@ class Task(abc.ABC):
         return {"task": type(self).__name__, "train_size": self.train_size}
 
 
+#: the per-token tensors ``trim_padding`` shortens; everything else (images, features) passes through
+TOKEN_KEYS = ("input_ids", "attention_mask", "labels")
+
+
 def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Drop the padding columns no record of the batch uses (right padding, causal attention:
-    a record's loss does not depend on how far the batch is padded). Only tensors shaped like
-    ``attention_mask`` are trimmed; others (e.g. images) pass through."""
+    a record's loss does not depend on how far the batch is padded). Only the per-token tensors
+    (:data:`TOKEN_KEYS`) are trimmed."""
     mask = batch["attention_mask"]
     if mask.shape[0] == 0:
         return batch
     length = max(int(mask.sum(dim=1).max()), 2)
-    return {key: value[:, :length] if value.shape == mask.shape else value for key, value in batch.items()}
+    return {key: value[:, :length] if key in TOKEN_KEYS else value for key, value in batch.items()}
 
 
 class EncodedTrainSplit:

@@ -9,6 +9,11 @@ is predicted from the last visual token.
 
 Trainable under DP by default: the projector, every LM block and the head (final norm and
 ``lm_head``). The vision tower and the LM's input embeddings are frozen.
+
+A frozen vision tower maps each image to the same features at every step, so they are computed
+once per image when the task is built (``cache_vision_features``, on by default; as LLaVA-style
+pipelines with a frozen encoder do): a DP step then runs pruning, the projector and the LM only.
+The features are a function of one image each, so this changes no per-example computation.
 """
 
 from __future__ import annotations
@@ -68,6 +73,8 @@ class VisionLanguageTask(EncodedTrainSplit, Task):
         seed: data seed (and the seed of the ``random`` pruning rule).
         tiny: shape of the tiny model (``TinyVLMConfig`` fields) when ``model == "tiny"``.
         train_vision: also fine-tune the vision tower (off by default, as in LLaVA).
+        cache_vision_features: with a frozen tower, encode every image once up front (its
+            last-layer features and, for ``cls_attention``, the [CLS] attention scores).
     """
 
     def __init__(
@@ -81,6 +88,7 @@ class VisionLanguageTask(EncodedTrainSplit, Task):
         seed: int = 0,
         tiny: dict[str, Any] | None = None,
         train_vision: bool = False,
+        cache_vision_features: bool = True,
     ):
         from transformers import AutoConfig, AutoTokenizer
 
@@ -118,6 +126,11 @@ class VisionLanguageTask(EncodedTrainSplit, Task):
         self._train = self._encode(train)
         self._val = self._encode(val)
         self._random = torch.Generator().manual_seed(seed)
+        self.caches_vision_features = cache_vision_features and not train_vision
+        if self.caches_vision_features:
+            tower = self.build_model().model.vision_tower
+            for split in (self._train, self._val):
+                split.update(self._encode_images(tower, split["pixel_values"]))
 
     def _encode(self, pairs) -> dict[str, torch.Tensor]:
         captions = [caption + self.tokenizer.eos_token for _, caption in pairs]
@@ -155,17 +168,37 @@ class VisionLanguageTask(EncodedTrainSplit, Task):
         model.train()
         return model
 
-    def visual_embeddings(self, model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-        """``(B, k, D_lm)``: encode, prune each example's patches, project."""
+    def _vision_outputs(self, tower: nn.Module, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(hidden (B, 1 + n, D_v), [CLS] attention (B, n) or None)`` of the vision tower."""
+        wants_attention = self.rule == "cls_attention"
+        outputs = tower(pixel_values, output_hidden_states=True, output_attentions=wants_attention, return_dict=True)
+        hidden = outputs.hidden_states[self.model_config.vision_feature_layer]
+        return hidden, cls_attention_scores(outputs.attentions[-1]) if wants_attention else None
+
+    @torch.no_grad()
+    def _encode_images(self, tower: nn.Module, pixel_values: torch.Tensor, chunk: int = 256) -> dict[str, torch.Tensor]:
+        """The frozen tower's outputs for every image, as extra batch tensors."""
+        hidden, attention = [], []
+        for start in range(0, pixel_values.shape[0], chunk):
+            features, scores = self._vision_outputs(tower, pixel_values[start : start + chunk])
+            hidden.append(features)
+            attention.append(scores)
+        cached = {"vision_features": torch.cat(hidden)}
+        if attention[0] is not None:
+            cached["cls_attention"] = torch.cat(attention)
+        return cached
+
+    def visual_embeddings(self, model: nn.Module, batch: Batch | torch.Tensor) -> torch.Tensor:
+        """``(B, k, D_lm)``: encode (or read the cached features), prune each example's patches, project."""
         llava = getattr(model, "_module", model)  # under Opacus' GradSampleModule
         config = llava.config
-        wants_attention = self.rule == "cls_attention"
+        if not isinstance(batch, torch.Tensor) and "vision_features" in batch:
+            hidden, attention = batch["vision_features"], batch.get("cls_attention")
+        else:
+            pixel_values = batch if isinstance(batch, torch.Tensor) else batch["pixel_values"]
+            with torch.set_grad_enabled(self.train_vision and torch.is_grad_enabled()):
+                hidden, attention = self._vision_outputs(llava.model.vision_tower, pixel_values)
         with torch.set_grad_enabled(self.train_vision and torch.is_grad_enabled()):
-            outputs = llava.model.vision_tower(
-                pixel_values, output_hidden_states=True, output_attentions=wants_attention, return_dict=True
-            )
-            hidden = outputs.hidden_states[config.vision_feature_layer]
-            attention = cls_attention_scores(outputs.attentions[-1]) if wants_attention else None
             patches = prune_visual_tokens(hidden[:, 1:], self.rule, self.keep_ratio, attention, self._random)
             if config.vision_feature_select_strategy == "full":
                 patches = torch.cat([hidden[:, :1], patches], dim=1)
@@ -175,7 +208,7 @@ class VisionLanguageTask(EncodedTrainSplit, Task):
         """``(B, T)`` next-token losses of the caption tokens, zero on padding."""
         llava = getattr(model, "_module", model)
         input_ids, mask = batch["input_ids"], batch["attention_mask"]
-        visual = self.visual_embeddings(model, batch["pixel_values"])
+        visual = self.visual_embeddings(model, batch)
         text = llava.get_input_embeddings()(input_ids)
         size, kept, length = visual.shape[0], visual.shape[1], input_ids.shape[1]
         embeds = torch.cat([visual, text.to(visual.dtype)], dim=1)
@@ -215,6 +248,7 @@ class VisionLanguageTask(EncodedTrainSplit, Task):
             "n_val": int(self._val["input_ids"].shape[0]),
             "token_pruning": {"rule": self.rule, "keep_ratio": self.keep_ratio},
             "visual_tokens": self.visual_tokens,
+            "vision_features_cached": self.caches_vision_features,
         }
 
 

@@ -4,13 +4,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import dp_gym
 from agents.online import finetune_online
-from agents.rl import algorithm, load_hyperparams, load_policy, train
+from agents.rl import algorithm, load_hyperparams, load_policy, start_at_action_zero, train
 from dp_gym.cli import main
 
 SMALL = {"task_kwargs": {"n_train": 64, "n_val": 8}, "max_updates": 8, "updates_per_step": 2}
@@ -69,6 +70,22 @@ def test_zoo_hyperparameter_files_parse_and_construct(tmp_path):
         kwargs, zoo = load_hyperparams(path.stem, "dp_gym/TinyText-v0")
         model = algorithm(path.stem)(zoo["policy"], env, **kwargs)
         assert model.policy is not None
+
+
+@pytest.mark.parametrize("algo", ["sac", "td3", "ppo", "a2c", "tqc"])
+def test_a_zero_started_policy_takes_action_zero_and_still_explores(algo):
+    env = dp_gym.make("dp_gym/TinyTextPaced-v0", **SMALL)
+    kwargs, zoo = load_hyperparams(algo, "dp_gym/TinyTextPaced-v0")
+    model = algorithm(algo)(zoo["policy"], env, seed=0, **kwargs)
+    start_at_action_zero(model, std=0.2)
+    observations = np.stack([env.observation_space.sample() for _ in range(8)])
+    actions, _ = model.predict(observations, deterministic=True)
+    np.testing.assert_allclose(actions, 0.0, atol=1e-6)
+    if algo != "td3":  # TD3's exploration is its action noise, outside the policy
+        sampled, _ = model.predict(observations, deterministic=False)
+        assert 0.05 < float(np.std(sampled)) < 0.5
+    with pytest.raises(ValueError, match="std"):
+        start_at_action_zero(model, std=0.0)
 
 
 def test_online_finetune_writes_model_and_privacy_report(tmp_path):

@@ -122,3 +122,24 @@ def test_plain_opacus_module_is_still_accepted():
                         sample_rate=0.1, loss_fn=per_sample_loss)
     assert updater.per_sample == "opacus"
     updater.step(micro_batch(), clip=0.1, noise=1.0)
+
+
+class BypassingNet(nn.Module):
+    """Uses ``head.weight`` through ``F.linear`` without calling ``head``: no hook sees it."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 1)
+
+    def forward(self, x):
+        return torch.nn.functional.linear(self.body(x), self.head.weight).sum(dim=(1, 2))
+
+
+@pytest.mark.parametrize("per_sample", ["bookkeeping", "opacus"])
+def test_a_parameter_used_outside_its_module_is_an_error_not_a_silent_zero(per_sample):
+    model = BypassingNet()
+    updater = DPUpdater(model, torch.optim.SGD(model.parameters(), lr=0.1), ParameterGroups(model, strategy="per_layer"),
+                        4.0, sample_rate=0.1, loss_fn=lambda m, b: m(b["x"]), per_sample=per_sample)
+    with pytest.raises(RuntimeError, match="outside"):
+        updater.step({"x": torch.randn(4, 3, 4)}, clip=1.0, noise=1.0)

@@ -13,7 +13,7 @@ from dp_gym.models.tiny_vlm import IMAGE_TOKEN, TinyVLMConfig, ensure_tiny_vlm
 from dp_gym.tasks.vision import VisionLanguageTask
 
 MICRO = TinyVLMConfig(
-    vision_hidden=32, vision_layers=1, vision_heads=2, pretrain_steps=3, pretrain_images=32, pretrain_batch_size=8,
+    image_size=32, vision_hidden=32, vision_layers=1, vision_heads=2, pretrain_steps=3, pretrain_images=32, pretrain_batch_size=8,
     lm=TinyLMConfig(vocab_size=320, n_layer=1, n_embd=32, n_head=2, pretrain_steps=3, public_captions=50),
 )
 
@@ -81,6 +81,25 @@ def test_per_sample_gradients_of_the_pruned_model_equal_a_per_example_loop(micro
         for i in range(4):
             torch.testing.assert_close(parameter.grad_sample[i], reference[i][name], atol=1e-5, rtol=1e-4,
                                        msg=f"{name}, sample {i}")
+
+
+@pytest.mark.parametrize("rule", ["cls_attention", "dissimilarity"])
+def test_cached_vision_features_give_the_same_losses_and_gradients(micro_vlm, rule):
+    cached = micro_task(micro_vlm, rule=rule)
+    uncached = VisionLanguageTask(model=str(micro_vlm), n_train=6, n_val=4, cache_vision_features=False,
+                                  token_pruning={"rule": rule, "keep_ratio": 0.5})
+    assert cached.caches_vision_features and not uncached.caches_vision_features
+    assert "vision_features" in cached.train_batch(torch.arange(2)) and "vision_features" not in uncached._train
+    gradients = []
+    for task in (cached, uncached):
+        model = task.build_model()
+        task.per_sample_loss(model, task.train_batch(torch.arange(6))).sum().backward()
+        gradients.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+        gradients.append(task.evaluate(model))
+    torch.testing.assert_close(gradients[0], gradients[2], atol=1e-6, rtol=1e-5)
+    assert gradients[1] == pytest.approx(gradients[3], rel=1e-6)
+    trained_tower = VisionLanguageTask(model=str(micro_vlm), n_train=6, n_val=4, train_vision=True)
+    assert not trained_tower.caches_vision_features  # a tower that changes cannot be cached
 
 
 def test_digits_captions_and_disjoint_splits(micro_vlm):
