@@ -25,8 +25,9 @@ multiply-adds (the two Gram matrices; the clipped sum costs what forming the per
 costs), the materialized way writes and reads ``B d_in d_out`` floats twice more (norm, then the
 weighted sum). The ghost way is taken when ``T^2 (d_in + d_out) <= 8 d_in d_out``: large output
 layers over few positions (a vocabulary head), where the ``B x V x d`` per-sample tensor is what
-costs. Otherwise the per-sample gradient is formed once (one batched product) and kept for the
-sum, as Opacus would.
+costs. Otherwise the per-sample gradient is formed in the backward pass (one batched product,
+the input released right away) and kept for the sum, as Opacus' hooks would; only its hook
+(a tensor hook on the layer's output, cheaper than a full module backward hook) differs.
 
 Everything else (layer norms, embeddings, layers whose weights are shared with another module,
 any layer type Opacus knows) stays with Opacus' hooks and per-sample gradients, untouched.
@@ -61,93 +62,121 @@ def use_ghost_norm(positions: int, d_in: int, d_out: int) -> bool:
 
 @dataclass
 class _BookkeptLayer:
-    """Inputs and output gradients of one linear layer over the calls of one forward pass."""
+    """Per-sample gradient information of one linear layer over one forward and backward pass.
+
+    The forward hook keeps each call's input; the output-gradient hook then either keeps the
+    pair ``(A, G)`` (ghost way: one call, :func:`use_ghost_norm`) or forms the per-sample
+    gradient at once and lets the input go, as Opacus' hooks do. A layer called several times in
+    one forward pass is always materialized, each call's per-sample gradient added to the last:
+    the norm of a *sum* of per-call gradients has cross terms the ghost way would have to carry.
+    """
 
     module: nn.Module
     weight_is_out_by_in: bool  # nn.Linear stores (d_out, d_in); Conv1D stores (d_in, d_out)
-    inputs: list[torch.Tensor] = field(default_factory=list)
-    output_grads: list[torch.Tensor | None] = field(default_factory=list)
-    _weight_samples: torch.Tensor | None = None  # (B, *weight.shape), only when materialized
-    _bias_samples: torch.Tensor | None = None  # (B, d_out): sum_t g_{i,t}
+    inputs: list[torch.Tensor | None] = field(default_factory=list)  # None once its backward arrived
+    ghost: tuple[torch.Tensor, torch.Tensor] | None = None  # (A (B, T, d_in), G (B, T, d_out))
+    weight_samples: torch.Tensor | None = None  # (B, *weight.shape) when materialized
+    bias_samples: torch.Tensor | None = None  # (B, d_out): sum_t g_{i,t}
 
     def clear(self) -> None:
         self.inputs.clear()
-        self.output_grads.clear()
-        self._weight_samples = None
-        self._bias_samples = None
+        self.ghost = self.weight_samples = self.bias_samples = None
 
-    def _rows(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``A`` (B, T, d_in) and ``G`` (B, T, d_out), the calls concatenated along T.
+    def on_forward(self, activation: torch.Tensor) -> int:
+        self.inputs.append(activation.detach())
+        return len(self.inputs) - 1
 
-        Several calls of one layer in a forward pass add their gradients, and
-        ``sum_c G_c^T A_c = [G_1; G_2]^T [A_1; A_2]``: concatenating positions is exact.
-        """
-        if len(self.output_grads) != len(self.inputs) or any(g is None for g in self.output_grads):
-            raise RuntimeError("a book-kept layer's backward pass did not complete; call backward once per forward")
-        inputs, grads = [], []
-        for activation, grad in zip(self.inputs, self.output_grads, strict=True):
-            if activation.shape[0] != size or grad.shape[0] != size:
+    def on_backward(self, slot: int, grad: torch.Tensor) -> None:
+        activation, self.inputs[slot] = self.inputs[slot], None
+        if activation.shape[0] != grad.shape[0]:
+            raise RuntimeError(f"a linear layer's input has batch dimension {activation.shape[0]} but its output "
+                               f"gradient {grad.shape[0]}")
+        size = activation.shape[0]
+        inputs = activation.reshape(size, -1, activation.shape[-1])
+        grads = grad.detach().reshape(size, -1, grad.shape[-1]).to(inputs.dtype)
+        module = self.module
+        if module.bias is not None and module.bias.requires_grad:
+            self.bias_samples = _accumulate(self.bias_samples, grads.sum(dim=1))
+        if not module.weight.requires_grad:
+            return
+        if len(self.inputs) == 1 and use_ghost_norm(inputs.shape[1], inputs.shape[2], grads.shape[2]):
+            self.ghost = (inputs, grads)
+            return
+        # contiguous in the weight's own layout, so the flat views below are free
+        if self.weight_is_out_by_in:
+            samples = torch.bmm(grads.transpose(1, 2), inputs)  # (B, d_out, d_in)
+        else:
+            samples = torch.bmm(inputs.transpose(1, 2), grads)  # (B, d_in, d_out)
+        self.weight_samples = _accumulate(self.weight_samples, samples)
+
+    def _check(self, size: int) -> None:
+        # a call whose output did not reach the loss got no gradient: it contributes zero
+        for tensor in (self.bias_samples, self.weight_samples, None if self.ghost is None else self.ghost[0]):
+            if tensor is not None and tensor.shape[0] != size:
                 raise RuntimeError(
-                    f"a linear layer saw batch dimension {activation.shape[0]} != {size}; a module saw a "
-                    "broadcast input (e.g. GPT-2 position_ids of shape (1, T): pass them expanded, Opacus #841)")
-            inputs.append(activation.reshape(size, -1, activation.shape[-1]))
-            grads.append(grad.reshape(size, -1, grad.shape[-1]).to(activation.dtype))
-        if len(inputs) == 1:
-            return inputs[0], grads[0]
-        return torch.cat(inputs, dim=1), torch.cat(grads, dim=1)
+                    f"a linear layer saw batch dimension {tensor.shape[0]} != {size}; a module saw a broadcast "
+                    "input (e.g. GPT-2 position_ids of shape (1, T): pass them expanded, Opacus #841)")
 
     def squared_norms(self, parameter: nn.Parameter, size: int) -> torch.Tensor:
         """``(B,)`` squared norms of the per-sample gradients of ``parameter``."""
-        inputs, grads = self._rows(size)
-        if parameter is self.module.weight:
-            positions, d_in, d_out = inputs.shape[1], inputs.shape[2], grads.shape[2]
-            if use_ghost_norm(positions, d_in, d_out):
-                gram_inputs = torch.bmm(inputs, inputs.transpose(1, 2))
-                gram_grads = torch.bmm(grads, grads.transpose(1, 2))
-                return (gram_inputs * gram_grads).sum(dim=(1, 2)).clamp(min=0)
-            samples = torch.bmm(grads.transpose(1, 2), inputs)  # (B, d_out, d_in)
-            self._weight_samples = samples if self.weight_is_out_by_in else samples.transpose(1, 2)
-            return torch.linalg.vector_norm(samples.reshape(size, -1), dim=1) ** 2
-        self._bias_samples = grads.sum(dim=1)
-        return torch.linalg.vector_norm(self._bias_samples, dim=1) ** 2
+        self._check(size)
+        if parameter is self.module.weight and self.ghost is not None:
+            inputs, grads = self.ghost
+            gram_inputs = torch.bmm(inputs, inputs.transpose(1, 2))
+            gram_grads = torch.bmm(grads, grads.transpose(1, 2))
+            return (gram_inputs * gram_grads).sum(dim=(1, 2)).clamp(min=0)
+        samples = self.weight_samples if parameter is self.module.weight else self.bias_samples
+        if samples is None:
+            return torch.zeros(size)
+        return torch.linalg.vector_norm(samples.reshape(size, -1), dim=1) ** 2
 
     def weighted_sum(self, parameter: nn.Parameter, factors: torch.Tensor, size: int,
                      drop: torch.Tensor | None = None) -> torch.Tensor:
         """``sum_i c_i grad_i`` of ``parameter``, flat; samples where ``drop`` is true contribute 0.
 
         Zeroing a dropped sample's rows (rather than multiplying by ``c_i = 0``) keeps a NaN/inf
-        of that sample out of the sum.
+        of that sample out of the sum. What was kept for ``parameter`` is released.
         """
-        factors = factors.to(self.inputs[0].dtype)
-        is_weight = parameter is self.module.weight
-        samples = self._weight_samples if is_weight else self._bias_samples
-        if samples is not None:  # formed by squared_norms; freed once summed
-            if is_weight:
-                self._weight_samples = None
-            else:
-                self._bias_samples = None
-            samples = samples.reshape(size, -1)
+        self._check(size)
+        if parameter is self.module.weight and self.ghost is not None:
+            (inputs, grads), self.ghost = self.ghost, None
+            factors = factors.to(inputs.dtype)
             if drop is not None:
-                samples = torch.where(drop.unsqueeze(1), torch.zeros((), dtype=samples.dtype), samples)
-            return torch.mv(samples.t(), factors)
-        inputs, grads = self._rows(size)
+                keep = ~drop.view(size, 1, 1)
+                inputs = torch.where(keep, inputs, torch.zeros((), dtype=inputs.dtype))
+                grads = torch.where(keep, grads, torch.zeros((), dtype=grads.dtype))
+            d_in, d_out = inputs.shape[2], grads.shape[2]
+            # scale the narrower side by c_i, then one product over all B*T rows
+            if d_in <= d_out:
+                inputs = inputs * factors.view(size, 1, 1)
+            else:
+                grads = grads * factors.view(size, 1, 1)
+            if self.weight_is_out_by_in:
+                total = grads.reshape(-1, d_out).t() @ inputs.reshape(-1, d_in)
+            else:
+                total = inputs.reshape(-1, d_in).t() @ grads.reshape(-1, d_out)
+            return total.reshape(-1)
+        if parameter is self.module.weight:
+            samples, self.weight_samples = self.weight_samples, None
+        else:
+            samples, self.bias_samples = self.bias_samples, None
+        if samples is None:
+            return torch.zeros(parameter.numel(), dtype=parameter.dtype)
+        samples = samples.reshape(size, -1)
         if drop is not None:
-            keep = ~drop.view(size, 1, 1)
-            inputs = torch.where(keep, inputs, torch.zeros((), dtype=inputs.dtype))
-            grads = torch.where(keep, grads, torch.zeros((), dtype=grads.dtype))
-        if not is_weight:
-            return torch.mv(grads.sum(dim=1).t(), factors)
-        d_in, d_out = inputs.shape[2], grads.shape[2]
-        # scale the narrower side by c_i, then one product over all B*T rows
-        if d_in <= d_out:
-            inputs = inputs * factors.view(size, 1, 1)
-        else:
-            grads = grads * factors.view(size, 1, 1)
-        if self.weight_is_out_by_in:
-            total = grads.reshape(-1, d_out).t() @ inputs.reshape(-1, d_in)
-        else:
-            total = inputs.reshape(-1, d_in).t() @ grads.reshape(-1, d_out)
-        return total.reshape(-1)
+            samples = torch.where(drop.unsqueeze(1), torch.zeros((), dtype=samples.dtype), samples)
+        # sum_i c_i g_i as one gemv on the transposed (B, numel) view: no B x numel temporary
+        return torch.mv(samples.t(), factors.to(samples.dtype))
+
+    def has_samples(self, parameter: nn.Parameter) -> bool:
+        """Whether a backward pass through this layer left per-sample information for ``parameter``."""
+        if parameter is self.module.weight:
+            return self.ghost is not None or self.weight_samples is not None
+        return self.bias_samples is not None
+
+
+def _accumulate(total: torch.Tensor | None, part: torch.Tensor) -> torch.Tensor:
+    return part if total is None else total + part
 
 
 class BookkeepingGradSampleModule(GradSampleModule):
@@ -194,14 +223,8 @@ class BookkeepingGradSampleModule(GradSampleModule):
         if not isinstance(output, torch.Tensor) or not output.requires_grad:
             return
         layer = self._bookkept_layers[module]
-        slot = len(layer.inputs)
-        layer.inputs.append(inputs[0].detach())
-        layer.output_grads.append(None)
-
-        def keep_gradient(grad: torch.Tensor) -> None:
-            layer.output_grads[slot] = grad.detach()
-
-        output.register_hook(keep_gradient)
+        slot = layer.on_forward(inputs[0])
+        output.register_hook(lambda grad: layer.on_backward(slot, grad))
 
     # ------------------------------------------------------------------ the updater's interface
     def is_bookkept(self, parameter: nn.Parameter) -> bool:
@@ -214,20 +237,15 @@ class BookkeepingGradSampleModule(GradSampleModule):
     def squared_norms(self, parameter: nn.Parameter, size: int) -> torch.Tensor:
         """``(B,)`` ``||grad_i||^2`` of a book-kept parameter after one forward and backward."""
         layer = self._bookkept_by_parameter[id(parameter)]
-        if not layer.inputs:
-            if parameter.grad is not None:
-                raise RuntimeError(f"a parameter of shape {tuple(parameter.shape)} has a gradient but its layer was "
-                                   "not called: it was used outside its module (e.g. F.linear(x, layer.weight))")
-            return torch.zeros(size)  # the layer took no part in this forward pass
-        return layer.squared_norms(parameter, size)
+        if not layer.has_samples(parameter) and parameter.grad is not None:
+            raise RuntimeError(f"a parameter of shape {tuple(parameter.shape)} has a gradient but no per-sample "
+                               "gradient: it was used outside its module (e.g. F.linear(x, layer.weight))")
+        return layer.squared_norms(parameter, size)  # zero if the layer took no part in this pass
 
     def weighted_sum(self, parameter: nn.Parameter, factors: torch.Tensor, size: int,
                      drop: torch.Tensor | None = None) -> torch.Tensor:
         """Flat ``sum_i c_i grad_i`` of a book-kept parameter (``drop``: samples that contribute 0)."""
-        layer = self._bookkept_by_parameter[id(parameter)]
-        if not layer.inputs:
-            return torch.zeros(parameter.numel(), dtype=parameter.dtype)
-        return layer.weighted_sum(parameter, factors, size, drop)
+        return self._bookkept_by_parameter[id(parameter)].weighted_sum(parameter, factors, size, drop)
 
     def clear_bookkeeping(self) -> None:
         for layer in self._bookkept_layers.values():

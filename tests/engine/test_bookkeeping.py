@@ -143,3 +143,26 @@ def test_a_parameter_used_outside_its_module_is_an_error_not_a_silent_zero(per_s
                         4.0, sample_rate=0.1, loss_fn=lambda m, b: m(b["x"]), per_sample=per_sample)
     with pytest.raises(RuntimeError, match="outside"):
         updater.step({"x": torch.randn(4, 3, 4)}, clip=1.0, noise=1.0)
+
+
+class UnusedBranchNet(nn.Module):
+    """``side`` runs in the forward pass but its output never reaches the loss."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(4, 1)
+        self.side = nn.Linear(4, 3)
+
+    def forward(self, x):
+        self.side(x)
+        return self.body(x).sum(dim=(1, 2))
+
+
+def test_a_layer_whose_output_misses_the_loss_contributes_zero():
+    model = UnusedBranchNet()
+    module = BookkeepingGradSampleModule(model)
+    module(torch.randn(5, 2, 4)).sum().backward()
+    for parameter in model.side.parameters():
+        assert torch.equal(module.squared_norms(parameter, 5), torch.zeros(5))
+        assert torch.equal(module.weighted_sum(parameter, torch.ones(5), 5), torch.zeros(parameter.numel()))
+    assert bool((module.squared_norms(model.body.weight, 5) > 0).all())
