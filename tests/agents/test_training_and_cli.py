@@ -129,6 +129,8 @@ def test_oracle_runs_say_so_in_every_file(tmp_path):
 @pytest.mark.parametrize("arguments, message", [
     (["train", "--env", "dp_gym/Nope-v0"], "unknown environment id 'dp_gym/Nope-v0'; registered: dp_gym/TinyDigits-v0, dp_gym/TinyText-v0"),
     (["train", "--timesteps", "0"], "must be a positive integer, got 0"),
+    (["train", "--actor-init", "zero", "--actor-init-std", "0"], "must be a finite number > 0, got 0"),
+    (["train", "--actor-init", "baseline"], "invalid choice: 'baseline'"),
     (["evaluate", "--policy", "sac:/no/such/model.zip"], "policy file /no/such/model.zip does not exist"),
     (["compare", "--controllers", "unicorn"], "unknown controller 'unicorn'"),
     (["compare", "--controllers", "vanilla", "--env-overrides", "{not json"], "must be a JSON object"),
