@@ -98,9 +98,6 @@ class DPUpdater:
     Args:
         model: the model to train (wrapped in an Opacus ``GradSampleModule`` here, unless it
             already is one).
-        per_sample: ``"bookkeeping"`` (linear layers give per-sample norms and clipped sums
-            without per-sample gradients; same numbers up to float rounding) or ``"opacus"``
-            (every per-sample gradient materialized by Opacus' hooks).
         optimizer: an optimizer over the model's trainable parameters (SGD, Adam, AdamW, ...).
         groups: the parameter groups (:class:`ParameterGroups` of the same model).
         expected_batch_size: ``m = q N``; sums are divided by it (not by the realized size,
@@ -112,6 +109,9 @@ class DPUpdater:
         seed: seed of the noise generator.
         secure_mode: draw noise with Opacus' floating-point-attack-resistant sampler.
         oracle: also put raw per-sample norm quantiles in ``StepReport.oracle`` (not private).
+        per_sample: ``"bookkeeping"`` (linear layers give per-sample norms and clipped sums
+            without per-sample gradients; same numbers up to float rounding) or ``"opacus"``
+            (every per-sample gradient materialized by Opacus' hooks).
     """
 
     def __init__(
