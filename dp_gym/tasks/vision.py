@@ -13,7 +13,9 @@ Trainable under DP by default: the projector, every LM block and the head (final
 A frozen vision tower maps each image to the same features at every step, so they are computed
 once per image when the task is built (``cache_vision_features``, on by default; as LLaVA-style
 pipelines with a frozen encoder do): a DP step then runs pruning, the projector and the LM only.
-The features are a function of one image each, so this changes no per-example computation.
+The features are a function of one image each, so this changes no per-example computation. They
+are the tower of the task's own checkpoint: a model whose vision tower differs (one fine-tuned
+with ``train_vision=True``) must be scored by a task built with ``cache_vision_features=False``.
 """
 
 from __future__ import annotations
