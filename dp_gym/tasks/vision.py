@@ -20,6 +20,7 @@ with ``train_vision=True``) must be scored by a task built with ``cache_vision_f
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -129,8 +130,11 @@ class VisionLanguageTask(EncodedTrainSplit, Task):
         self._val = self._encode(val)
         self._random = torch.Generator().manual_seed(seed)
         self.caches_vision_features = cache_vision_features and not train_vision
+        self._tower_fingerprint: torch.Tensor | None = None
+        self._matching_towers: weakref.WeakSet[nn.Module] = weakref.WeakSet()
         if self.caches_vision_features:
             tower = self.build_model().model.vision_tower
+            self._tower_fingerprint = _fingerprint(tower)
             for split in (self._train, self._val):
                 split.update(self._encode_images(tower, split["pixel_values"]))
 
@@ -190,11 +194,21 @@ class VisionLanguageTask(EncodedTrainSplit, Task):
             cached["cls_attention"] = torch.cat(attention)
         return cached
 
+    def _check_tower(self, tower: nn.Module) -> None:
+        """Cached features are only valid for the tower they came from (checked once per tower object)."""
+        if tower in self._matching_towers:
+            return
+        if self._tower_fingerprint is None or not torch.equal(_fingerprint(tower), self._tower_fingerprint):
+            raise ValueError("this model's vision tower is not the one the task cached features from; build the "
+                             "task with cache_vision_features=False to score it")
+        self._matching_towers.add(tower)
+
     def visual_embeddings(self, model: nn.Module, batch: Batch | torch.Tensor) -> torch.Tensor:
         """``(B, k, D_lm)``: encode (or read the cached features), prune each example's patches, project."""
         llava = getattr(model, "_module", model)  # under Opacus' GradSampleModule
         config = llava.config
         if not isinstance(batch, torch.Tensor) and "vision_features" in batch:
+            self._check_tower(llava.model.vision_tower)
             hidden, attention = batch["vision_features"], batch.get("cls_attention")
         else:
             pixel_values = batch if isinstance(batch, torch.Tensor) else batch["pixel_values"]
@@ -252,6 +266,12 @@ class VisionLanguageTask(EncodedTrainSplit, Task):
             "visual_tokens": self.visual_tokens,
             "vision_features_cached": self.caches_vision_features,
         }
+
+
+def _fingerprint(module: nn.Module) -> torch.Tensor:
+    """Per-parameter sums and absolute sums: equal for the same weights, different after any update."""
+    with torch.no_grad():
+        return torch.stack([torch.stack([p.sum(), p.abs().sum()]) for p in module.parameters()]).cpu()
 
 
 register_task("vision", VisionLanguageTask)

@@ -100,6 +100,11 @@ def test_cached_vision_features_give_the_same_losses_and_gradients(micro_vlm, ru
     assert gradients[1] == pytest.approx(gradients[3], rel=1e-6)
     trained_tower = VisionLanguageTask(model=str(micro_vlm), n_train=6, n_val=4, train_vision=True)
     assert not trained_tower.caches_vision_features  # a tower that changes cannot be cached
+    other = cached.build_model()
+    with torch.no_grad():
+        next(other.model.vision_tower.parameters()).add_(0.01)
+    with pytest.raises(ValueError, match="vision tower is not the one"):
+        cached.evaluate(other)
 
 
 def test_digits_captions_and_disjoint_splits(micro_vlm):
