@@ -50,6 +50,12 @@ def _linear_types() -> tuple[type[nn.Module], ...]:
     return (nn.Linear, Conv1D)
 
 
+#: a gradient without per-sample information would silently train that parameter on noise alone
+USED_OUTSIDE_ITS_MODULE = (
+    "a parameter of shape {shape} has a gradient but no per-sample gradient: it was used outside "
+    "the module that owns it (e.g. F.linear(x, other_module.weight)); per-sample hooks only see "
+    "module calls, so call the module or tie the weight to a module that is called")
+
 #: ghost norm when ``T^2 (d_in + d_out) <= GHOST_COST_RATIO * d_in * d_out`` (measured on CPU:
 #: at 8 the vocabulary head of the tiny models goes ghost, their d x 4d MLP layers do not)
 GHOST_COST_RATIO = 8
@@ -238,8 +244,7 @@ class BookkeepingGradSampleModule(GradSampleModule):
         """``(B,)`` ``||grad_i||^2`` of a book-kept parameter after one forward and backward."""
         layer = self._bookkept_by_parameter[id(parameter)]
         if not layer.has_samples(parameter) and parameter.grad is not None:
-            raise RuntimeError(f"a parameter of shape {tuple(parameter.shape)} has a gradient but no per-sample "
-                               "gradient: it was used outside its module (e.g. F.linear(x, layer.weight))")
+            raise RuntimeError(USED_OUTSIDE_ITS_MODULE.format(shape=tuple(parameter.shape)))
         return layer.squared_norms(parameter, size)  # zero if the layer took no part in this pass
 
     def weighted_sum(self, parameter: nn.Parameter, factors: torch.Tensor, size: int,

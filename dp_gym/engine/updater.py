@@ -39,7 +39,7 @@ from opacus.grad_sample import GradSampleModule
 from opacus.optimizers.optimizer import _generate_noise
 from torch import nn
 
-from dp_gym.engine.bookkeeping import BookkeepingGradSampleModule
+from dp_gym.engine.bookkeeping import USED_OUTSIDE_ITS_MODULE, BookkeepingGradSampleModule
 from dp_gym.engine.grad_samplers import register_transformers_grad_samplers
 from dp_gym.engine.parameter_groups import ParameterGroups
 from dp_gym.privacy import composed_noise_multiplier
@@ -348,18 +348,11 @@ class DPUpdater:
         self.nonfinite_samples = int(state["nonfinite_samples"])
 
 
-#: a gradient without per-sample information would silently train that parameter on noise alone
-_USED_OUTSIDE_ITS_MODULE = (
-    "a parameter of shape {shape} has a gradient but no per-sample gradient: it was used outside "
-    "the module that owns it (e.g. F.linear(x, other_module.weight)); per-sample hooks only see "
-    "module calls, so call the module or tie the weight to a module that is called")
-
-
 def _grad_sample(parameter: nn.Parameter, size: int) -> torch.Tensor:
     sample = getattr(parameter, "grad_sample", None)
     if sample is None:
         if parameter.grad is not None:
-            raise RuntimeError(_USED_OUTSIDE_ITS_MODULE.format(shape=tuple(parameter.shape)))
+            raise RuntimeError(USED_OUTSIDE_ITS_MODULE.format(shape=tuple(parameter.shape)))
         # The parameter took no part in this forward pass: its per-sample gradients are zero.
         return torch.zeros(size, *parameter.shape)
     if isinstance(sample, list):
