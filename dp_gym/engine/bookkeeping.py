@@ -168,17 +168,26 @@ class _BookkeptLayer:
             samples, self.bias_samples = self.bias_samples, None
         if samples is None:
             return torch.zeros(parameter.numel(), dtype=parameter.dtype)
-        samples = samples.reshape(size, -1)
-        if drop is not None:
-            samples = torch.where(drop.unsqueeze(1), torch.zeros((), dtype=samples.dtype), samples)
-        # sum_i c_i g_i as one gemv on the transposed (B, numel) view: no B x numel temporary
-        return torch.mv(samples.t(), factors.to(samples.dtype))
+        return weighted_sample_sum(samples, factors, size, drop)
 
     def has_samples(self, parameter: nn.Parameter) -> bool:
         """Whether a backward pass through this layer left per-sample information for ``parameter``."""
         if parameter is self.module.weight:
             return self.ghost is not None or self.weight_samples is not None
         return self.bias_samples is not None
+
+
+def weighted_sample_sum(samples: torch.Tensor, factors: torch.Tensor, size: int,
+                        drop: torch.Tensor | None = None) -> torch.Tensor:
+    """Flat ``sum_i c_i g_i`` of materialized per-sample gradients ``(B, ...)``; rows in ``drop`` give 0.
+
+    One gemv on the transposed ``(B, numel)`` view: no ``B x numel`` temporary. A dropped row is
+    zeroed (not multiplied by ``c_i = 0``), so its NaN/inf stays out of the sum.
+    """
+    samples = samples.reshape(size, -1)
+    if drop is not None:
+        samples = torch.where(drop.unsqueeze(1), torch.zeros((), dtype=samples.dtype), samples)
+    return torch.mv(samples.t(), factors.to(samples.dtype))
 
 
 def _accumulate(total: torch.Tensor | None, part: torch.Tensor) -> torch.Tensor:

@@ -39,7 +39,11 @@ from opacus.grad_sample import GradSampleModule
 from opacus.optimizers.optimizer import _generate_noise
 from torch import nn
 
-from dp_gym.engine.bookkeeping import USED_OUTSIDE_ITS_MODULE, BookkeepingGradSampleModule
+from dp_gym.engine.bookkeeping import (
+    USED_OUTSIDE_ITS_MODULE,
+    BookkeepingGradSampleModule,
+    weighted_sample_sum,
+)
 from dp_gym.engine.grad_samplers import register_transformers_grad_samplers
 from dp_gym.engine.parameter_groups import ParameterGroups
 from dp_gym.privacy import composed_noise_multiplier
@@ -313,11 +317,7 @@ class DPUpdater:
         """Flat ``sum_i c_i g_i`` of one parameter; samples flagged in ``drop`` contribute 0."""
         if self.per_sample == "bookkeeping" and self.module.is_bookkept(parameter):
             return self.module.weighted_sum(parameter, factors, size, drop)
-        sample = _grad_sample(parameter, size)
-        if drop is not None:
-            sample = torch.nan_to_num(sample, nan=0.0, posinf=0.0, neginf=0.0)
-        # sum_i c_i g_i as one gemv on the transposed (B, numel) view: no B x numel temporary
-        total = torch.mv(sample.reshape(size, -1).t(), factors.to(sample.dtype))
+        total = weighted_sample_sum(_grad_sample(parameter, size), factors, size, drop)
         parameter.grad_sample = None  # free B x numel as soon as it is summed
         return total
 
