@@ -109,6 +109,31 @@ def tune_vanilla(env_id: str, clips: Sequence[float], seed: int, overrides: dict
     return min(scores, key=scores.get), scores
 
 
+def tune_learning_rate(env_id: str, clip: float, learning_rates: Sequence[float], seed: int,
+                       overrides: dict[str, Any], report: Callable[[str], None] | None = None
+                       ) -> tuple[float, dict[float, float]]:
+    """Grid-search the fine-tuning learning rate of plain DP-SGD at ``clip`` on the *public*
+    validation perplexity (one episode per rate). Returns the best rate and all scores.
+
+    The second stage of tuning the baseline: under Adam, a clip below every per-example norm
+    only scales the whole clipped-and-noised sum, and Adam undoes a constant scale, so the clip
+    grid alone cannot tune DP-SGD's step size; a controller that *changes* the clip over an
+    episode changes the step size. A fair comparison tunes the baseline's learning rate too.
+    """
+    import dp_gym
+    from agents.heuristics import make_controller
+
+    scores = {}
+    for rate in learning_rates:
+        env = dp_gym.make(env_id, **{**overrides, "learning_rate": rate})
+        result = run_episode(make_controller("vanilla", env, clip=clip), env, seed, f"vanilla lr={rate:g}")
+        env.close()
+        scores[rate] = result.final_val_ppl
+        if report:
+            report(f"  vanilla C={clip:g} lr={rate:g}: val ppl {result.final_val_ppl:.2f} (epsilon {result.epsilon:.3f})")
+    return min(scores, key=scores.get), scores
+
+
 def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
     """Mean and the half-width of its 95% Student-t confidence interval (0 for one value)."""
     values = np.asarray(values, dtype=float)

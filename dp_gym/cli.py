@@ -136,13 +136,19 @@ def cmd_compare(args) -> None:
 
 
 def cmd_tune_vanilla(args) -> None:
-    from agents.evaluate import tune_vanilla
+    from agents.evaluate import tune_learning_rate, tune_vanilla
 
     best, scores = tune_vanilla(args.env, args.clips, args.seed, args.env_overrides, report=console.print)
     console.print(f"best clip: {best:g}")
+    result: dict = {"best_clip": best, "scores": scores}
+    if args.learning_rates:
+        best_rate, rate_scores = tune_learning_rate(args.env, best, args.learning_rates, args.seed,
+                                                    args.env_overrides, report=console.print)
+        console.print(f"best learning rate at clip {best:g}: {best_rate:g}")
+        result.update(best_learning_rate=best_rate, learning_rate_scores=rate_scores)
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "tune_vanilla.json").write_text(json.dumps({"best_clip": best, "scores": scores}, indent=1))
+        (Path(args.out) / "tune_vanilla.json").write_text(json.dumps(result, indent=1))
 
 
 def cmd_finetune(args) -> None:
@@ -278,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune = commands.add_parser("tune-vanilla", help="grid-search the DP-SGD clip on public validation data")
     common(tune, None)
     tune.add_argument("--clips", type=_positive_float, nargs="+", default=[0.1, 0.3, 1.0])
+    tune.add_argument("--learning-rates", type=_positive_float, nargs="+", default=None,
+                      help="then grid-search the learning rate at the best clip (a config override)")
 
     finetune = commands.add_parser("finetune", help="online mode: fine-tune once with a controller")
     common(finetune, "runs/finetune")

@@ -117,6 +117,18 @@ def test_compare_writes_csv_json_png_one_row_per_controller_and_seed(tmp_path):
     assert "| vanilla |" in (tmp_path / "results.md").read_text()
 
 
+def test_tune_vanilla_grid_searches_the_clip_then_the_learning_rate(tmp_path):
+    code = main(["tune-vanilla", "--clips", "0.1", "1.0", "--learning-rates", "0.0001", "0.005",
+                 "--env-overrides", json.dumps(SMALL), "--out", str(tmp_path)])
+    assert code == 0
+    tuned = json.loads((tmp_path / "tune_vanilla.json").read_text())
+    assert set(tuned["scores"]) == {"0.1", "1.0"} and tuned["best_clip"] in (0.1, 1.0)
+    rates = {float(rate): ppl for rate, ppl in tuned["learning_rate_scores"].items()}
+    assert set(rates) == {0.0001, 0.005}
+    # each rate really ran under its own learning rate, and the best one is reported
+    assert rates[0.0001] != rates[0.005] and tuned["best_learning_rate"] == min(rates, key=rates.get)
+
+
 def test_oracle_runs_say_so_in_every_file(tmp_path):
     overrides = json.dumps({**SMALL, "observation": "oracle"})
     assert main(["evaluate", "--policy", "vanilla", "--episodes", "1", "--env-overrides", overrides,

@@ -306,3 +306,30 @@ def test_paced_noise_rises_to_pay_for_early_spending():
 def test_bad_noise_scale_is_rejected_by_field(overrides, field):
     with pytest.raises(dp_gym.ConfigError, match=field):
         dp_gym.EnvConfig(**overrides)
+
+
+FLAT_CLIP_ONLY = {**SMALL, "grouping": "global", "controls": {"clip": "control", "noise": "calibrated", "prune": 0.0},
+                  "clip_range": [0.001, 5.0], "observation": "oracle"}
+
+
+def _final_val_loss(env, clips, seed=0):
+    env.reset(seed=seed)
+    for clip in clips:
+        observation, _, _, _, info = env.step(env.codec.encode(clip=clip))
+        # every per-example norm is above the clip (oracle statistics, for this test only)
+        smallest = observation[env.observation_layout.index(f"oracle_log_norm_q10/{env.group_names[0]}")]
+        assert 10 ** smallest > clip
+    return info["val_loss"]
+
+
+def test_under_adam_a_constant_clip_below_every_norm_cancels_and_a_changing_clip_does_not():
+    """Every example clipped: the noisy sum is ``C (sum_i u_i + sigma z)``, the noise scaled with the
+    clip, and Adam undoes a constant scale; so only a clip that changes over the run changes the
+    step (Adam's second moment remembers the earlier scale): a decay acts as a step-size decay."""
+    env = small_env(**FLAT_CLIP_ONLY)
+    steps = env.config.max_updates // env.config.updates_per_step
+    constant_small = _final_val_loss(env, [0.005] * steps)
+    constant_large = _final_val_loss(env, [0.05] * steps)
+    assert constant_small == pytest.approx(constant_large, rel=1e-4)
+    decaying = _final_val_loss(env, [0.05] * (steps // 2) + [0.005] * (steps - steps // 2))
+    assert abs(decaying - constant_large) > 1e-3
