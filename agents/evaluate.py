@@ -110,10 +110,12 @@ def tune_vanilla(env_id: str, clips: Sequence[float], seed: int, overrides: dict
 
 
 def tune_learning_rate(env_id: str, clip: float, learning_rates: Sequence[float], seed: int,
-                       overrides: dict[str, Any], report: Callable[[str], None] | None = None
-                       ) -> tuple[float, dict[float, float]]:
+                       overrides: dict[str, Any], report: Callable[[str], None] | None = None,
+                       score_at_env_rate: float | None = None) -> tuple[float, dict[float, float]]:
     """Grid-search the fine-tuning learning rate of plain DP-SGD at ``clip`` on the *public*
     validation perplexity (one episode per rate). Returns the best rate and all scores.
+    ``score_at_env_rate``: :func:`tune_vanilla`'s score at ``clip`` (same seed), reused for the
+    environment's own rate instead of running that episode again (episodes are deterministic).
 
     The second stage of tuning the baseline: under Adam, a clip below every per-example norm
     only scales the whole clipped-and-noised sum, and Adam undoes a constant scale, so the clip
@@ -122,9 +124,16 @@ def tune_learning_rate(env_id: str, clip: float, learning_rates: Sequence[float]
     """
     import dp_gym
     from agents.heuristics import make_controller
+    from dp_gym.envs.registration import config_of
 
+    env_rate = config_of(env_id, **overrides).learning_rate
     scores = {}
     for rate in learning_rates:
+        if rate == env_rate and score_at_env_rate is not None:
+            scores[rate] = score_at_env_rate
+            if report:
+                report(f"  vanilla C={clip:g} lr={rate:g}: val ppl {score_at_env_rate:.2f} (the clip search's episode)")
+            continue
         env = dp_gym.make(env_id, **{**overrides, "learning_rate": rate})
         result = run_episode(make_controller("vanilla", env, clip=clip), env, seed, f"vanilla lr={rate:g}")
         env.close()

@@ -46,7 +46,8 @@ def main() -> None:
 
     best_clip, scores = tune_vanilla(args.env, args.clips, seed=0, overrides=args.env_overrides, report=print)
     best_rate, rate_scores = (tune_learning_rate(args.env, best_clip, args.learning_rates, seed=0,
-                                                 overrides=args.env_overrides, report=print)
+                                                 overrides=args.env_overrides, report=print,
+                                                 score_at_env_rate=scores[best_clip])
                               if args.learning_rates else (None, {}))
     controllers = {
         "vanilla": lambda env: make_controller("vanilla", env, clip=best_clip),

@@ -143,7 +143,8 @@ def cmd_tune_vanilla(args) -> None:
     result: dict = {"best_clip": best, "scores": scores}
     if args.learning_rates:
         best_rate, rate_scores = tune_learning_rate(args.env, best, args.learning_rates, args.seed,
-                                                    args.env_overrides, report=console.print)
+                                                    args.env_overrides, report=console.print,
+                                                    score_at_env_rate=scores[best])
         console.print(f"best learning rate at clip {best:g}: {best_rate:g}")
         result.update(best_learning_rate=best_rate, learning_rate_scores=rate_scores)
     if args.out:

@@ -129,6 +129,16 @@ def test_tune_vanilla_grid_searches_the_clip_then_the_learning_rate(tmp_path):
     assert rates[0.0001] != rates[0.005] and tuned["best_learning_rate"] == min(rates, key=rates.get)
 
 
+def test_tune_learning_rate_reuses_the_clip_search_episode_and_it_matches_a_rerun():
+    from agents.evaluate import tune_learning_rate, tune_vanilla
+
+    best, scores = tune_vanilla("dp_gym/TinyText-v0", [0.3], 0, SMALL)
+    _, reused = tune_learning_rate("dp_gym/TinyText-v0", best, [0.005], 0, SMALL, score_at_env_rate=-1.0)
+    assert reused == {0.005: -1.0}  # the environment's own rate (5e-3) was not run again
+    _, rerun = tune_learning_rate("dp_gym/TinyText-v0", best, [0.005], 0, SMALL)
+    assert rerun[0.005] == scores[best]  # and running it again gives the same score
+
+
 def test_oracle_runs_say_so_in_every_file(tmp_path):
     overrides = json.dumps({**SMALL, "observation": "oracle"})
     assert main(["evaluate", "--policy", "vanilla", "--episodes", "1", "--env-overrides", overrides,
