@@ -51,7 +51,7 @@ class Controller:
         return self.env.calibrated_group_noise()
 
     def encode(self, clip, noise, prune) -> np.ndarray:
-        return self.env.codec.encode(clip=clip, noise=noise, prune=prune)
+        return self.env.encode_action(clip=clip, noise=noise, prune=prune)
 
 
 class VanillaController(Controller):
@@ -64,10 +64,10 @@ class VanillaController(Controller):
         super().__init__(env)
         self.clip = float(clip)
         self.sigmas = self.calibrated_sigmas()
-        self._action = self.encode(self.clip, self.sigmas, 0.0)
+        self.prune = 0.0
 
     def act(self, observation, env_index):
-        return self._action.copy()
+        return self.encode(self.clip, self.sigmas, self.prune)
 
     def describe(self):
         return {"controller": self.name, "clip": self.clip, "sigma_g": float(self.sigmas[0])}
@@ -82,7 +82,6 @@ class DualPrivController(VanillaController):
     def __init__(self, env: DPFineTuneEnv, clip: float = 0.5, prune: float = 0.5):
         super().__init__(env, clip)
         self.prune = float(prune)
-        self._action = self.encode(self.clip, self.sigmas, self.prune)
 
     def describe(self):
         return {**super().describe(), "prune": self.prune}

@@ -8,7 +8,6 @@ same files.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -19,11 +18,13 @@ import torch
 import yaml
 from stable_baselines3 import A2C, PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback, EvalCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, EvalCallback
 from stable_baselines3.common.monitor import Monitor
 from torch import nn
 
 import dp_gym
+from agents.checkpointing import AtomicCheckpoints, load_latest
+from dp_gym.evaluation import write_json
 
 ALGOS_DIR = Path(__file__).resolve().parents[1] / "envs_configs" / "algos"
 #: keys of a zoo file that are not algorithm constructor arguments
@@ -114,17 +115,20 @@ def start_at_action_zero(model: BaseAlgorithm, std: float = 0.1) -> None:
 
 
 class DPInfoLogger(BaseCallback):
-    """Per-step TensorBoard scalars: epsilon, sigma_eff, validation perplexity, per-group controls."""
+    """Per-step TensorBoard scalars: epsilon spent, the composed noise multiplier, validation
+    perplexity, per-group controls; counts the episodes that touched the private data."""
 
     def __init__(self, group_names: list[str]):
         super().__init__()
         self.group_names = group_names
+        self.private_episodes = 0
+        self.failures = 0
 
     def _on_step(self) -> bool:
         info = self.locals["infos"][0]
         record = self.logger.record
         record("dp/epsilon", info["epsilon"])
-        record("dp/sigma_eff", info["sigma_eff"])
+        record("dp/noise_multiplier", info["noise_multiplier"])
         record("dp/val_ppl", info["val_ppl"])
         record("dp/val_loss", info["val_loss"])
         record("dp/budget_projected", float(info.get("budget_projected", False)))
@@ -133,35 +137,29 @@ class DPInfoLogger(BaseCallback):
             if control in info:
                 for group, value in zip(self.group_names, np.atleast_1d(info[control]), strict=True):
                     record(f"{control}/{group}", float(value))
+        if self.locals["dones"][0]:
+            self.private_episodes += 1
+            self.failures += "failure" in info
         self.logger.dump(self.num_timesteps)
         return True
-
-
-def _latest_checkpoint(directory: Path) -> tuple[Path, Path | None, int] | None:
-    found = []
-    for path in directory.glob("rl_model_*_steps.zip"):
-        match = re.fullmatch(r"rl_model_(\d+)_steps\.zip", path.name)
-        if match:
-            found.append((int(match.group(1)), path))
-    if not found:
-        return None
-    steps, path = max(found)
-    buffer = directory / f"rl_model_replay_buffer_{steps}_steps.pkl"
-    return path, buffer if buffer.exists() else None, steps
 
 
 def train(env_id: str, algo: str = "sac", timesteps: int = 1000, seed: int = 0, out: str | Path = "runs/train",
           resume: str | Path | None = None, env_overrides: dict[str, Any] | None = None,
           checkpoint_every: int = 100, eval_every: int | None = None, progress_bar: bool = True,
           hyperparams: dict[str, Any] | None = None, actor_init: str = "default",
-          actor_init_std: float = 0.1) -> Path:
+          actor_init_std: float = 0.1, callbacks: list[BaseCallback] | None = None,
+          secret_key=None, report=print) -> Path:
     """Train ``algo`` on ``env_id`` for ``timesteps`` environment steps; returns the model path.
 
-    Writes TensorBoard logs (``out/tb``), checkpoints with the replay buffer (``out/checkpoints``),
-    the evaluation callback's log (``out/eval``), ``out/model.zip`` and ``out/run.json``. With
-    ``resume=DIR`` the latest checkpoint in ``DIR/checkpoints`` (model and replay buffer) continues
-    for the remaining steps. ``actor_init="zero"`` starts the policy at action 0 with exploration
-    std ``actor_init_std`` (:func:`start_at_action_zero`).
+    Writes TensorBoard logs (``out/tb``), atomic checkpoints (``out/checkpoints/step_<n>``: the
+    model, the replay buffer, the episode in progress and every generator, see
+    :mod:`agents.checkpointing`), the evaluation callback's log (``out/eval``), ``out/model.zip`` and
+    ``out/run.json``. With ``resume=DIR`` the newest readable checkpoint in ``DIR/checkpoints``
+    continues the same run, episode in progress included, for the remaining steps; with the same
+    secret key (``secret_key`` or ``$DP_GYM_SECRET_KEY``) it is the run an uninterrupted one would
+    have been. ``actor_init="zero"`` starts the policy at action 0 with exploration std
+    ``actor_init_std`` (:func:`start_at_action_zero`). ``callbacks`` run after dp-gym's own.
     """
     if timesteps <= 0:
         raise ValueError(f"timesteps must be > 0, got {timesteps}")
@@ -173,49 +171,50 @@ def train(env_id: str, algo: str = "sac", timesteps: int = 1000, seed: int = 0, 
     kwargs, zoo = load_hyperparams(algo, env_id)
     kwargs.update(hyperparams or {})
     out = Path(out)
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     env_overrides = dict(env_overrides or {})
 
     def make_env():
-        return Monitor(dp_gym.make(env_id, **env_overrides))
+        return Monitor(dp_gym.make(env_id, secret_key=secret_key, **env_overrides))
 
     env = make_env()
-    eval_env = make_env()
+    eval_env = make_env()  # built before the generators are seeded or restored: it draws from them
     done_steps = 0
     if resume is not None:
-        latest = _latest_checkpoint(Path(resume) / "checkpoints")
-        if latest is None:
-            raise FileNotFoundError(f"no checkpoint to resume from in {Path(resume) / 'checkpoints'}")
-        model_path, buffer_path, done_steps = latest
-        model = cls.load(model_path, env=env, tensorboard_log=str(out / "tb"))
-        if buffer_path is not None and hasattr(model, "load_replay_buffer"):
-            model.load_replay_buffer(buffer_path)
+        model, done_steps = load_latest(cls, Path(resume) / "checkpoints", env, report=report,
+                                        tensorboard_log=str(out / "tb"))
     else:
         model = cls(zoo.get("policy", "MlpPolicy"), env, seed=seed, verbose=0, tensorboard_log=str(out / "tb"),
                     **kwargs)
         if actor_init == "zero":
             start_at_action_zero(model, actor_init_std)
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     unwrapped = env.unwrapped
     episode_steps = env.spec.max_episode_steps if env.spec and env.spec.max_episode_steps else 50
-    callbacks = CallbackList([
-        DPInfoLogger(unwrapped.group_names),
-        CheckpointCallback(save_freq=checkpoint_every, save_path=str(out / "checkpoints"),
-                           save_replay_buffer=hasattr(model, "replay_buffer")),
+    logger = DPInfoLogger(unwrapped.group_names)
+    checkpoints = AtomicCheckpoints(out / "checkpoints", checkpoint_every)
+    checkpoints._saved_at = done_steps if resume is not None else None
+    callback = CallbackList([
+        logger, checkpoints,
         EvalCallback(eval_env, n_eval_episodes=1, eval_freq=eval_every or max(timesteps, 1) + 1,
                      log_path=str(out / "eval"), best_model_save_path=str(out / "best"), deterministic=True),
+        *(callbacks or []),
     ])
     remaining = max(timesteps - done_steps, 0)
     if remaining:
-        model.learn(total_timesteps=remaining, callback=callbacks, progress_bar=progress_bar,
+        model.learn(total_timesteps=remaining, callback=callback, progress_bar=progress_bar,
                     reset_num_timesteps=resume is None, tb_log_name=algo)
     model_path = out / "model.zip"
     model.save(model_path)
-    (out / "run.json").write_text(json.dumps({
+    write_json({
         "env_id": env_id, "algo": algo, "timesteps": timesteps, "seed": seed, "env_overrides": env_overrides,
         "hyperparams": {k: v for k, v in kwargs.items() if k != "policy_kwargs"},
         "actor_init": actor_init, "actor_init_std": actor_init_std if actor_init == "zero" else None,
         "episode_steps": episode_steps, "privacy_valid": unwrapped.config.privacy_valid,
-        "resumed_from_steps": done_steps if resume is not None else None}, indent=1))
+        "private_training_episodes": logger.private_episodes if resume is None else None,
+        "epsilon_scope": ("training ran its episodes on the environment's private data: a controller trained here "
+                          "carries every training episode's epsilon into any episode it is deployed in"),
+        "secret_key": "supplied" if unwrapped.run.secret_key is not None else "none (fresh OS entropy)",
+        "resumed_from_steps": done_steps if resume is not None else None}, out / "run.json")
     env.close()
     eval_env.close()
     return model_path

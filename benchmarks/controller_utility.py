@@ -23,9 +23,10 @@ import argparse
 import json
 
 import dp_gym
-from agents.evaluate import compare, markdown_table, summarize, tune_learning_rate, tune_vanilla, write_report
 from agents.heuristics import make_controller
 from agents.rl import ACTOR_INITS, load_policy, train
+from agents.tuning import tune_learning_rate, tune_vanilla
+from dp_gym.evaluation import compare, markdown_table, summarize, write_report
 
 
 def main() -> None:
@@ -44,11 +45,12 @@ def main() -> None:
                         help='JSON config overrides for every controller, e.g. \'{"grouping": "global"}\'')
     args = parser.parse_args()
 
-    best_clip, scores = tune_vanilla(args.env, args.clips, seed=0, overrides=args.env_overrides, report=print)
-    best_rate, rate_scores = (tune_learning_rate(args.env, best_clip, args.learning_rates, seed=0,
-                                                 overrides=args.env_overrides, report=print,
-                                                 score_at_env_rate=scores[best_clip])
-                              if args.learning_rates else (None, {}))
+    clip_tuning = tune_vanilla(args.env, args.clips, seed=0, overrides=args.env_overrides, report=print)
+    best_clip, scores = clip_tuning.best, clip_tuning.scores
+    rate_tuning = (tune_learning_rate(args.env, best_clip, args.learning_rates, seed=0, overrides=args.env_overrides,
+                                      report=print, episode_at_env_rate=clip_tuning.runs[best_clip])
+                   if args.learning_rates else None)
+    best_rate, rate_scores = (rate_tuning.best, rate_tuning.scores) if rate_tuning else (None, {})
     controllers = {
         "vanilla": lambda env: make_controller("vanilla", env, clip=best_clip),
         "adaptive_quantile": lambda env: make_controller("adaptive_quantile", env),

@@ -23,7 +23,7 @@ def run_episode(updates_per_step: int, max_updates: int, seed: int) -> dict:
     env = gym.make("dp_gym/TinyText-v0", updates_per_step=updates_per_step, max_updates=max_updates,
                    max_episode_steps=-(-max_updates // updates_per_step))
     unwrapped = env.unwrapped
-    action = unwrapped.codec.encode(clip=0.5, noise=unwrapped.calibrated_group_noise(), prune=0.0)
+    action = unwrapped.encode_action(clip=0.5, noise=unwrapped.calibrated_group_noise(), prune=0.0)
     env.reset(seed=seed)
     unwrapped.timings.clear()
     start = time.perf_counter()

@@ -17,10 +17,9 @@ import json
 from pathlib import Path
 
 import dp_gym
-from agents.evaluate import run_episode
 from agents.heuristics import make_controller
 from agents.rl import load_policy, train
-from dp_gym.evaluation import one_run_audit, privacy_attacks
+from dp_gym.evaluation import one_run_audit, privacy_attacks, run_episode
 from dp_gym.evaluation.audit import _drop_gradient_noise
 
 CANARIES = {"n_canaries": 8, "canary_repeats": 4}
@@ -50,7 +49,7 @@ def attack_row(name: str, epsilon: float, make_policy, clip: float, seed: int, b
     audit = one_run_audit(base, None if name != "sac" else make_policy, n_canaries=256, seed=seed, broken=broken,
                           clip=clip)
     return {"controller": name, "epsilon_budget": epsilon, "epsilon_reported": result.epsilon,
-            "val_ppl": result.final_val_ppl, **{k: v for k, v in result.privacy.items() if k != "exposures"},
+            "val_ppl": result.final_val_ppl, **{k: v for k, v in result.attacks.items() if k != "exposures"},
             "epsilon_lower_bound": audit.epsilon_lower_bound, "audit": audit.to_dict(),
             "privacy_valid": broken is None}
 

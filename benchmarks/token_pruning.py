@@ -34,9 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import median_ms, memory_in_child, opacus_flat_step, peak_memory_mib  # noqa: E402
 
 import dp_gym  # noqa: E402
-from agents.evaluate import run_episode  # noqa: E402
 from agents.heuristics import make_controller  # noqa: E402
 from dp_gym.engine import DPUpdater, ParameterGroups  # noqa: E402
+from dp_gym.evaluation import run_episode  # noqa: E402
 from dp_gym.tasks.vision import VisionLanguageTask  # noqa: E402
 
 SETTINGS = [("none", 1.0)] + [(rule, keep) for keep in (0.5, 0.25) for rule in ("cls_attention", "dissimilarity", "random")]

@@ -93,7 +93,8 @@ def cmd_train(args) -> None:
 
     path = train(args.env, args.algo, args.timesteps, args.seed, args.out, resume=args.resume,
                  env_overrides=args.env_overrides, checkpoint_every=args.checkpoint_every,
-                 progress_bar=not args.no_progress, actor_init=args.actor_init, actor_init_std=args.actor_init_std)
+                 progress_bar=not args.no_progress, actor_init=args.actor_init, actor_init_std=args.actor_init_std,
+                 report=lambda line: console.print(line, markup=False))
     console.print(f"model: {path}\nTensorBoard: tensorboard --logdir {Path(args.out) / 'tb'}")
 
 
@@ -104,7 +105,7 @@ AUDIT_CANARIES = {"n_canaries": 8, "canary_repeats": 4}
 def _compare_and_report(env_id, specs: dict[str, Any], seeds, out, overrides, reference="vanilla",
                         extra: dict | None = None, audit: bool = False) -> list:
     import dp_gym
-    from agents.evaluate import compare, markdown_table, summarize, write_report
+    from dp_gym.evaluation import compare, markdown_table, summarize, write_report
 
     if audit:
         config = dp_gym.config_of(env_id, **overrides)
@@ -136,20 +137,28 @@ def cmd_compare(args) -> None:
 
 
 def cmd_tune_vanilla(args) -> None:
-    from agents.evaluate import tune_learning_rate, tune_vanilla
+    from agents.tuning import tune_learning_rate, tune_vanilla, tuning_privacy
+    from dp_gym.evaluation import write_json
 
-    best, scores = tune_vanilla(args.env, args.clips, args.seed, args.env_overrides, report=console.print)
-    console.print(f"best clip: {best:g}")
-    result: dict = {"best_clip": best, "scores": scores}
+    clips = tune_vanilla(args.env, args.clips, args.seed, args.env_overrides, report=console.print)
+    console.print(f"best clip: {clips.best:g}")
+    tunings = [clips]
+    result: dict = {"env_id": args.env, "env_overrides": args.env_overrides, "best_clip": clips.best,
+                    "scores": clips.scores}
     if args.learning_rates:
-        best_rate, rate_scores = tune_learning_rate(args.env, best, args.learning_rates, args.seed,
-                                                    args.env_overrides, report=console.print,
-                                                    score_at_env_rate=scores[best])
-        console.print(f"best learning rate at clip {best:g}: {best_rate:g}")
-        result.update(best_learning_rate=best_rate, learning_rate_scores=rate_scores)
+        rates = tune_learning_rate(args.env, clips.best, args.learning_rates, args.seed, args.env_overrides,
+                                   report=console.print,
+                                   episode_at_env_rate=clips.runs[clips.best])
+        tunings.append(rates)
+        console.print(f"best learning rate at clip {clips.best:g}: {rates.best:g}")
+        result.update(best_learning_rate=rates.best, learning_rate_scores=rates.scores)
+    privacy = tuning_privacy(*tunings)
+    console.print(f"the tuning ran {privacy.private_episodes} private run(s): composed epsilon {privacy.epsilon:.3f} "
+                  f"at delta {privacy.delta:g} ({privacy.accounting})")
+    result.update(privacy_valid=privacy.privacy_valid, epsilon_scope=privacy.epsilon_scope,
+                  privacy=privacy.to_dict(history=False))
     if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "tune_vanilla.json").write_text(json.dumps(result, indent=1))
+        write_json(result, Path(args.out) / "tune_vanilla.json")
 
 
 def cmd_finetune(args) -> None:
@@ -164,7 +173,7 @@ def cmd_finetune(args) -> None:
     report = finetune_online(env_id, args.controller, args.out, args.seed, overrides)
     console.print(f"fine-tuned with {args.controller}: val ppl {report['base_val_ppl']:.2f} -> {report['val_ppl']:.2f}, "
                   f"epsilon {report['epsilon']:.3f} / {report['epsilon_budget']:g} (delta {report['delta']:g}, "
-                  f"{report['accountant']}), privacy_valid={report['privacy_valid']}")
+                  f"{report['accounting']}), privacy_valid={report['privacy_valid']}")
     console.print(f"model: {Path(args.out) / 'model'}  report: {Path(args.out) / 'privacy_report.json'}")
 
 
@@ -223,14 +232,14 @@ def cmd_audit(args) -> None:
 
 def cmd_demo(args) -> None:
     """The main job: tune vanilla, train SAC, compare SAC with vanilla and adaptive quantile."""
-    from agents.evaluate import tune_vanilla
     from agents.rl import train
+    from agents.tuning import tune_vanilla
 
     out = Path(args.out)
     env_id = "dp_gym/TinyText-v0"
     console.rule("[bold]dp-gym demo[/]: SAC vs tuned DP-SGD vs adaptive clipping, epsilon 3, delta 1e-5")
     console.print("1/3 tuning the vanilla DP-SGD clip on public validation data")
-    best_clip, _ = tune_vanilla(env_id, args.clips, 0, {}, report=console.print)
+    best_clip = tune_vanilla(env_id, args.clips, 0, {}, report=console.print).best
     console.print(f"2/3 training SAC for {args.timesteps} steps ({args.timesteps // 50} episodes)")
     model = train(env_id, "sac", args.timesteps, args.seed, out / "sac", progress_bar=not args.no_progress,
                   checkpoint_every=max(args.timesteps // 4, 1))
@@ -282,7 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     comparison.add_argument("--audit", action="store_true",
                             help="attack every final model and audit each controller's epsilon in one run")
 
-    tune = commands.add_parser("tune-vanilla", help="grid-search the DP-SGD clip on public validation data")
+    tune_help = ("grid-search the DP-SGD clip (and learning rate): every grid point is a full fine-tuning run on the "
+                 "private data, scored on public validation data; the composed epsilon of all of them is reported")
+    tune = commands.add_parser("tune-vanilla", help=tune_help, description=tune_help)
     common(tune, None)
     tune.add_argument("--clips", type=_positive_float, nargs="+", default=[0.1, 0.3, 1.0])
     tune.add_argument("--learning-rates", type=_positive_float, nargs="+", default=None,

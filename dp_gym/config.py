@@ -94,7 +94,10 @@ class EnvConfig:
         count_noise: sigma_b of the privatized unclipped counts (null: not released).
         loss_noise: sigma_l of the privatized training loss (null: not released).
         loss_bound: L, the clip of the per-sample loss in that release.
-        seed: default seed of the episode.
+        secure_mode: draw the DP noise with Opacus' floating-point-attack-resistant sampler, every
+            generator seeded from the OS CSPRNG (never reproducible; refused with a secret key).
+        failure_reward: the reward of a step that ends the episode because a parameter or the
+            validation loss became NaN or inf (finite; below what any real step earns).
         token_pruning: ``{"rule": ..., "keep_ratio": ...}`` for tasks with visual tokens (passed to
             the task); ``null`` for tasks without. Rules: ``dp_gym.models.token_pruning.registered_rules()``.
     """
@@ -121,7 +124,8 @@ class EnvConfig:
     count_noise: float | None = 10.0
     loss_noise: float | None = 10.0
     loss_bound: float = 8.0
-    seed: int = 0
+    secure_mode: bool = False
+    failure_reward: float = -10.0
     token_pruning: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
@@ -186,7 +190,14 @@ class EnvConfig:
         self.loss_bound = _number("loss_bound", self.loss_bound)
         if self.loss_bound <= 0:
             raise ConfigError(f"loss_bound must be > 0, got {self.loss_bound:g}")
-        _integer("seed", self.seed, 0)
+        if not isinstance(self.secure_mode, bool):
+            raise ConfigError(f"secure_mode must be true or false, got {self.secure_mode!r}")
+        self.failure_reward = _number("failure_reward", self.failure_reward)
+        if self.accountant == "prv" and self.adaptive_noise:
+            raise ConfigError("accountant 'prv' with controls.noise 'control': the controller picks the noise from "
+                              "earlier releases, and no privacy filter is known for PRV under fully adaptive "
+                              "composition; use accountant 'rdp' (a Renyi filter), or fix the noise "
+                              "(controls.noise: calibrated or a number)")
         self._check_token_pruning()
 
     def _check_token_pruning(self) -> None:
@@ -239,8 +250,19 @@ class EnvConfig:
         return [c for c in CONTROLS if self.controls[c] == "control"]
 
     @property
+    def adaptive_noise(self) -> bool:
+        """Whether the controller chooses the noise (from earlier releases): then the budget is
+        enforced by a Renyi filter (see :class:`dp_gym.privacy.PrivacyBudget`)."""
+        return self.controls["noise"] == "control"
+
+    @property
     def privacy_valid(self) -> bool:
         return self.observation == "private"
+
+    def public_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` fit for a results file: every record list in ``task_kwargs`` is replaced
+        by its count (see :func:`public_config`)."""
+        return public_config(self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -254,6 +276,9 @@ class EnvConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"an environment config must be a mapping, got {type(data).__name__}")
         merged = {**data, **overrides}
+        if "seed" in merged:
+            raise ConfigError("seed is no longer a config field: pass the public seed to env.reset(seed=...); the DP "
+                              "noise and sampling use secret randomness (secret_key / $DP_GYM_SECRET_KEY to reproduce)")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(merged) - known)
         if unknown:
@@ -269,3 +294,29 @@ class EnvConfig:
         data.pop("id", None)
         data.pop("description", None)
         return cls.from_dict(data, **overrides)
+
+
+#: task_kwargs keys that hold records (never written to a results file)
+RECORD_KEYS_SUFFIX = "_records"
+
+
+def public_config(data: Any) -> Any:
+    """A copy of a config mapping (or overrides) that is safe to write into a shared file.
+
+    Every ``*_records`` list (``train_records``, ``val_records``, ...) becomes
+    ``{"count": n, "redacted": true}``: records are never written out. No fingerprint of the records
+    is written either: under the adversary of DP (who knows every record but one), a deterministic
+    hash of the data set tells which candidate the last record is. A run is identified by its
+    results file, not by a hash of its data.
+    """
+    if isinstance(data, dict):
+        clean = {}
+        for key, value in data.items():
+            if isinstance(key, str) and key.endswith(RECORD_KEYS_SUFFIX) and isinstance(value, (list, tuple)):
+                clean[key] = {"count": len(value), "redacted": True}
+            else:
+                clean[key] = public_config(value)
+        return clean
+    if isinstance(data, (list, tuple)):
+        return [public_config(item) for item in data]
+    return data

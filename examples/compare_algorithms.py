@@ -6,9 +6,9 @@
 import argparse
 
 import dp_gym
-from agents.evaluate import compare, markdown_table, summarize, write_report
 from agents.heuristics import make_controller
 from agents.rl import algorithm, load_hyperparams
+from dp_gym.evaluation import compare, markdown_table, summarize, write_report
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()

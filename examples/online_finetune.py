@@ -16,4 +16,4 @@ if __name__ == "__main__":
     report = finetune_online("dp_gym/TinyText-v0", args.controller, args.out,
                              env_overrides={"max_updates": args.max_updates})
     print(f"val ppl {report['base_val_ppl']:.1f} -> {report['val_ppl']:.1f}; epsilon {report['epsilon']:.3f} "
-          f"(delta {report['delta']:g}, {report['accountant']}); model saved in {args.out}/model")
+          f"(delta {report['delta']:g}, {report['accounting']}); model saved in {args.out}/model")

@@ -11,8 +11,8 @@ import torch
 from stable_baselines3 import SAC
 
 import dp_gym
-from agents.evaluate import run_episode
 from agents.heuristics import make_controller
+from dp_gym.evaluation import run_episode
 
 
 @dataclass

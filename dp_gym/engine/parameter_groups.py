@@ -114,6 +114,11 @@ class ParameterGroups:
         source = self.parameters(group)
         return torch.cat([(tensors[p] if tensors is not None else p.detach()).reshape(-1) for p in source])
 
+    def nonfinite_parameters(self) -> list[str]:
+        """Names of grouped parameters holding a NaN or an inf (empty when all are finite)."""
+        return [name for group in self._groups.values() for name, parameter in group
+                if not bool(torch.isfinite(parameter.detach()).all())]
+
     def describe(self) -> list[tuple[str, int, int]]:
         """``(name, tensors, numel)`` per group."""
         return [(g, len(self._groups[g]), self.numel(g)) for g in self._groups]

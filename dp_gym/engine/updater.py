@@ -21,8 +21,12 @@ The update, for a Poisson batch ``B`` (rate ``q``, expected size ``m = qN``) and
 Optionally, on the same sample: privatized unclipped counts ``b_g = sum_i 1[||g_{i,g}|| <= C_g] +
 N(0, sigma_b^2)`` and a privatized loss ``(sum_i min(max(l_i, 0), L) + N(0, (sigma_l L)^2)) / m``.
 The whole update is one sampled Gaussian mechanism with noise multiplier
-``z = (sum_g sigma_g^-2 + G/sigma_b^2 + 1/sigma_l^2)^(-1/2)``
-(:func:`dp_gym.privacy.composed_noise_multiplier`), which the report carries for the ledger.
+``z = (sum_g sigma_g^-2 + G/sigma_b^2 + 1/sigma_l^2)^(-1/2)``; composing, fitting and recording
+it is :class:`dp_gym.privacy.PrivacyBudget`'s job, not the updater's.
+
+Every Gaussian draw of an update comes from the one generator the caller passes for it, which
+must be secret (:class:`dp_gym.engine.randomness.EpisodeRandomness`): noise derivable from
+anything public can be subtracted from the release.
 """
 
 from __future__ import annotations
@@ -46,7 +50,8 @@ from dp_gym.engine.bookkeeping import (
 )
 from dp_gym.engine.grad_samplers import register_transformers_grad_samplers
 from dp_gym.engine.parameter_groups import ParameterGroups
-from dp_gym.privacy import composed_noise_multiplier
+from dp_gym.engine.randomness import fresh_generator
+from dp_gym.privacy import NO_STATISTICS, ReleasedStatistics
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +65,9 @@ class StepReport:
     """What one DP update releases. Every field is safe to show a controller.
 
     Fields computed from private data are either post-processing of the noisy gradient
-    (``noisy_grad_norm``, ``update_norm``) or privatized releases accounted in
-    ``noise_multiplier`` (``unclipped_fraction``, ``train_loss``). The realized batch size is
-    deliberately absent: under add/remove adjacency it is not free to release.
+    (``noisy_grad_norm``, ``update_norm``) or privatized releases whose noise the budget composes
+    into the update's multiplier (``unclipped_fraction``, ``train_loss``). The realized batch size
+    is deliberately absent: under add/remove adjacency it is not free to release.
 
     ``oracle`` holds raw per-sample statistics and is filled only when the updater was built
     with ``oracle=True``; a run that reads it is not differentially private.
@@ -76,7 +81,6 @@ class StepReport:
     update_norm: np.ndarray
     unclipped_fraction: np.ndarray | None
     train_loss: float | None
-    noise_multiplier: float
     sample_rate: float
     pruned_fraction: float
     noisy_update: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
@@ -110,7 +114,6 @@ class DPUpdater:
             accountant).
         loss_fn: ``loss_fn(module, batch) -> (B,)`` per-sample losses.
         loss_bound: ``L``, the clip of each per-sample loss in the privatized loss release.
-        seed: seed of the noise generator.
         secure_mode: draw noise with Opacus' floating-point-attack-resistant sampler.
         oracle: also put raw per-sample norm quantiles in ``StepReport.oracle`` (not private).
         per_sample: ``"bookkeeping"`` (linear layers give per-sample norms and clipped sums
@@ -128,7 +131,6 @@ class DPUpdater:
         sample_rate: float,
         loss_fn: PerSampleLoss,
         loss_bound: float = 10.0,
-        seed: int = 0,
         secure_mode: bool = False,
         oracle: bool = False,
         per_sample: str = "bookkeeping",
@@ -157,7 +159,6 @@ class DPUpdater:
         self.loss_bound = float(loss_bound)
         self.secure_mode = secure_mode
         self.oracle = oracle
-        self.generator = torch.Generator().manual_seed(seed)
         self.nonfinite_samples = 0  # local log only: never released
         optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
         missing = [name for g in groups.names for name, p in zip(groups.parameter_names(g), groups.parameters(g),
@@ -173,18 +174,21 @@ class DPUpdater:
         noise: float | Sequence[float],
         prune: float | Sequence[float] = 0.0,
         *,
-        count_noise: float | None = None,
-        loss_noise: float | None = None,
+        statistics: ReleasedStatistics = NO_STATISTICS,
+        generator: torch.Generator | None = None,
     ) -> StepReport:
         """One DP update on ``batch`` (a Poisson sample; may be empty).
 
         Args:
             batch: tensors with the batch dimension first, passed to ``loss_fn``.
             clip: ``C_g`` per group (or one value for all), > 0.
-            noise: ``sigma_g`` per group, >= 0 (0 is not private: the report's multiplier is 0).
+            noise: ``sigma_g`` per group, >= 0 (0 adds no noise: not private).
             prune: ``p_g`` per group in [0, 1]; 1 leaves the group's parameters unchanged.
-            count_noise: ``sigma_b``; when given, privatized unclipped fractions are released.
-            loss_noise: ``sigma_l``; when given, a privatized mean training loss is released.
+            statistics: which privatized statistics to release with which noise: unclipped
+                fractions when ``statistics.groups_counted`` > 0 (it must equal the number of
+                groups), a mean training loss when ``statistics.loss_sigma`` is set.
+            generator: the secret generator every Gaussian draw of this update comes from
+                (default: a fresh one seeded from OS entropy).
 
         Raises:
             ValueError: for a NaN/inf or out-of-range clip, noise or prune (the group is named).
@@ -193,11 +197,11 @@ class DPUpdater:
         clip_g = _as_group_array("clip", clip, names, 0.0, math.inf, low_inclusive=False)
         noise_g = _as_group_array("noise", noise, names, 0.0, math.inf, low_inclusive=True)
         prune_g = _as_group_array("prune", prune, names, 0.0, 1.0, low_inclusive=True)
-        n_counted = len(names) if count_noise is not None else 0
-        if (noise_g == 0).any():
-            z = 0.0  # a noiseless release: no finite epsilon (the ledger reports inf)
-        else:
-            z = composed_noise_multiplier(noise_g.tolist(), count_noise, n_counted, loss_noise)
+        if statistics.groups_counted not in (0, len(names)):
+            raise ValueError(f"statistics.groups_counted must be 0 or {len(names)}, got {statistics.groups_counted}")
+        generator = generator if generator is not None else fresh_generator()
+        count_noise = statistics.count_sigma if statistics.groups_counted else None
+        loss_noise = statistics.loss_sigma
 
         clipped_sums, unclipped_counts, loss_sum, oracle = self._clipped_sums(batch, clip_g)
         m = self.expected_batch_size
@@ -206,7 +210,7 @@ class DPUpdater:
         noisy_norms = np.zeros(len(names))
         for index, group in enumerate(names):
             total = clipped_sums[group]
-            total = total + _generate_noise(float(noise_g[index] * clip_g[index]), total, self.generator,
+            total = total + _generate_noise(float(noise_g[index] * clip_g[index]), total, generator,
                                             self.secure_mode)
             noisy[group] = total / m
             noisy_norms[index] = float(noisy[group].norm())
@@ -214,12 +218,12 @@ class DPUpdater:
         unclipped_fraction = None
         if count_noise is not None:
             noisy_counts = unclipped_counts + _generate_noise(float(count_noise), unclipped_counts,
-                                                              self.generator, self.secure_mode)
+                                                              generator, self.secure_mode)
             unclipped_fraction = (noisy_counts / m).numpy().astype(np.float64)
         train_loss = None
         if loss_noise is not None:
             noisy_loss = loss_sum + _generate_noise(float(loss_noise * self.loss_bound), loss_sum,
-                                                    self.generator, self.secure_mode)
+                                                    generator, self.secure_mode)
             train_loss = float(noisy_loss / m)
 
         pruned = 0
@@ -237,7 +241,6 @@ class DPUpdater:
             update_norm=update_norms,
             unclipped_fraction=unclipped_fraction,
             train_loss=train_loss,
-            noise_multiplier=z,
             sample_rate=self.sample_rate,
             pruned_fraction=pruned / max(1, sum(self.groups.numel(g) for g in names)),
             noisy_update=noisy,
@@ -341,10 +344,10 @@ class DPUpdater:
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state(), "nonfinite_samples": self.nonfinite_samples}
+        """No generator state: each update's generator comes from the caller's secret streams."""
+        return {"nonfinite_samples": self.nonfinite_samples}
 
     def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
         self.nonfinite_samples = int(state["nonfinite_samples"])
 
 

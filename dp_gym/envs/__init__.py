@@ -2,7 +2,7 @@
 
 from dp_gym.envs.actions import ActionCodec, DecodedAction
 from dp_gym.envs.dp_finetune_env import DPFineTuneEnv
-from dp_gym.envs.fine_tuning import FineTuningRun, RunSettings
+from dp_gym.envs.fine_tuning import FineTuningRun, RunFailure
 from dp_gym.envs.observations import ObservationBuilder
 from dp_gym.envs.registration import (
     config_of,
@@ -21,7 +21,7 @@ __all__ = [
     "FineTuningRun",
     "ObservationBuilder",
     "RewardContext",
-    "RunSettings",
+    "RunFailure",
     "get_reward",
     "list_envs",
     "make",

@@ -7,10 +7,11 @@ Clip and noise map log-linearly onto their ranges, prune linearly onto ``[0, pru
     p_g     = (a + 1)/2 * prune_max
 
 With ``noise_scale: paced`` the noise entry is a factor on the pace ``s_g`` (the noise that spends
-the remaining budget evenly, set by the environment before every step):
+the remaining budget evenly, computed by the environment's privacy budget before every step):
 ``sigma_g = s_g * exp(log lo_s + (a + 1)/2 * (log hi_s - log lo_s))``.
 
-Controls fixed by the config are not in the vector.
+Controls fixed by the config are not in the vector. The codec is pure: the noise it scales or
+uses (``noise: calibrated``) is an argument, never state it keeps.
 """
 
 from __future__ import annotations
@@ -53,12 +54,24 @@ class ActionCodec:
             raise ConfigError("controls: at least one of clip / noise / prune must be 'control'")
         self.layout = [f"{control}/{group}" for control in self.controlled for group in self.group_names]
         self.space = spaces.Box(-1.0, 1.0, shape=(len(self.layout),), dtype=np.float32)
-        #: per-group noise used when the config says ``noise: calibrated``, or the pace that
-        #: ``noise_scale: paced`` multiplies (set by the env)
-        self.calibrated_noise: np.ndarray | None = None
 
-    def decode(self, action) -> DecodedAction:
-        """Out-of-range entries are clipped to [-1, 1]; NaN/inf raise ValueError naming the entry."""
+    @property
+    def needs_noise_reference(self) -> bool:
+        """Whether decoding needs the budget's noise (``noise: calibrated`` or ``noise_scale: paced``)."""
+        return self.config.controls["noise"] == "calibrated" or (
+            "noise" in self.controlled and self.config.noise_scale == "paced")
+
+    def decode(self, action, noise_reference: np.ndarray | None = None) -> DecodedAction:
+        """The per-group controls of ``action``.
+
+        Args:
+            action: the action vector; out-of-range entries are clipped to [-1, 1].
+            noise_reference: per-group noise from the budget: the calibrated noise for
+                ``noise: calibrated``, the pace for ``noise_scale: paced`` (else unused).
+
+        Raises:
+            ValueError: for a wrong shape, or a NaN/inf entry (named).
+        """
         vector = np.asarray(action, dtype=np.float64).reshape(-1)
         if vector.shape != (len(self.layout),):
             raise ValueError(f"action must have shape ({len(self.layout)},), got {np.shape(action)}")
@@ -75,20 +88,19 @@ class ActionCodec:
         cfg = self.config
         clip = self._log_map(values["clip"], cfg.clip_range) if "clip" in values else np.full(n, cfg.controls["clip"])
         if "noise" in values and cfg.noise_scale == "paced":
-            noise = self._pace() * self._log_map(values["noise"], cfg.noise_range)
+            noise = self._reference(noise_reference) * self._log_map(values["noise"], cfg.noise_range)
         elif "noise" in values:
             noise = self._log_map(values["noise"], cfg.noise_range)
         elif cfg.controls["noise"] == "calibrated":
-            if self.calibrated_noise is None:
-                raise RuntimeError("noise is 'calibrated' but the codec was given no calibrated noise")
-            noise = self.calibrated_noise.copy()
+            noise = self._reference(noise_reference).copy()
         else:
             noise = np.full(n, float(cfg.controls["noise"]))
         prune = values["prune"] * cfg.prune_max if "prune" in values else np.full(n, float(cfg.controls["prune"]))
         return DecodedAction(clip=clip, noise=noise, prune=prune)
 
-    def encode(self, clip=None, noise=None, prune=None) -> np.ndarray:
-        """The action that decodes to the given per-group controls (for heuristics); clipped to range."""
+    def encode(self, clip=None, noise=None, prune=None, noise_reference: np.ndarray | None = None) -> np.ndarray:
+        """The action that decodes to the given per-group controls (for heuristics); clipped to range.
+        ``noise_reference``: the pace, for ``noise_scale: paced``."""
         cfg = self.config
         given = {"clip": clip, "noise": noise, "prune": prune}
         parts = []
@@ -99,15 +111,19 @@ class ActionCodec:
             else:
                 low, high = cfg.clip_range if control == "clip" else cfg.noise_range
                 if control == "noise" and cfg.noise_scale == "paced":
-                    value = value / self._pace()
+                    value = value / self._reference(noise_reference)
                 unit = (np.log(value) - np.log(low)) / max(np.log(high) - np.log(low), 1e-12)
             parts.append(np.clip(2.0 * unit - 1.0, -1.0, 1.0))
         return np.concatenate(parts).astype(np.float32)
 
-    def _pace(self) -> np.ndarray:
-        if self.calibrated_noise is None:
-            raise RuntimeError("noise_scale is 'paced' but the codec was given no pace (call reset())")
-        return self.calibrated_noise
+    def _reference(self, noise_reference: np.ndarray | None) -> np.ndarray:
+        if noise_reference is None:
+            raise ValueError("this action layout scales the budget's noise (noise: calibrated or noise_scale: paced): "
+                             "pass noise_reference")
+        reference = np.asarray(noise_reference, dtype=np.float64)
+        if reference.shape != (len(self.group_names),):
+            raise ValueError(f"noise_reference must have shape ({len(self.group_names)},), got {reference.shape}")
+        return reference
 
     @staticmethod
     def _log_map(unit: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import functools
+import logging
+import math
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -11,59 +13,60 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-import torch
 
 from dp_gym.config import EnvConfig
+from dp_gym.engine.randomness import SecretKey
 from dp_gym.envs.actions import ActionCodec
-from dp_gym.envs.fine_tuning import FineTuningRun, RunSettings
-from dp_gym.envs.observations import ObservationBuilder
+from dp_gym.envs.fine_tuning import FineTuningRun, RunFailure
+from dp_gym.envs.observations import NonFiniteObservation, ObservationBuilder
 from dp_gym.envs.rewards import RewardContext, get_reward
-from dp_gym.privacy import (
-    BudgetExhaustedError,
-    calibrate_noise,
-    composed_noise_multiplier,
-    equal_group_sigmas,
-    min_noise_for_budget,
-    scale_sigmas_to,
-)
-from dp_gym.privacy.calibration import MAX_NOISE_MULTIPLIER
+from dp_gym.privacy import MAX_NOISE_MULTIPLIER, BudgetExhaustedError
 from dp_gym.tasks import create_task, perplexity
+
+logger = logging.getLogger(__name__)
+
+#: the keys ``reset(options=...)`` accepts
+RESET_OPTIONS = ("noise_stream",)
 
 
 class DPFineTuneEnv(gym.Env):
     """One episode = one DP fine-tuning run under a fixed (epsilon, delta) budget.
 
-    A step decodes the action into per-group clip / noise / prune, enforces the budget, runs K
-    DP updates, evaluates on public validation data and returns ``(obs, reward, terminated,
-    truncated, info)``. ``terminated``: the budget cannot pay for another step (even at the
-    largest configured noise); ``truncated``: ``max_updates`` reached.
+    A step decodes the action into per-group clip / noise / prune, fits the interval into the
+    privacy budget, runs K DP updates, evaluates on public validation data and returns ``(obs,
+    reward, terminated, truncated, info)``. ``terminated``: the budget cannot pay for another step
+    at the largest noise the config allows, or the run failed (a NaN or inf parameter or validation
+    loss: ``info["failure"]`` says which, the reward is ``failure_reward``); ``truncated``:
+    ``max_updates`` reached.
 
-    **Budget.** Before running K updates with composed noise multiplier ``z``, the env asks the
-    ledger for ``epsilon_if(z, q, K)``. If it exceeds the budget, mode ``project`` raises every
-    group's noise by one common factor to the smallest ``z`` that fits
-    (:func:`dp_gym.privacy.min_noise_for_budget`, which errs on the feasible side), and mode
-    ``terminate`` ends the episode without running them. Either way the epsilon spent never
-    exceeds the budget, for any action sequence.
+    **Budget.** :class:`dp_gym.privacy.PrivacyBudget` decides, before any update runs, whether the
+    asked interval fits. If not, mode ``project`` raises every group's noise by one common factor to
+    the smallest that fits, and mode ``terminate`` ends the episode without running it. When the
+    controller chooses the noise, the rule is a Rényi filter at an order pinned at reset (Feldman &
+    Zrnic 2021); either way the epsilon spent never exceeds the budget, for any action sequence.
+
+    **Secret randomness.** The noise and the Poisson batches never derive from the public seed
+    alone: each episode draws fresh OS entropy, unless a secret key (``secret_key=`` or
+    ``$DP_GYM_SECRET_KEY``) makes ``(key, seed, noise_stream)`` reproducible. ``reset(seed=...)``
+    seeds only public randomness: the next episodes' public seeds.
 
     Args:
         config: an :class:`EnvConfig`, a mapping, or None for the defaults.
+        secret_key: see above; never stored in the config, a checkpoint or a results file.
         **overrides: config fields to override.
     """
 
     metadata = {"render_modes": []}
 
-    def __init__(self, config: EnvConfig | dict[str, Any] | None = None, **overrides: Any):
+    def __init__(self, config: EnvConfig | dict[str, Any] | None = None, *,
+                 secret_key: SecretKey | bytes | str | None = None, **overrides: Any):
         if isinstance(config, EnvConfig):
             config = EnvConfig.from_dict(config.to_dict(), **overrides) if overrides else config
         else:
             config = EnvConfig.from_dict(config or {}, **overrides)
         self.config = config
         self.task = create_task(config.task, **config.task_arguments())
-        self.run = FineTuningRun(self.task, RunSettings(
-            sample_rate=config.sample_rate, delta=config.delta, accountant=config.accountant,
-            optimizer=config.optimizer, learning_rate=config.learning_rate, grouping=config.grouping,
-            count_noise=config.count_noise, loss_noise=config.loss_noise, loss_bound=config.loss_bound,
-            oracle=config.observation == "oracle", seed=config.seed))
+        self.run = FineTuningRun(self.task, config, secret_key=secret_key)
         self.group_names = self.run.group_names
         self.codec = ActionCodec(config, self.group_names)
         self.observer = ObservationBuilder(config, self.group_names)
@@ -71,14 +74,7 @@ class DPFineTuneEnv(gym.Env):
         self.observation_space = self.observer.space
         reward = config.reward
         self.reward_fn = functools.partial(get_reward(reward["name"]), **reward.get("kwargs", {}))
-        self._n_counted = len(self.group_names) if config.count_noise is not None else 0
-        if config.controls["noise"] == "calibrated" or config.noise_scale == "paced":
-            # calibrated noise, or the pace before any update (so actions encode before reset())
-            self.codec.calibrated_noise = self.calibrated_group_noise()
-        largest_noise = MAX_NOISE_MULTIPLIER if config.noise_scale == "paced" else config.noise_range[1]
-        self._max_noise_z = composed_noise_multiplier(
-            [largest_noise] * len(self.group_names), config.count_noise, self._n_counted, config.loss_noise)
-        self._seeded = False
+        self._pace: np.ndarray | None = self.budget.pace(config.max_updates) if self._paced else None
         self._episode: dict[str, Any] = {}
         #: seconds spent per phase since construction: dp_update, evaluation, accounting, total_step
         self.timings: dict[str, float] = defaultdict(float)
@@ -91,7 +87,16 @@ class DPFineTuneEnv(gym.Env):
         finally:
             self.timings[phase] += time.perf_counter() - start
 
-    # ------------------------------------------------------------------ layouts
+    @property
+    def budget(self):
+        """The episode's :class:`dp_gym.privacy.PrivacyBudget` (ledger, filter, noise)."""
+        return self.run.budget
+
+    @property
+    def _paced(self) -> bool:
+        return "noise" in self.codec.controlled and self.config.noise_scale == "paced"
+
+    # ------------------------------------------------------------------ layouts and actions
     @property
     def action_layout(self) -> list[str]:
         """The name of every action entry, e.g. ``clip/transformer.h.0``."""
@@ -102,27 +107,46 @@ class DPFineTuneEnv(gym.Env):
         """The name of every observation entry, e.g. ``log_noisy_grad_norm/head``, ``val_loss``."""
         return self.observer.layout
 
+    def noise_reference(self) -> np.ndarray | None:
+        """The budget's noise the action is read against: the calibrated noise (``noise:
+        calibrated``), the current pace (``noise_scale: paced``), or None."""
+        if self.config.controls["noise"] == "calibrated":
+            return self.budget.calibrated_sigmas()
+        return self._pace.copy() if self._paced else None
+
+    def calibrated_group_noise(self) -> np.ndarray:
+        """Plain DP-SGD's equal per-group noise: spends the budget in exactly ``max_updates``."""
+        return self.budget.calibrated_sigmas()
+
+    def encode_action(self, clip=None, noise=None, prune=None) -> np.ndarray:
+        """The action that asks for these per-group controls now (for heuristics)."""
+        return self.codec.encode(clip=clip, noise=noise, prune=prune, noise_reference=self.noise_reference())
+
     def decode_action(self, action) -> dict[str, dict[str, float]]:
-        """Per-group ``{"clip", "noise", "prune"}`` the action asks for (before budget enforcement)."""
-        return self.codec.decode(action).as_dict(self.group_names)
+        """Per-group ``{"clip", "noise", "prune"}`` the action asks for now (before the budget's fit)."""
+        return self.codec.decode(action, self.noise_reference()).as_dict(self.group_names)
 
     # ------------------------------------------------------------------ gym API
     def reset(self, *, seed: int | None = None, options: dict | None = None):
+        """Start an episode.
+
+        Args:
+            seed: the public seed (Gymnasium's); without one, the next public seed of this env.
+            options: ``{"noise_stream": label}`` tells apart episodes that share a secret key and
+                seed on the same data (see :class:`dp_gym.engine.randomness.EpisodeRandomness`).
+        """
         super().reset(seed=seed)
-        if seed is None:
-            seed = self.config.seed if not self._seeded else int(self.np_random.integers(2**31 - 1))
-        self._seeded = True
-        self.run.reset(seed)
-        self._update_pace()
+        options = dict(options or {})
+        unknown = sorted(set(options) - set(RESET_OPTIONS))
+        if unknown:
+            raise ValueError(f"reset options {unknown} are unknown; allowed: {list(RESET_OPTIONS)}")
+        public_seed = int(seed) if seed is not None else int(self.np_random.integers(2**31 - 1))
+        self.run.reset(public_seed, str(options.get("noise_stream", "")))
+        self._pace = self.budget.pace(self.config.max_updates) if self._paced else None
         val_loss = self.run.base_val_loss
         observation = self.observer.initial(val_loss)
-        self._episode = {
-            "val_loss": val_loss,
-            "previous_update": None,
-            "observation": observation,
-            "done": False,
-            "sigma_eff": 0.0,
-        }
+        self._episode = {"val_loss": val_loss, "previous_update": None, "observation": observation, "done": False,
+                         "noise_multiplier": 0.0}
         return observation, self._info(None, None, projected=False)
 
     def step(self, action):
@@ -134,97 +158,88 @@ class DPFineTuneEnv(gym.Env):
             raise RuntimeError("call reset() before step()")
         if self._episode["done"]:
             raise RuntimeError("the episode has ended; call reset()")
-        cfg, run, episode = self.config, self.run, self._episode
-        decoded = self.codec.decode(action)
-        asked_noise = noise = decoded.noise
+        cfg, run, episode, budget = self.config, self.run, self._episode, self.budget
+        decoded = self.codec.decode(action, self.noise_reference())
         updates = min(cfg.updates_per_step, cfg.max_updates - run.updates)
-        z = composed_noise_multiplier(noise, cfg.count_noise, self._n_counted, cfg.loss_noise)
-        projected, out_of_budget = False, False
         with self._timed("accounting"):
-            epsilon_before = run.ledger.epsilon()
-            if run.ledger.epsilon_if(z, cfg.sample_rate, updates) > cfg.epsilon:
-                if cfg.budget_mode == "terminate":
-                    out_of_budget = True
-                else:
-                    try:
-                        z_fit = min_noise_for_budget(run.ledger, cfg.epsilon, cfg.sample_rate, updates)
-                        noise = np.array(scale_sigmas_to(noise, z_fit, cfg.count_noise, self._n_counted,
-                                                         cfg.loss_noise))
-                        projected = True
-                    except (BudgetExhaustedError, ValueError):
-                        out_of_budget = True
+            epsilon_before = budget.epsilon_spent()
+            fit = budget.fit(decoded.noise, updates, project=cfg.budget_mode == "project")
 
-        val_before = episode["val_loss"]
-        if out_of_budget:
-            observation, val_loss = episode["observation"], val_before
-        else:
-            with self._timed("dp_update"):
-                reports = run.run_updates(decoded.clip, noise, decoded.prune, updates)
-            with self._timed("evaluation"):
-                val_loss = run.evaluate()
-            with self._timed("accounting"):
-                epsilon = run.ledger.epsilon()
-            observation = self.observer.build(reports, episode["previous_update"], val_loss, val_before,
-                                              epsilon, run.updates)
-            episode.update(previous_update=reports[-1].noisy_update, observation=observation,
-                           val_loss=val_loss, sigma_eff=reports[-1].noise_multiplier)
-        with self._timed("accounting"):
-            terminated = out_of_budget or self._budget_spent()
+        val_before, failure = episode["val_loss"], None
+        observation, val_loss = episode["observation"], val_before
+        if fit.feasible:
+            try:
+                run.check_finite()  # a parameter changed from outside since the last step: spend nothing
+                with self._timed("dp_update"):
+                    reports = run.run_updates(decoded.clip, fit.sigmas, decoded.prune, updates)
+                with self._timed("evaluation"):
+                    evaluated = run.evaluate()
+                if not math.isfinite(evaluated):
+                    raise RunFailure(f"non-finite validation loss ({evaluated}) after {run.updates} update(s)", reports)
+                with self._timed("accounting"):
+                    epsilon = budget.epsilon_spent()
+                observation = self.observer.build(reports, episode["previous_update"], evaluated, val_before, epsilon,
+                                                  run.updates, fit.noise_multiplier)
+                val_loss = evaluated
+                episode.update(previous_update=reports[-1].noisy_update, observation=observation, val_loss=val_loss,
+                               noise_multiplier=fit.noise_multiplier)
+            except (RunFailure, NonFiniteObservation) as error:
+                failure = str(error)
+                logger.warning("episode ends: %s", failure)
+
+        terminated = not fit.feasible or failure is not None or self._budget_spent()
         truncated = not terminated and run.updates >= cfg.max_updates
-        reward = self.reward_fn(RewardContext(
+        done = terminated or truncated
+        reward = cfg.failure_reward if failure is not None else float(self.reward_fn(RewardContext(
             val_loss_base=run.base_val_loss, val_loss_before=val_before, val_loss=val_loss,
-            epsilon_before=epsilon_before, epsilon=run.ledger.epsilon(), epsilon_budget=cfg.epsilon,
-            updates=run.updates, max_updates=cfg.max_updates, terminal=terminated or truncated))
-        episode["done"] = terminated or truncated
-        if not episode["done"]:
-            self._update_pace()
-        applied = (decoded.clip, noise, decoded.prune)
-        info = self._info(applied, asked_noise, projected=projected)
+            epsilon_before=epsilon_before, epsilon=budget.epsilon_spent(), epsilon_budget=cfg.epsilon,
+            updates=run.updates, max_updates=cfg.max_updates, terminal=done)))
+        if not math.isfinite(reward):
+            failure, terminated, truncated, done = f"the reward function returned {reward}", True, False, True
+            logger.warning("episode ends: %s", failure)
+            reward = cfg.failure_reward
+        episode["done"] = done
+        if not done and self._paced:
+            try:
+                self._pace = budget.pace(cfg.max_updates - run.updates)
+            except BudgetExhaustedError:  # nothing left to pace: the next fit is infeasible
+                self._pace = np.full(len(self.group_names), MAX_NOISE_MULTIPLIER)
+        info = self._info((decoded.clip, fit.sigmas, decoded.prune), decoded.noise, projected=fit.projected)
+        if failure is not None:
+            info["failure"] = failure
         return observation, float(reward), bool(terminated), bool(truncated), info
 
     # ------------------------------------------------------------------ budget
-    def calibrated_group_noise(self, updates: int | None = None) -> np.ndarray:
-        """Equal per-group noise that spends the budget exactly in ``updates`` (default
-        ``max_updates``), the privatized statistics included: plain DP-SGD's calibration."""
-        cfg = self.config
-        z = calibrate_noise(cfg.epsilon, cfg.delta, cfg.sample_rate, updates or cfg.max_updates, cfg.accountant)
-        return np.array(equal_group_sigmas(z, len(self.group_names), cfg.count_noise, self._n_counted, cfg.loss_noise))
-
-    def paced_group_noise(self) -> np.ndarray:
-        """Equal per-group noise that spends the *remaining* budget exactly over the remaining
-        updates (``min_noise_for_budget`` on the ledger so far): the pace of ``noise_scale: paced``.
-        At the start of an episode it equals :meth:`calibrated_group_noise`."""
-        cfg, run = self.config, self.run
-        remaining = max(cfg.max_updates - run.updates, 1)
-        if run.updates == 0:
-            return self.calibrated_group_noise()
-        z = min_noise_for_budget(run.ledger, cfg.epsilon, cfg.sample_rate, remaining)
-        return np.array(equal_group_sigmas(z, len(self.group_names), cfg.count_noise, self._n_counted, cfg.loss_noise))
-
-    def _update_pace(self) -> None:
-        if self.config.noise_scale != "paced":
-            return
-        try:
-            self.codec.calibrated_noise = self.paced_group_noise()
-        except (BudgetExhaustedError, ValueError):  # nothing left to pace: the budget check ends the episode
-            self.codec.calibrated_noise = np.full(len(self.group_names), MAX_NOISE_MULTIPLIER)
+    def _largest_noise(self) -> np.ndarray:
+        """The largest per-group noise the config lets an interval use (the range's top for noise in
+        the action; no limit for paced or fixed noise, which the projection may raise)."""
+        n = len(self.group_names)
+        if self.config.controls["noise"] == "calibrated":
+            return self.budget.calibrated_sigmas()
+        if "noise" in self.codec.controlled and not self._paced:
+            return np.full(n, self.config.noise_range[1])
+        return np.full(n, MAX_NOISE_MULTIPLIER)
 
     def _budget_spent(self) -> bool:
-        """True when even the largest configured noise cannot pay for another step."""
+        """True when even the largest noise the config allows cannot pay for another step."""
         cfg, run = self.config, self.run
         remaining = cfg.max_updates - run.updates
         if remaining <= 0:
             return False
-        return run.ledger.epsilon_if(self._max_noise_z, cfg.sample_rate, min(cfg.updates_per_step, remaining)) > cfg.epsilon
+        z = self.budget.composed_noise_multiplier(self._largest_noise())
+        return not self.budget.fits(z, min(cfg.updates_per_step, remaining))
 
     # ------------------------------------------------------------------ info
     def _info(self, applied, asked_noise, projected: bool) -> dict[str, Any]:
-        cfg, run = self.config, self.run
+        cfg, run, budget = self.config, self.run, self.budget
         val_loss = self._episode["val_loss"]
         info: dict[str, Any] = {
-            "epsilon": run.ledger.epsilon(),
+            "epsilon": budget.epsilon_spent(),
+            "epsilon_budget": cfg.epsilon,
             "delta": cfg.delta,
-            "sigma_eff": self._episode["sigma_eff"],
+            "accounting": budget.rule,
+            "noise_multiplier": self._episode["noise_multiplier"],
+            "sigma_eff": self._episode["noise_multiplier"],  # deprecated alias of noise_multiplier (one release)
             "val_loss": val_loss,
             "val_ppl": perplexity(val_loss),
             "updates": run.updates,
@@ -239,28 +254,40 @@ class DPFineTuneEnv(gym.Env):
                         asked_noise=np.array(asked_noise, dtype=np.float64))
         return info
 
+    def privacy_report(self):
+        """The current episode's :class:`dp_gym.privacy.PrivacyReport` (privacy_valid from the config)."""
+        report = self.budget.report()
+        return report if self.config.privacy_valid else report.invalidated()
+
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue this episode identically after a crash."""
+        """Everything needed to continue this episode after a crash: the run (weights, optimizer,
+        ledger: a private artefact, keep it as you keep the data), the episode and the public RNG.
+        The secret randomness is not in it: with the same key a resume re-derives it, without one
+        the rest of the episode draws fresh secret noise."""
         return {
-            "config": self.config.to_dict(),
+            "config": self.config.public_dict(),
             "run": self.run.state_dict(),
             "episode": copy.deepcopy(self._episode),
+            "pace": None if self._pace is None else self._pace.copy(),
             "np_random": copy.deepcopy(self.np_random.bit_generator.state),
-            "seeded": self._seeded,
-            "torch_rng": torch.get_rng_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["config"] != self.config.to_dict():
-            raise ValueError("the checkpoint was written by an environment with another config")
+        """Continue a checkpointed episode.
+
+        Raises:
+            ValueError: for a checkpoint of another config, or whose ledger does not account every
+                update (the field is named).
+        """
+        if state["config"] != self.config.public_dict():
+            mine, theirs = self.config.public_dict(), state["config"]
+            fields = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            raise ValueError(f"the checkpoint was written by an environment with another config (fields {fields})")
         self.run.load_state_dict(state["run"])
         self._episode = copy.deepcopy(state["episode"])
+        self._pace = None if state["pace"] is None else np.array(state["pace"])
         self.np_random.bit_generator.state = copy.deepcopy(state["np_random"])
-        self._seeded = state["seeded"]
-        torch.set_rng_state(state["torch_rng"])
-        self._update_pace()  # a function of the restored ledger
 
     def close(self) -> None:
         self._episode = {}
-

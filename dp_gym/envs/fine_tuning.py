@@ -1,46 +1,34 @@
-"""One DP fine-tuning run: task + model + optimizer + DP updater + Poisson sampler + ledger.
+"""One DP fine-tuning run: task + model + optimizer + DP updater + Poisson sampler + privacy budget.
 
 The Gymnasium environment is a thin RL interface over this object; scripts that want a fixed
-schedule (the plain DP-SGD baseline, the demo) use it directly.
+schedule use it directly. Its secret randomness (the noise and the batches) comes from
+:class:`dp_gym.engine.randomness.EpisodeRandomness`: fresh OS entropy per episode, or a user's
+secret key; never the public seed alone.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
+from dp_gym.config import EnvConfig
 from dp_gym.engine import DPUpdater, ParameterGroups, PoissonBatches, StepReport
-from dp_gym.privacy import PrivacyLedger
+from dp_gym.engine.randomness import EpisodeRandomness, SecretKey, resolve_secret_key
+from dp_gym.privacy import PrivacyBudget, ReleasedStatistics
 from dp_gym.tasks import Task
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
 
-@dataclass(frozen=True)
-class RunSettings:
-    """Everything about a run that is not the per-update controls.
+class RunFailure(RuntimeError):
+    """The run reached a non-finite state; ``reports`` holds the updates that ran (all accounted)."""
 
-    ``sample_rate`` is the Poisson rate ``q``; the expected batch size is ``q * train_size``.
-    ``count_noise`` / ``loss_noise`` are ``sigma_b`` / ``sigma_l`` of the privatized statistics
-    (None: not released). ``loss_bound`` is ``L``.
-    """
-
-    sample_rate: float = 0.05
-    delta: float = 1e-5
-    accountant: str = "rdp"
-    optimizer: str = "adam"
-    learning_rate: float = 2e-3
-    grouping: str | Sequence[str] = "per_block"
-    count_noise: float | None = 10.0
-    loss_noise: float | None = 10.0
-    loss_bound: float = 8.0
-    secure_mode: bool = False
-    oracle: bool = False
-    seed: int = 0
+    def __init__(self, message: str, reports: list[StepReport]):
+        super().__init__(message)
+        self.reports = reports
 
 
 class FineTuningRun:
@@ -48,88 +36,128 @@ class FineTuningRun:
 
     Args:
         task: the task (model, data, losses).
-        settings: run settings.
+        config: the environment configuration (optimizer, grouping, budget, statistics).
+        secret_key: the key that makes the secret randomness reproducible (default:
+            ``$DP_GYM_SECRET_KEY``, else none: fresh OS entropy every episode).
+
+    Raises:
+        ValueError: for ``secure_mode`` together with a secret key.
     """
 
-    def __init__(self, task: Task, settings: RunSettings):
-        if settings.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {settings.optimizer!r}")
+    def __init__(self, task: Task, config: EnvConfig, secret_key: SecretKey | bytes | str | None = None):
         self.task = task
-        self.settings = settings
+        self.config = config
+        self.secret_key = resolve_secret_key(secret_key)
+        EpisodeRandomness(self.secret_key, 0, secure_mode=config.secure_mode)  # refuses key + secure_mode early
         self.model = task.build_model()
-        self.groups = ParameterGroups(self.model, settings.grouping)
+        self.groups = ParameterGroups(self.model, config.grouping)
+        n_counted = len(self.groups) if config.count_noise is not None else 0
+        self.statistics = ReleasedStatistics(config.count_noise, n_counted, config.loss_noise)
+        self.sampler = PoissonBatches(task.train_size, config.sample_rate)
         self._base_state = copy.deepcopy(self.model.state_dict())
         self._module = None  # the GradSampleModule wrapping self.model, made once (hooks!)
         self.base_val_loss = task.evaluate(self.model)
-        self.reset(settings.seed)
+        self.reset()
 
     # ------------------------------------------------------------------ lifecycle
-    def reset(self, seed: int | None = None) -> None:
-        """Back to the base weights, a fresh optimizer, sampler, noise stream and ledger."""
-        s = self.settings
-        self.seed = s.seed if seed is None else int(seed)
-        torch.manual_seed(self.seed)
+    def new_budget(self) -> PrivacyBudget:
+        """A fresh budget of this run's configuration (nothing spent)."""
+        c = self.config
+        return PrivacyBudget(c.epsilon, c.delta, c.sample_rate, c.max_updates, len(self.groups), self.statistics,
+                             accountant=c.accountant, adaptive=c.adaptive_noise)
+
+    def reset(self, seed: int | None = None, stream: str = "") -> None:
+        """Back to the base weights, a fresh optimizer, budget and secret randomness.
+
+        Args:
+            seed: the episode's public seed; with a secret key it makes the noise reproducible.
+            stream: tells apart episodes that share key and seed (see ``EpisodeRandomness``).
+        """
+        c = self.config
+        self.public_seed, self.stream = seed, stream
         self.model.load_state_dict(self._base_state)
-        self.optimizer = OPTIMIZERS[s.optimizer](self.groups.all_parameters(), lr=s.learning_rate)
-        self.sampler = PoissonBatches(self.task.train_size, s.sample_rate, seed=self.seed)
+        self.optimizer = OPTIMIZERS[c.optimizer](self.groups.all_parameters(), lr=c.learning_rate)
         self.updater = DPUpdater(
-            self._module if self._module is not None else self.model,
-            self.optimizer,
-            self.groups,
-            self.expected_batch_size,
-            sample_rate=s.sample_rate,
-            loss_fn=self.task.per_sample_loss,
-            loss_bound=s.loss_bound,
-            seed=self.seed + 1,
-            secure_mode=s.secure_mode,
-            oracle=s.oracle,
-        )
+            self._module if self._module is not None else self.model, self.optimizer, self.groups,
+            self.expected_batch_size, sample_rate=c.sample_rate, loss_fn=self.task.per_sample_loss,
+            loss_bound=c.loss_bound, secure_mode=c.secure_mode, oracle=c.observation == "oracle")
         self._module = self.updater.module
-        self.ledger = PrivacyLedger(s.delta, s.accountant)
+        self.budget = self.new_budget()
+        self.randomness = EpisodeRandomness(self.secret_key, seed, stream, secure_mode=c.secure_mode)
         self.updates = 0
 
     @property
     def expected_batch_size(self) -> float:
-        return self.settings.sample_rate * self.task.train_size
+        return self.config.sample_rate * self.task.train_size
 
     @property
     def group_names(self) -> list[str]:
         return self.groups.names
 
+    @property
+    def ledger(self):
+        """The budget's ledger (the accountant's history)."""
+        return self.budget.ledger
+
     # ------------------------------------------------------------------ updates
-    def run_updates(self, clip: np.ndarray, noise: np.ndarray, prune: np.ndarray, updates: int) -> list[StepReport]:
-        """``updates`` DP updates with fixed per-group controls; each is recorded in the ledger."""
-        s = self.settings
-        reports = []
+    def run_updates(self, clip: np.ndarray, sigmas: np.ndarray, prune: np.ndarray, updates: int) -> list[StepReport]:
+        """``updates`` DP updates with fixed per-group controls; each is recorded in the budget.
+
+        Raises:
+            ValueError: if the budget cannot pay for them (fit the noise with ``budget.fit`` first).
+            RunFailure: when a parameter becomes NaN or inf (the updates so far are recorded).
+        """
+        z = self.budget.composed_noise_multiplier(sigmas)
+        if not self.budget.fits(z, updates):
+            raise ValueError(f"{updates} update(s) at noise multiplier {z:.4g} do not fit the budget; "
+                             "use budget.fit() to choose the noise")
+        reports: list[StepReport] = []
         for _ in range(updates):
-            batch = self.task.train_batch(self.sampler.next())
-            report = self.updater.step(batch, clip, noise, prune, count_noise=s.count_noise, loss_noise=s.loss_noise)
-            self.ledger.record(report.noise_multiplier, report.sample_rate)
+            batch = self.task.train_batch(self.sampler.sample(self.randomness.generator("sampling", self.updates)))
+            report = self.updater.step(batch, clip, sigmas, prune, statistics=self.statistics,
+                                       generator=self.randomness.generator("noise", self.updates))
+            self.budget.record(z)
             self.updates += 1
             reports.append(report)
+            self.check_finite(reports)
         return reports
+
+    def check_finite(self, reports: list[StepReport] | None = None) -> None:
+        """Raise :class:`RunFailure` when any trained parameter holds a NaN or an inf."""
+        bad = self.groups.nonfinite_parameters()
+        if bad:
+            raise RunFailure(f"non-finite parameter(s) after {self.updates} update(s): {', '.join(bad[:3])}"
+                             + (f" and {len(bad) - 3} more" if len(bad) > 3 else ""), reports or [])
 
     def evaluate(self) -> float:
         """Public validation loss (mean per token)."""
         return self.task.evaluate(self.model)
 
     # ------------------------------------------------------------------ checkpointing
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
+        """Model, optimizer, budget and counters. It holds trained weights (a private artefact:
+        keep it as you keep the data) and never the secret randomness."""
         return {
             "model": copy.deepcopy(self.model.state_dict()),
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),
-            "sampler": self.sampler.state_dict(),
             "updater": self.updater.state_dict(),
-            "ledger": self.ledger.to_dict(),
+            "budget": self.budget.state_dict(),
             "updates": self.updates,
-            "seed": self.seed,
+            "public_seed": self.public_seed,
+            "stream": self.stream,
         }
 
-    def load_state_dict(self, state: dict) -> None:
-        self.seed = int(state["seed"])
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a run; the budget refuses a ledger that does not account every update.
+
+        Without a secret key the rest of the episode draws fresh secret randomness.
+        """
+        updates = int(state["updates"])
+        if not 0 <= updates <= self.config.max_updates:
+            raise ValueError(f"checkpoint field updates is {updates}, outside [0, {self.config.max_updates}]")
+        self.reset(state["public_seed"], state["stream"])
+        self.budget.load_state_dict(state["budget"], updates)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.sampler.load_state_dict(state["sampler"])
         self.updater.load_state_dict(state["updater"])
-        self.ledger = PrivacyLedger.from_dict(state["ledger"])
-        self.updates = int(state["updates"])
+        self.updates = updates

@@ -4,8 +4,12 @@ Per group: ``log10`` noisy-gradient norm, privatized unclipped fraction (when re
 ``log10`` clip, ``log10`` noise, prune ratio, ``log10`` update norm, cosine between the last
 noisy updates of successive steps. Global: public validation loss and its change, privatized
 training loss (when released), epsilon spent / budget, updates done / max, ``log10`` of the
-composed noise multiplier. Oracle mode appends raw per-sample norm quantiles and the clean
-training loss (not private).
+composed noise multiplier ``z`` of the last update. Oracle mode appends raw per-sample norm
+quantiles and the clean training loss (not private).
+
+A NaN never becomes a feature: :meth:`ObservationBuilder.build` raises
+:class:`NonFiniteObservation` naming the entry (the environment then ends the episode), and an
+infinite value is clipped to the bound of its sign.
 
 Privacy: norms, update norms and cosines are post-processing of the noisy release; fractions and
 the training loss are privatized releases accounted in the step's noise multiplier; the
@@ -28,8 +32,13 @@ BOUND = 10.0
 QUANTILES = (0.1, 0.5, 0.9)
 
 
+class NonFiniteObservation(ValueError):
+    """An observation entry would be NaN."""
+
+
 def _log10(value: float) -> float:
-    return math.log10(max(float(value), 1e-8))
+    value = float(value)
+    return value if math.isnan(value) else math.log10(max(value, 1e-8))
 
 
 class ObservationBuilder:
@@ -48,7 +57,7 @@ class ObservationBuilder:
         global_features = ["val_loss", "val_loss_change"]
         if config.loss_noise is not None:
             global_features.append("train_loss")
-        global_features += ["epsilon_fraction", "updates_fraction", "log_sigma_eff"]
+        global_features += ["epsilon_fraction", "updates_fraction", "log_noise_multiplier"]
         if config.observation == "oracle":
             global_features.append("oracle_clean_train_loss")
         self.global_features = global_features
@@ -62,7 +71,14 @@ class ObservationBuilder:
         return self._vector(values)
 
     def build(self, reports: list[StepReport], previous_update: dict[str, torch.Tensor] | None,
-              val_loss: float, val_loss_before: float, epsilon: float, updates: int) -> np.ndarray:
+              val_loss: float, val_loss_before: float, epsilon: float, updates: int,
+              noise_multiplier: float) -> np.ndarray:
+        """The observation after an interval: ``epsilon`` is the budget's spent epsilon,
+        ``noise_multiplier`` the composed ``z`` of the interval's updates.
+
+        Raises:
+            NonFiniteObservation: naming the first entry that would be NaN.
+        """
         cfg = self.config
         last = reports[-1]
         values: dict[str, float] = {}
@@ -85,14 +101,16 @@ class ObservationBuilder:
             values["train_loss"] = float(np.mean([r.train_loss for r in reports]))
         values["epsilon_fraction"] = epsilon / cfg.epsilon
         values["updates_fraction"] = updates / cfg.max_updates
-        values["log_sigma_eff"] = _log10(last.noise_multiplier)
+        values["log_noise_multiplier"] = _log10(noise_multiplier)
         if cfg.observation == "oracle":
             values["oracle_clean_train_loss"] = float(_oracle_mean(reports, lambda o: o["clean_train_loss"], 1)[0])
         return self._vector(values)
 
     def _vector(self, values: dict[str, float]) -> np.ndarray:
         vector = np.array([values.get(name, 0.0) for name in self.layout], dtype=np.float64)
-        vector = np.nan_to_num(vector, nan=0.0, posinf=BOUND, neginf=-BOUND)
+        missing = np.flatnonzero(np.isnan(vector))
+        if missing.size:
+            raise NonFiniteObservation(f"observation entry {self.layout[missing[0]]!r} is NaN")
         return np.clip(vector, -BOUND, BOUND).astype(np.float32)
 
 

@@ -25,11 +25,12 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "envs_configs"
 _REGISTERED: dict[str, tuple[Path, str]] = {}
 
 
-def make_registered(config_path: str, **overrides: Any):
-    """Gymnasium entry point: build the environment of a YAML with overrides."""
+def make_registered(config_path: str, secret_key=None, **overrides: Any):
+    """Gymnasium entry point: build the environment of a YAML with overrides (and an optional
+    secret key, which is never part of the config)."""
     from dp_gym.envs.dp_finetune_env import DPFineTuneEnv
 
-    return DPFineTuneEnv(EnvConfig.from_yaml(config_path, **overrides))
+    return DPFineTuneEnv(EnvConfig.from_yaml(config_path, **overrides), secret_key=secret_key)
 
 
 def make_from_config(path: str | Path, **overrides: Any):

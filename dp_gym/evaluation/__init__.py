@@ -1,9 +1,10 @@
-"""Privacy evaluation: canary exposure, membership inference, and an empirical audit of epsilon.
+"""Evaluation: the episode loop and typed results, the report writer and plots, and privacy attacks.
 
-Dependency rule: this package may import ``tasks``, ``engine``, ``envs`` and ``privacy``, never
-``agents``; controllers are passed in as anything with SB3's ``predict``.
+Dependency rule: this package may import ``envs`` and everything below it, never ``agents``;
+controllers are passed in as anything with SB3's ``predict``.
 """
 
+from dp_gym.evaluation.attacks import ATTACK_COLUMNS, privacy_attacks
 from dp_gym.evaluation.audit import (
     AuditResult,
     audit_bound_from_scores,
@@ -13,12 +14,22 @@ from dp_gym.evaluation.audit import (
 )
 from dp_gym.evaluation.exposure import ExposureResult, canary_exposure, canary_exposures
 from dp_gym.evaluation.membership import MembershipResult, attack_metrics, loss_attack, reference_attack
-from dp_gym.evaluation.report import ATTACK_COLUMNS, privacy_attacks
+from dp_gym.evaluation.report import (
+    AUDIT_COLUMNS,
+    markdown_table,
+    mean_ci95,
+    summarize,
+    write_json,
+    write_report,
+)
+from dp_gym.evaluation.rollout import EpisodeResult, compare, run_episode
 from dp_gym.evaluation.scoring import record_log_likelihoods, record_losses
 
 __all__ = [
     "ATTACK_COLUMNS",
+    "AUDIT_COLUMNS",
     "AuditResult",
+    "EpisodeResult",
     "ExposureResult",
     "MembershipResult",
     "attack_metrics",
@@ -26,11 +37,18 @@ __all__ = [
     "audit_p_value",
     "canary_exposure",
     "canary_exposures",
+    "compare",
     "epsilon_lower_bound",
     "loss_attack",
+    "markdown_table",
+    "mean_ci95",
     "one_run_audit",
     "privacy_attacks",
     "record_log_likelihoods",
     "record_losses",
     "reference_attack",
+    "run_episode",
+    "summarize",
+    "write_json",
+    "write_report",
 ]

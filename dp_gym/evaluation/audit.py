@@ -39,8 +39,8 @@ from scipy import stats
 
 from dp_gym.config import EnvConfig
 from dp_gym.data.clinical_notes import private_train_records
+from dp_gym.evaluation.rollout import run_episode
 from dp_gym.evaluation.scoring import record_losses
-from dp_gym.privacy import composed_noise_multiplier
 
 BROKEN_MODES = ("no_noise",)
 
@@ -133,15 +133,14 @@ def random_token_canaries(tokenizer, m: int, length: int = 16, seed: int = 0) ->
 
 
 def _drop_gradient_noise(updater) -> None:
-    """The broken configuration: add no gradient noise but report (and account) the asked-for noise."""
+    """The broken configuration: the updater adds no gradient noise, while the run's budget still
+    records the noise that was asked for (so the reported epsilon is false)."""
     honest_step = updater.step
 
-    def step(batch, clip, noise, prune=0.0, count_noise=None, loss_noise=None):
-        report = honest_step(batch, clip, 0.0, prune, count_noise=count_noise, loss_noise=loss_noise)
+    def step(batch, clip, noise, prune=0.0, **kwargs):
+        report = honest_step(batch, clip, 0.0, prune, **kwargs)
         claimed = np.broadcast_to(np.asarray(noise, float), (len(report.group_names),))
-        counted = len(report.group_names) if count_noise is not None else 0
-        z = composed_noise_multiplier(claimed, count_noise, counted, loss_noise)
-        return dataclasses.replace(report, noise=claimed.copy(), noise_multiplier=z)
+        return dataclasses.replace(report, noise=claimed.copy())
 
     updater.step = step
 
@@ -178,27 +177,42 @@ def one_run_audit(config: EnvConfig, policy=None, n_canaries: int = 256, confide
     np.random.default_rng(seed + 1).shuffle(records)
     audited = EnvConfig.from_dict({**config.to_dict(), "task_kwargs": {**kwargs, "train_records": records}})
     env = DPFineTuneEnv(audited)
-    observation, info = env.reset(seed=seed)
     if broken == "no_noise":
-        _drop_gradient_noise(env.run.updater)
+        _break_every_episode(env.run)
     if policy is None:
-        action = env.codec.encode(clip=clip, noise=env.calibrated_group_noise(), prune=0.0)
+        policy = _PlainDPSGD(env, clip)
     elif not hasattr(policy, "predict"):
         policy = policy(env)
-    done = False
-    while not done:
-        if policy is not None:
-            action, _ = policy.predict(observation, deterministic=True)
-        observation, _, terminated, truncated, info = env.step(action)
-        done = terminated or truncated
+    result = run_episode(policy, env, seed, "one-run audit")
     tokenizer = env.task.tokenizer
     reference = env.task.build_model()
     scores = record_losses(reference, tokenizer, texts) - record_losses(env.run.model, tokenizer, texts)
     bound, r, v, k = audit_bound_from_scores(scores, included, config.delta, confidence)
     env.close()
     return AuditResult(
-        epsilon_lower_bound=bound, epsilon_reported=float(info["epsilon"]), delta=config.delta,
+        epsilon_lower_bound=bound, epsilon_reported=result.privacy.epsilon, delta=config.delta,
         confidence=confidence, canaries=n_canaries, included=int(included.sum()), guesses=r, correct=v, k=k,
-        broken=broken, privacy_valid=bool(info["privacy_valid"]) and broken is None, updates=int(info["updates"]),
-        val_ppl=float(info["val_ppl"]),
+        broken=broken, privacy_valid=result.privacy_valid and broken is None, updates=result.updates,
+        val_ppl=result.final_val_ppl,
     )
+
+
+class _PlainDPSGD:
+    """Plain DP-SGD at one clip with the calibrated noise (the audit's default controller)."""
+
+    def __init__(self, env, clip: float):
+        self.env, self.clip = env, clip
+
+    def predict(self, observation, state=None, episode_start=None, deterministic=True):
+        return self.env.encode_action(clip=self.clip, noise=self.env.calibrated_group_noise(), prune=0.0), state
+
+
+def _break_every_episode(run) -> None:
+    """Apply the broken configuration to the updater that every reset of ``run`` makes."""
+    honest_reset = run.reset
+
+    def reset(*args, **kwargs):
+        honest_reset(*args, **kwargs)
+        _drop_gradient_noise(run.updater)
+
+    run.reset = reset

@@ -1,50 +1,134 @@
-"""All privacy attacks on one fine-tuned text model, as one flat, JSON-ready dictionary."""
+"""The one results writer: CSV, JSON and Markdown tables (and the plots) from typed episode results.
+
+Every file says ``privacy_valid`` and, in JSON, each episode's full :class:`PrivacyReport`; a
+results set that includes any invalid run says ``privacy_valid: false`` at the top of every file.
+Configs and overrides pass through :func:`dp_gym.config.public_config` first: no record is ever
+written.
+"""
 
 from __future__ import annotations
 
+import csv
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch import nn
 
-from dp_gym.evaluation.exposure import canary_exposures
-from dp_gym.evaluation.membership import loss_attack, reference_attack
+from dp_gym.config import public_config
+from dp_gym.evaluation.attacks import ATTACK_COLUMNS
+from dp_gym.evaluation.rollout import EpisodeResult
 
-#: the columns ``privacy_attacks`` adds to comparison tables
-ATTACK_COLUMNS = ("exposure_mean", "exposure_max", "mia_loss_auc", "mia_loss_tpr_at_1pct_fpr",
-                  "mia_reference_auc", "mia_reference_tpr_at_1pct_fpr")
+#: columns ``compare(..., audit=True)`` adds: the attacks on the final model, then the audit's bound
+AUDIT_COLUMNS = (*ATTACK_COLUMNS, "epsilon_lower_bound")
 
 
-def privacy_attacks(model: nn.Module, task, reference: nn.Module | None = None, n_candidates: int | None = 999,
-                    n_records: int = 256, nonmembers: list[str] | None = None, seed: int = 0) -> dict[str, Any]:
-    """Canary exposure (if the task has canaries) and membership inference on ``model``.
+def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95% Student-t confidence interval (0 for one value)."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return float(values.mean()), 0.0
+    from scipy import stats
 
-    Args:
-        model: the fine-tuned model.
-        task: a :class:`dp_gym.tasks.TextTask` (its private records, canaries and tokenizer).
-        reference: the reference model of the likelihood-ratio attack (default: the task's public
-            base model, ``task.build_model()``).
-        n_candidates: secrets sampled per canary (``None``: the whole space).
-        n_records: members (private training records, canaries excluded) and as many non-members.
-        nonmembers: non-member records (default: fresh records of the private distribution).
+    half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+    return float(values.mean()), float(half)
+
+
+def summarize(results: list[EpisodeResult], reference: str | None = "vanilla") -> list[dict[str, Any]]:
+    """One row per controller: final perplexity mean +- 95% CI, epsilon (proven and spent), updates
+    to reach the reference's final perplexity (same seed), wall time."""
+    by_seed_reference = {r.seed: r.final_val_ppl for r in results if r.controller == reference}
+    rows = []
+    for name in dict.fromkeys(r.controller for r in results):
+        mine = [r for r in results if r.controller == name]
+        ppl, ppl_ci = mean_ci95([r.final_val_ppl for r in mine])
+        reach = [r.updates_to_reach(by_seed_reference[r.seed]) for r in mine if r.seed in by_seed_reference]
+        reached = [x for x in reach if x is not None]
+        rows.append({
+            "controller": name, "episodes": len(mine), "final_val_ppl": ppl, "final_val_ppl_ci95": ppl_ci,
+            "epsilon": max(r.epsilon for r in mine),
+            "epsilon_spent": float(np.mean([r.privacy.epsilon_spent for r in mine])),
+            "epsilon_budget": mine[0].privacy.epsilon_budget, "delta": mine[0].privacy.delta,
+            "accounting": ", ".join(sorted({r.privacy.accounting for r in mine})),
+            "updates_to_reference": float(np.mean(reached)) if reached else None,
+            "reached_reference": f"{len(reached)}/{len(reach)}" if reach else "-",
+            "updates": float(np.mean([r.updates for r in mine])),
+            "wall_time_s": float(np.mean([r.wall_time_s for r in mine])),
+            "privacy_valid": all(r.privacy_valid for r in mine),
+            "failures": sum(r.failure is not None for r in mine),
+        })
+        if any(r.attacks for r in mine):
+            for column in AUDIT_COLUMNS:
+                values = [r.attacks[column] for r in mine if r.attacks and r.attacks.get(column) is not None]
+                rows[-1][column] = float(np.mean(values)) if values else None
+    return rows
+
+
+def markdown_table(rows: list[dict[str, Any]], reference: str | None = "vanilla") -> str:
+    """The comparison table. ``epsilon`` is the proven epsilon (for an adaptive controller the
+    filter's budget); ``spent`` is what the updates spent under the accounting rule."""
+    header = ("| controller | final val ppl (mean +- 95% CI) | epsilon (spent) / budget | "
+              f"updates to reach {reference or 'reference'}'s ppl | wall time (s) | privacy valid |")
+    audited = any("epsilon_lower_bound" in row for row in rows)
+    if audited:
+        header += " exposure (bits) | MIA AUC loss / ref | TPR@1%FPR ref | audited epsilon lower bound |"
+    lines = [header, "|---|---:|---:|---:|---:|:---:|" + ("---:|---:|---:|---:|" if audited else "")]
+    for row in rows:
+        reach = "-" if row["updates_to_reference"] is None else f"{row['updates_to_reference']:.0f} ({row['reached_reference']})"
+        budget = "-" if row["epsilon_budget"] is None else f"{row['epsilon_budget']:g}"
+        line = (f"| {row['controller']} | {row['final_val_ppl']:.2f} +- {row['final_val_ppl_ci95']:.2f} | "
+                f"{row['epsilon']:.3f} ({row['epsilon_spent']:.3f}) / {budget} | {reach} | {row['wall_time_s']:.1f} | "
+                f"{'yes' if row['privacy_valid'] else 'NO'} |")
+        if audited:
+            line += (f" {_fmt(row.get('exposure_mean'))} | {_fmt(row.get('mia_loss_auc'), 3)} / "
+                     f"{_fmt(row.get('mia_reference_auc'), 3)} | {_fmt(row.get('mia_reference_tpr_at_1pct_fpr'), 3)} | "
+                     f"{_fmt(row.get('epsilon_lower_bound'), 3)} |")
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def write_report(results: list[EpisodeResult], out: str | Path, reference: str | None = "vanilla",
+                 extra: dict[str, Any] | None = None, plots: bool = True) -> dict[str, Path]:
+    """``results.csv``, ``results.json``, ``results.md`` and two PNG plots under ``out``.
+
+    ``extra`` (the env id, its overrides, tuned values, ...) goes into the JSON after
+    :func:`dp_gym.config.public_config` removes any record list from it.
     """
-    if not hasattr(task, "member_records"):
-        raise ValueError(f"privacy attacks need a text task with records; {type(task).__name__} has none")
-    tokenizer = task.tokenizer
-    members = task.member_records()[:n_records]
-    outsiders = (nonmembers if nonmembers is not None else task.nonmember_records(len(members)))[: len(members)]
-    reference = reference if reference is not None else task.build_model()
-    result: dict[str, Any] = {}
-    if task.canaries:
-        exposures = canary_exposures(model, tokenizer, task.canaries, n_candidates, seed=seed)
-        values = np.array([e.exposure for e in exposures])
-        result.update(exposure_mean=float(values.mean()), exposure_max=float(values.max()),
-                      exposure_cap=exposures[0].max_exposure, exposure_sampled=exposures[0].sampled,
-                      canaries=len(exposures), canary_repeats=task.canaries[0].repeats,
-                      exposures=[e.to_dict() for e in exposures])
-    loss = loss_attack(model, tokenizer, members, outsiders)
-    ratio = reference_attack(model, reference, tokenizer, members, outsiders)
-    result.update(mia_loss_auc=loss.auc, mia_loss_tpr_at_1pct_fpr=loss.tpr_at_1pct_fpr,
-                  mia_reference_auc=ratio.auc, mia_reference_tpr_at_1pct_fpr=ratio.tpr_at_1pct_fpr,
-                  mia_members=loss.members, mia_nonmembers=loss.nonmembers)
-    return result
+    from dp_gym.evaluation.plots import plot_controls, plot_ppl_vs_epsilon
+
+    if not results:
+        raise ValueError("write_report needs at least one episode result")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = summarize(results, reference)
+    privacy_valid = all(r.privacy_valid for r in results)
+    columns = AUDIT_COLUMNS if any(r.attacks for r in results) else ()
+    paths = {"csv": out / "results.csv", "json": out / "results.json", "markdown": out / "results.md"}
+    with paths["csv"].open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(results[0].summary(columns)))
+        writer.writeheader()
+        for result in results:
+            writer.writerow(result.summary(columns))
+    scopes = sorted({r.privacy.epsilon_scope for r in results})
+    paths["json"].write_text(json.dumps(public_config({
+        "privacy_valid": privacy_valid, "epsilon_scope": scopes[0] if len(scopes) == 1 else scopes,
+        **(extra or {}), "summary": rows, "episodes": [r.to_dict() for r in results]}), indent=1))
+    warning = "" if privacy_valid else "**privacy_valid: false** (oracle observations or a broken configuration)\n\n"
+    paths["markdown"].write_text(warning + markdown_table(rows, reference) + "\n")
+    if plots:
+        paths["ppl_vs_epsilon"] = plot_ppl_vs_epsilon(results, out / "ppl_vs_epsilon.png", privacy_valid)
+        paths["controls"] = plot_controls(results, out / "controls_over_episode.png", privacy_valid)
+    return paths
+
+
+def write_json(data: dict[str, Any], path: str | Path) -> Path:
+    """Write a JSON results file atomically, with every record list redacted (:func:`public_config`)."""
+    from dp_gym.utils.files import atomic_write_text
+
+    return atomic_write_text(Path(path), json.dumps(public_config(data), indent=1))

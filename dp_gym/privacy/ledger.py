@@ -5,8 +5,9 @@ The ledger is a thin, checkpointable wrapper around Opacus' accountants (``RDPAc
 steps), ...]``. It adds two things a controller needs:
 
 * ``epsilon_if``: the epsilon the run would have after some more steps, without recording them;
-* a cache: for RDP, the cumulative RDP curve is kept, so ``epsilon_if`` costs one new entry
-  rather than a pass over the whole history (RDP of a composition is the sum of the RDPs).
+* a cache: for RDP, the cumulative RDP curve is computed lazily and kept, so ``epsilon_if`` costs
+  one new entry rather than a pass over the whole history (RDP of a composition is the sum of
+  the RDPs); recording costs nothing until the curve is asked for.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import warnings
 from typing import Any
 
 import numpy as np
-from opacus.accountants import PRVAccountant, RDPAccountant
+from opacus.accountants import PRVAccountant
 from opacus.accountants.analysis import rdp as rdp_analysis
+
+from dp_gym.privacy.rdp import DEFAULT_ORDERS, sampled_gaussian_rdp
 
 ACCOUNTANTS = ("rdp", "prv")
 
@@ -62,8 +65,8 @@ class PrivacyLedger:
         self.delta = delta
         self.accountant = accountant
         self.history: list[HistoryEntry] = []
-        self._orders = np.asarray(RDPAccountant.DEFAULT_ALPHAS, dtype=float)
-        self._rdp_total = np.zeros_like(self._orders)
+        self._orders = np.asarray(DEFAULT_ORDERS, dtype=float)
+        self._rdp_total: np.ndarray | None = np.zeros_like(self._orders)
         self._rdp_per_step_cache: dict[tuple[float, float], np.ndarray] = {}
         self._epsilon_cache: float | None = 0.0
 
@@ -82,7 +85,7 @@ class PrivacyLedger:
         else:
             self.history.append(entry)
         if not _costs_nothing(*entry):
-            self._rdp_total = self._rdp_total + self._rdp(*entry)
+            self._rdp_total = None  # recomputed when asked for
         self._epsilon_cache = None
 
     @property
@@ -90,11 +93,30 @@ class PrivacyLedger:
         """Number of updates recorded."""
         return sum(steps for _, _, steps in self.history)
 
+    @property
+    def orders(self) -> np.ndarray:
+        """The RDP orders the ledger tracks (Opacus' defaults)."""
+        return self._orders.copy()
+
+    def rdp(self) -> np.ndarray:
+        """The cumulative RDP of the recorded history at each of :attr:`orders` (RDP composes by sum)."""
+        return self._cumulative_rdp().copy()
+
+    def _cumulative_rdp(self) -> np.ndarray:
+        if self._rdp_total is None:
+            total = np.zeros_like(self._orders)
+            for entry in self.history:
+                if not _costs_nothing(*entry):
+                    total = total + self._rdp(*entry)
+            self._rdp_total = total
+        return self._rdp_total
+
     # ------------------------------------------------------------------ querying
     def epsilon(self) -> float:
         """Epsilon spent so far at ``self.delta`` (an upper bound on the true epsilon)."""
         if self._epsilon_cache is None:
-            self._epsilon_cache = self._epsilon_of(self.history, self._rdp_total)
+            rdp_total = self._cumulative_rdp() if self.accountant == "rdp" else None
+            self._epsilon_cache = self._epsilon_of(self.history, rdp_total)
         return self._epsilon_cache
 
     def epsilon_if(self, noise_multiplier: float, sample_rate: float, steps: int = 1) -> float:
@@ -105,7 +127,8 @@ class PrivacyLedger:
         entry = _check_entry(noise_multiplier, sample_rate, steps)
         if _costs_nothing(*entry):
             return self.epsilon()
-        return self._epsilon_of(self.history + [entry], self._rdp_total + self._rdp(*entry))
+        rdp_total = self._cumulative_rdp() + self._rdp(*entry) if self.accountant == "rdp" else None
+        return self._epsilon_of(self.history + [entry], rdp_total)
 
     # ------------------------------------------------------------------ checkpointing
     def to_dict(self) -> dict[str, Any]:
@@ -134,21 +157,13 @@ class PrivacyLedger:
         key = (noise_multiplier, sample_rate)
         per_step = self._rdp_per_step_cache.get(key)
         if per_step is None:
-            if noise_multiplier == 0.0:
-                per_step = np.full_like(self._orders, np.inf)
-            else:
-                per_step = np.asarray(
-                    rdp_analysis.compute_rdp(
-                        q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=self._orders
-                    ),
-                    dtype=float,
-                )
+            per_step = sampled_gaussian_rdp(noise_multiplier, sample_rate, self._orders)
             if len(self._rdp_per_step_cache) > 4096:
                 self._rdp_per_step_cache.clear()
             self._rdp_per_step_cache[key] = per_step
         return per_step * steps
 
-    def _epsilon_of(self, history: list[HistoryEntry], rdp_total: np.ndarray) -> float:
+    def _epsilon_of(self, history: list[HistoryEntry], rdp_total: np.ndarray | None) -> float:
         paying = [entry for entry in history if not _costs_nothing(*entry)]
         if not paying:
             return 0.0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 
 def _check_positive_finite(name: str, value: float) -> float:
@@ -50,72 +51,83 @@ def effective_noise_multiplier(sigmas: Sequence[float]) -> float:
     return inverse_square_sum**-0.5
 
 
-def _statistics_inverse_square(count_sigma: float | None, n_groups_counted: int,
-                               loss_sigma: float | None) -> float:
-    """``G / sigma_b^2 + 1 / sigma_l^2``: the privatized statistics' share of ``z^{-2}``."""
-    if n_groups_counted < 0:
-        raise ValueError(f"n_groups_counted must be >= 0, got {n_groups_counted}")
-    total = 0.0
-    if n_groups_counted > 0:
-        if count_sigma is None:
-            raise ValueError("count_sigma is required when n_groups_counted > 0")
-        total += n_groups_counted / _check_positive_finite("count_sigma", count_sigma) ** 2
-    if loss_sigma is not None:
-        total += 1.0 / _check_positive_finite("loss_sigma", loss_sigma) ** 2
-    return total
+@dataclass(frozen=True)
+class ReleasedStatistics:
+    r"""The privatized statistics an update releases next to its gradient sums, on the same sample.
+
+    * ``count_sigma`` (``sigma_b``): noise std of each of the ``groups_counted`` unclipped counts
+      ``b_g = sum_i 1[||g_{i,g}|| <= C_g] + N(0, sigma_b^2)``; one example changes each count by at
+      most 1, so the L2 sensitivity is ``sqrt(G)`` and the rescaled release adds ``G / sigma_b^2``;
+    * ``loss_sigma`` (``sigma_l``): noise multiplier of the clipped loss sum
+      ``sum_i min(max(l_i, 0), L) + N(0, (sigma_l L)^2)``; sensitivity ``L``, so it adds
+      ``1 / sigma_l^2``.
+
+    ``None`` for a sigma means that statistic is not released.
+
+    Raises:
+        ValueError: for a non-positive or non-finite sigma, a negative count, or counts without
+            a count noise.
+    """
+
+    count_sigma: float | None = None
+    groups_counted: int = 0
+    loss_sigma: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.groups_counted < 0:
+            raise ValueError(f"groups_counted must be >= 0, got {self.groups_counted}")
+        if self.groups_counted > 0 and self.count_sigma is None:
+            raise ValueError("count_sigma is required when groups_counted > 0")
+        if self.count_sigma is not None:
+            _check_positive_finite("count_sigma", self.count_sigma)
+        if self.loss_sigma is not None:
+            _check_positive_finite("loss_sigma", self.loss_sigma)
+
+    def inverse_square(self) -> float:
+        """``G / sigma_b^2 + 1 / sigma_l^2``: the statistics' share of ``z^{-2}``."""
+        total = 0.0
+        if self.groups_counted > 0:
+            total += self.groups_counted / float(self.count_sigma) ** 2
+        if self.loss_sigma is not None:
+            total += 1.0 / float(self.loss_sigma) ** 2
+        return total
 
 
-def composed_noise_multiplier(
-    group_sigmas: Sequence[float],
-    count_sigma: float | None = None,
-    n_groups_counted: int = 0,
-    loss_sigma: float | None = None,
-) -> float:
+NO_STATISTICS = ReleasedStatistics()
+
+
+def composed_noise_multiplier(group_sigmas: Sequence[float],
+                              statistics: ReleasedStatistics = NO_STATISTICS) -> float:
     r"""Noise multiplier of one DP update that also releases privatized statistics.
 
-    Besides the per-group gradient sums, one update may release, on the same Poisson sample:
+    All releases share the Poisson sample, so they compose into one sampled Gaussian mechanism
+    (rescale each to unit noise and concatenate) with
 
-    * a G-vector of "unclipped" counts ``b_g = sum_i 1[||g_{i,g}|| <= C_g] + N(0, sigma_b^2)``:
-      one example changes each count by at most 1, so the L2 sensitivity is ``sqrt(G)`` and the
-      rescaled release (divide by ``sigma_b``) contributes ``G / sigma_b^2``;
-    * a loss sum ``sum_i min(max(l_i, 0), L) + N(0, (sigma_l L)^2)``: sensitivity ``L``, so it
-      contributes ``1 / sigma_l^2``.
+    .. math:: z = \Big(\sum_g \sigma_g^{-2} + G/\sigma_b^2 + 1/\sigma_l^2\Big)^{-1/2}
 
-    All releases share the sample, so they compose into one sampled Gaussian mechanism with
-
-    .. math:: z = \Big(\sum_g \sigma_g^{-2} + G/\sigma_b^2 + 1/\sigma_l^2\Big)^{-1/2}.
-
-    Accounting each release as its own sampled mechanism would be wrong (the sample is shared)
-    and is never done.
+    (:class:`ReleasedStatistics` gives the last two terms). Accounting each release as its own
+    sampled mechanism would be wrong (the sample is shared) and is never done.
 
     Args:
         group_sigmas: per-group gradient noise multipliers ``sigma_g``.
-        count_sigma: noise std ``sigma_b`` of each count, or None when no counts are released.
-        n_groups_counted: number of counts released (``G``); 0 when none.
-        loss_sigma: noise multiplier ``sigma_l`` of the clipped loss sum, or None when not released.
+        statistics: the privatized statistics released on the same sample.
 
     Returns:
         The noise multiplier ``z`` to give the accountant for this update.
 
     Raises:
-        ValueError: for a non-positive or non-finite noise, or counts without a count noise.
+        ValueError: for a non-positive or non-finite group sigma (the entry is named).
     """
-    inverse_square_sum = effective_noise_multiplier(group_sigmas) ** -2
-    inverse_square_sum += _statistics_inverse_square(count_sigma, n_groups_counted, loss_sigma)
+    inverse_square_sum = effective_noise_multiplier(group_sigmas) ** -2 + statistics.inverse_square()
     return inverse_square_sum**-0.5
 
 
-def scale_sigmas_to(
-    group_sigmas: Sequence[float],
-    target: float,
-    count_sigma: float | None = None,
-    n_groups_counted: int = 0,
-    loss_sigma: float | None = None,
-) -> list[float]:
+def scale_sigmas_to(group_sigmas: Sequence[float], target: float,
+                    statistics: ReleasedStatistics = NO_STATISTICS) -> list[float]:
     r"""Scale the per-group sigmas by one factor so the composed multiplier is at least ``target``.
 
     Only the gradient noises are raised; the statistics' noises are fixed by the configuration.
-    With ``s = sum_g sigma_g^{-2}`` and ``r = G/sigma_b^2 + 1/sigma_l^2`` we need
+    With ``s = sum_g sigma_g^{-2}`` and ``r`` the statistics' share we need
     ``s / k^2 + r <= target^{-2}``, i.e. ``k = sqrt(s / (target^{-2} - r))``.
 
     Returns:
@@ -124,9 +136,8 @@ def scale_sigmas_to(
     Raises:
         ValueError: when the statistics alone already spend more than ``target`` allows.
     """
-    rest = _statistics_inverse_square(count_sigma, n_groups_counted, loss_sigma)
     grad_part = effective_noise_multiplier(group_sigmas) ** -2
-    room = target**-2 - rest
+    room = target**-2 - statistics.inverse_square()
     if room <= 0:
         raise ValueError(
             f"the privatized statistics alone need a noise multiplier above {target:.4g}; "
@@ -137,13 +148,8 @@ def scale_sigmas_to(
     return [float(sigma) * factor for sigma in group_sigmas]
 
 
-def equal_group_sigmas(
-    target: float,
-    n_groups: int,
-    count_sigma: float | None = None,
-    n_groups_counted: int = 0,
-    loss_sigma: float | None = None,
-) -> list[float]:
+def equal_group_sigmas(target: float, n_groups: int,
+                       statistics: ReleasedStatistics = NO_STATISTICS) -> list[float]:
     r"""The common per-group sigma ``s`` whose composed multiplier is ``target``.
 
     Solves ``G / s^2 + r = target^{-2}`` (``r``: the statistics' share), i.e.
@@ -155,4 +161,4 @@ def equal_group_sigmas(
     """
     if n_groups < 1:
         raise ValueError(f"n_groups must be >= 1, got {n_groups}")
-    return scale_sigmas_to([1e-9] * n_groups, target, count_sigma, n_groups_counted, loss_sigma)
+    return scale_sigmas_to([1e-9] * n_groups, target, statistics)

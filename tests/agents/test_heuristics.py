@@ -3,8 +3,8 @@ import pytest
 
 import dp_gym
 from agents import make_controller, register_controller, registered_controllers
-from agents.evaluate import run_episode
 from agents.heuristics import VanillaController
+from dp_gym.evaluation import run_episode
 
 SMALL = {"task_kwargs": {"n_train": 64, "n_val": 8}, "max_updates": 12, "updates_per_step": 2}
 

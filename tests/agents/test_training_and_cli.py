@@ -37,7 +37,8 @@ def test_train_writes_tensorboard_epsilon_and_a_loadable_model_and_resumes(tmp_p
     env = dp_gym.make("dp_gym/TinyText-v0", **SMALL)
     action, _ = model.predict(env.reset(seed=0)[0], deterministic=True)
     assert env.action_space.contains(action)
-    assert (tmp_path / "checkpoints" / "rl_model_replay_buffer_8_steps.pkl").exists()
+    assert {p.name for p in (tmp_path / "checkpoints" / "step_8").iterdir()} == {
+        "model.zip", "replay_buffer.pkl", "training_state.pt"}
 
     train("dp_gym/TinyText-v0", "sac", timesteps=12, out=tmp_path, resume=tmp_path, env_overrides=SMALL,
           checkpoint_every=4, progress_bar=False)
@@ -45,11 +46,9 @@ def test_train_writes_tensorboard_epsilon_and_a_loadable_model_and_resumes(tmp_p
     assert run["resumed_from_steps"] == 8
     resumed = load_policy(f"sac:{tmp_path / 'model.zip'}")
     assert resumed.num_timesteps == 12
-    # The buffer saved after resuming holds more than the 4 post-resume steps could have made alone:
-    # the checkpointed transitions came back. (SB3 checkpoints before storing the step's transition,
-    # so each saved buffer lags one: 7 at step 8, 7 + 3 at step 12.)
-    resumed.load_replay_buffer(tmp_path / "checkpoints" / "rl_model_replay_buffer_12_steps.pkl")
-    assert resumed.replay_buffer.size() > 4
+    # every transition is in the checkpoint: none is lost at a checkpoint boundary
+    resumed.load_replay_buffer(tmp_path / "checkpoints" / "step_12" / "replay_buffer.pkl")
+    assert resumed.replay_buffer.size() == 12
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
@@ -111,7 +110,9 @@ def test_compare_writes_csv_json_png_one_row_per_controller_and_seed(tmp_path):
     assert len(rows) == 1 + 2 * 2 and rows[0].startswith("controller,seed")
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["privacy_valid"] is True and len(data["summary"]) == 2
-    assert "per episode" in data["epsilon_scope"]
+    assert data["epsilon_scope"] == "this episode only"
+    episode = data["episodes"][0]["privacy"]
+    assert episode["accounting"].startswith("rdp-filter@alpha=") and episode["epsilon"] == 3.0
     for png in ("ppl_vs_epsilon.png", "controls_over_episode.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| vanilla |" in (tmp_path / "results.md").read_text()
@@ -127,16 +128,25 @@ def test_tune_vanilla_grid_searches_the_clip_then_the_learning_rate(tmp_path):
     assert set(rates) == {0.0001, 0.005}
     # each rate really ran under its own learning rate, and the best one is reported
     assert rates[0.0001] != rates[0.005] and tuned["best_learning_rate"] == min(rates, key=rates.get)
+    # every grid point was a private run: 2 clips + 1 new rate (5e-3 reuses the clip search's run)
+    assert tuned["privacy_valid"] is True and "every grid run" in tuned["epsilon_scope"]
+    assert tuned["privacy"]["private_episodes"] == 3 and 3.0 < tuned["privacy"]["epsilon"] < 9.0
 
 
-def test_tune_learning_rate_reuses_the_clip_search_episode_and_it_matches_a_rerun():
-    from agents.evaluate import tune_learning_rate, tune_vanilla
+def test_tune_learning_rate_reuses_the_clip_search_run_and_a_keyed_rerun_matches(monkeypatch):
+    from agents.tuning import tune_learning_rate, tune_vanilla, tuning_privacy
 
-    best, scores = tune_vanilla("dp_gym/TinyText-v0", [0.3], 0, SMALL)
-    _, reused = tune_learning_rate("dp_gym/TinyText-v0", best, [0.005], 0, SMALL, score_at_env_rate=-1.0)
-    assert reused == {0.005: -1.0}  # the environment's own rate (5e-3) was not run again
-    _, rerun = tune_learning_rate("dp_gym/TinyText-v0", best, [0.005], 0, SMALL)
-    assert rerun[0.005] == scores[best]  # and running it again gives the same score
+    monkeypatch.setenv("DP_GYM_SECRET_KEY", "dp-gym-test-secret-key-0001")
+    clips = tune_vanilla("dp_gym/TinyText-v0", [0.3], 0, SMALL)
+    reused = tune_learning_rate("dp_gym/TinyText-v0", clips.best, [0.005], 0, SMALL,
+                                episode_at_env_rate=clips.runs[clips.best])
+    assert reused.runs[0.005] is clips.runs[0.3] and reused.episodes == []  # 5e-3 is the env's rate: not run again
+    assert tuning_privacy(clips, reused).private_episodes == 1
+    rerun = tune_learning_rate("dp_gym/TinyText-v0", clips.best, [0.005], 0, SMALL)
+    # with the same secret key a grid point's run reproduces... (its own noise stream)
+    assert rerun.scores[0.005] != clips.scores[0.3]  # the lr grid's stream differs from the clip grid's
+    again = tune_learning_rate("dp_gym/TinyText-v0", clips.best, [0.005], 0, SMALL)
+    assert again.scores == rerun.scores
 
 
 def test_oracle_runs_say_so_in_every_file(tmp_path):
@@ -169,11 +179,11 @@ def test_bad_cli_input_is_one_clear_line_and_nonzero_exit(arguments, message):
     assert len(error_lines) == 1 and message in error_lines[0], process.stderr
 
 
-@pytest.mark.parametrize("command", ["train", "evaluate", "compare", "finetune"])
-def test_python_dash_m_agents_entry_points(command):
-    process = subprocess.run([sys.executable, "-m", f"agents.{command}", "--help"], capture_output=True, text=True,
-                             timeout=120)
-    assert process.returncode == 0 and f"usage: dp-gym {command}" in process.stdout
+def test_python_dash_m_dp_gym_is_the_command():
+    process = subprocess.run([sys.executable, "-m", "dp_gym", "tune-vanilla", "--help"], capture_output=True,
+                             text=True, timeout=120)
+    assert process.returncode == 0 and "usage: dp-gym tune-vanilla" in process.stdout
+    assert "full fine-tuning run on the private data" in " ".join(process.stdout.split())
 
 
 def test_audit_attacks_a_finetuned_run_and_compare_adds_the_columns(tmp_path):

@@ -8,6 +8,7 @@ from torch import nn
 
 from dp_gym.engine import DPUpdater, ParameterGroups, register_transformers_grad_samplers
 from dp_gym.engine.bookkeeping import BookkeepingGradSampleModule
+from dp_gym.privacy import ReleasedStatistics
 from tests.conftest import micro_batch, micro_gpt2
 from tests.engine.test_updater import per_sample_loss
 
@@ -98,8 +99,9 @@ def test_the_two_per_sample_modes_release_the_same_update():
         model = micro_gpt2(tied=False)
         optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
         updater = DPUpdater(model, optimizer, ParameterGroups(model), 5.0, sample_rate=0.1, loss_fn=per_sample_loss,
-                            seed=3, per_sample=mode, oracle=True)
-        reports.append(updater.step(batch, clip=[0.05, 0.2, 0.01], noise=1.5, count_noise=4.0))
+                            per_sample=mode, oracle=True)
+        reports.append(updater.step(batch, clip=[0.05, 0.2, 0.01], noise=1.5, statistics=ReleasedStatistics(4.0, 3),
+                                    generator=torch.Generator().manual_seed(3)))
     bookkept, opacus = reports
     np.testing.assert_allclose(bookkept.oracle["per_sample_norm_quantiles"], opacus.oracle["per_sample_norm_quantiles"],
                                rtol=1e-4)

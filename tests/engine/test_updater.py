@@ -13,7 +13,7 @@ from dp_gym.engine import (
     prune_smallest,
     register_transformers_grad_samplers,
 )
-from dp_gym.privacy import composed_noise_multiplier
+from dp_gym.privacy import ReleasedStatistics
 from dp_gym.tasks.text import per_token_losses
 from tests.conftest import micro_batch, micro_gpt2
 
@@ -108,9 +108,13 @@ def test_clipped_norm_never_exceeds_the_threshold():
     np.testing.assert_allclose(report.update_norm, np.array([1e-3, 2e-3, 5e-4]) / 2.0, rtol=1e-3)
 
 
+def generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
 def test_noise_std_matches_sigma_times_clip_over_batch():
     model = micro_gpt2()
-    updater, groups = make_updater(model, expected=4.0, seed=3)
+    updater, groups = make_updater(model, expected=4.0)
     before = snapshot(groups)
     empty = {k: v[:0] for k, v in micro_batch().items()}
     updater.step(empty, clip=[0.5, 2.0, 1.0], noise=[2.0, 0.5, 3.0])
@@ -121,14 +125,20 @@ def test_noise_std_matches_sigma_times_clip_over_batch():
         assert abs(observed - expected_std) < tolerance, group
 
 
-def test_noise_is_seeded():
+def test_every_draw_comes_from_the_generator_passed_and_none_means_fresh_entropy():
+    statistics = ReleasedStatistics(2.0, 3, 2.0)
     reports = []
-    for _ in range(2):
-        model = micro_gpt2()
-        updater, _ = make_updater(model, seed=11)
-        reports.append(updater.step(micro_batch(), clip=1.0, noise=1.0, count_noise=2.0, loss_noise=2.0))
-    np.testing.assert_array_equal(reports[0].noisy_grad_norm, reports[1].noisy_grad_norm)
-    assert reports[0].train_loss == reports[1].train_loss
+    for seed in (11, 11, 12, None, None):
+        updater, _ = make_updater(micro_gpt2())
+        reports.append(updater.step(micro_batch(), clip=1.0, noise=1.0, statistics=statistics,
+                                    generator=None if seed is None else generator(seed)))
+    same, other, fresh_a, fresh_b = reports[1], reports[2], reports[3], reports[4]
+    np.testing.assert_array_equal(reports[0].noisy_grad_norm, same.noisy_grad_norm)
+    assert reports[0].train_loss == same.train_loss
+    np.testing.assert_array_equal(reports[0].unclipped_fraction, same.unclipped_fraction)
+    assert not np.array_equal(reports[0].noisy_grad_norm, other.noisy_grad_norm)
+    assert not np.array_equal(fresh_a.noisy_grad_norm, fresh_b.noisy_grad_norm)
+    assert not hasattr(updater, "generator")  # the updater keeps no noise state of its own
 
 
 def test_prune_smallest_keeps_exact_count_and_largest():
@@ -173,8 +183,7 @@ def test_zero_noise_and_huge_clip_is_non_private_sgd():
     reference = copy.deepcopy(model)
     batch = micro_batch()
     updater, groups = make_updater(model, lr=0.1, expected=5.0)
-    report = updater.step(batch, clip=1e9, noise=0.0)
-    assert report.noise_multiplier == 0.0
+    updater.step(batch, clip=1e9, noise=0.0)
     optimizer = torch.optim.SGD(reference.parameters(), lr=0.1)
     per_sample_loss(reference, batch).mean().backward()
     optimizer.step()
@@ -194,7 +203,7 @@ def test_nonfinite_sample_contributes_zero(per_sample):
     updater_a, groups_a = make_updater(model_a, per_sample=per_sample)
     updater_a.loss_fn = poisoned
     updater_b, _ = make_updater(model_b, per_sample=per_sample)
-    report = updater_a.step(batch, clip=0.1, noise=0.0, loss_noise=1e-6)
+    report = updater_a.step(batch, clip=0.1, noise=0.0, statistics=ReleasedStatistics(loss_sigma=1e-6))
     updater_b.step({k: v[1:] for k, v in batch.items()}, clip=0.1, noise=0.0)
     assert updater_a.nonfinite_samples == 1
     assert math.isfinite(report.train_loss)
@@ -215,17 +224,19 @@ def test_bad_controls_name_the_group(field, kwargs):
         updater.step(micro_batch(), **kwargs)
 
 
-def test_released_statistics_track_the_truth_and_are_accounted():
+def test_released_statistics_track_the_truth():
     model = micro_gpt2()
     updater, groups = make_updater(model, expected=5.0)
     batch = micro_batch()
     with torch.no_grad():
         true_loss = float(per_sample_loss(model, batch).clamp(0, 10).mean())
-    report = updater.step(batch, clip=[1e9, 1e-9, 1e9], noise=[1.0, 2.0, 3.0], count_noise=1e-4, loss_noise=1e-5)
+    report = updater.step(batch, clip=[1e9, 1e-9, 1e9], noise=[1.0, 2.0, 3.0],
+                          statistics=ReleasedStatistics(1e-4, 3, 1e-5))
     np.testing.assert_allclose(report.unclipped_fraction, [1.0, 0.0, 1.0], atol=1e-3)
     assert report.train_loss == pytest.approx(true_loss, abs=1e-3)
-    assert report.noise_multiplier == pytest.approx(composed_noise_multiplier([1.0, 2.0, 3.0], 1e-4, 3, 1e-5))
     assert report.oracle is None and not hasattr(report, "batch_size")
+    with pytest.raises(ValueError, match="groups_counted must be 0 or 3"):
+        updater.step(batch, clip=1.0, noise=1.0, statistics=ReleasedStatistics(1.0, 2))
 
 
 def test_oracle_statistics_only_when_asked():
@@ -234,28 +245,25 @@ def test_oracle_statistics_only_when_asked():
     assert report.oracle["per_sample_norm_quantiles"].shape == (3, 3)
 
 
-def test_poisson_batches_are_seeded_and_can_be_empty():
-    a, b = PoissonBatches(50, 0.01, seed=4), PoissonBatches(50, 0.01, seed=4)
-    sizes = [len(a.next()) for _ in range(200)]
-    assert sizes == [len(b.next()) for _ in range(200)]
+def test_poisson_batches_come_from_the_generator_given_and_can_be_empty():
+    sampler = PoissonBatches(50, 0.01)
+    sizes = [len(sampler.sample(generator(t))) for t in range(200)]
+    assert sizes == [len(sampler.sample(generator(t))) for t in range(200)]
     assert 0 in sizes and np.mean(sizes) == pytest.approx(0.5, abs=0.2)
-    state = a.state_dict()
-    first = a.next()
-    a.load_state_dict(state)
-    assert torch.equal(a.next(), first)
+    assert not hasattr(sampler, "generator")
 
 
 def test_empty_batch_update_runs():
     updater, _ = make_updater(micro_gpt2())
     report = updater.step({k: v[:0] for k, v in micro_batch().items()}, clip=1.0, noise=1.0,
-                          count_noise=5.0, loss_noise=5.0)
+                          statistics=ReleasedStatistics(5.0, 3, 5.0))
     assert np.all(np.isfinite(report.noisy_grad_norm)) and math.isfinite(report.train_loss)
 
 
 def test_secure_mode_noise_has_the_same_std():
     """Opacus' secure sampler (sum of 4 draws / 2) keeps std sigma*C/m."""
     model = micro_gpt2()
-    updater, groups = make_updater(model, expected=2.0, secure_mode=True, seed=5)
+    updater, groups = make_updater(model, expected=2.0, secure_mode=True)
     before = snapshot(groups)
     updater.step({k: v[:0] for k, v in micro_batch().items()}, clip=1.0, noise=[3.0, 3.0, 3.0])
     delta = group_delta(groups, before, groups.parameters)["transformer.h.0"]

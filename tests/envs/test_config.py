@@ -32,7 +32,10 @@ from dp_gym import ConfigError, EnvConfig
     ({"sample_rate": 0.0}, r"sample_rate must be in \(0, 1\]"),
     ({"count_noise": -1.0}, "count_noise must be > 0 or null"),
     ({"optimizer": "lbfgs"}, "optimizer must be one of"),
-    ({"seed": -3}, "seed must be >= 0"),
+    ({"seed": 3}, r"seed is no longer a config field: pass the public seed to env.reset\(seed=...\)"),
+    ({"secure_mode": "yes"}, "secure_mode must be true or false"),
+    ({"failure_reward": float("nan")}, "failure_reward must be finite"),
+    ({"accountant": "prv"}, "accountant 'prv' with controls.noise 'control'"),
 ])
 def test_bad_config_names_its_field(overrides, field):
     with pytest.raises(ConfigError, match=field):
@@ -61,3 +64,18 @@ def test_yaml_presets_load_and_controls_default():
 def test_config_round_trips_through_a_dict():
     config = EnvConfig(epsilon=8.0, controls={"clip": "control", "noise": 2.0, "prune": 0.0})
     assert EnvConfig.from_dict(config.to_dict()) == config
+
+
+def test_prv_is_accepted_when_the_noise_is_fixed_in_advance():
+    config = EnvConfig(accountant="prv", controls={"clip": "control", "noise": "calibrated", "prune": 0.0})
+    assert not config.adaptive_noise and EnvConfig().adaptive_noise
+
+
+def test_public_dict_redacts_every_record_list():
+    records = ["Ada Abbott, 42, secret diagnosis", "Ben Becker, 51, another secret"]
+    config = EnvConfig(task_kwargs={"train_records": records, "val_records": ["public text"], "n_val": 4})
+    public = config.public_dict()
+    assert public["task_kwargs"]["train_records"] == {"count": 2, "redacted": True}
+    assert public["task_kwargs"]["val_records"] == {"count": 1, "redacted": True}
+    assert public["task_kwargs"]["n_val"] == 4
+    assert "secret" not in repr(public) and config.task_kwargs["train_records"] == records

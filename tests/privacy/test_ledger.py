@@ -7,10 +7,8 @@ from hypothesis import strategies as st
 from opacus.accountants import PRVAccountant, RDPAccountant
 
 from dp_gym.privacy import (
-    BudgetExhaustedError,
     PrivacyLedger,
     calibrate_noise,
-    min_noise_for_budget,
 )
 
 DELTA = 1e-5
@@ -102,33 +100,6 @@ def test_epsilon_monotone(sigma, rate, steps):
     assert ledger.epsilon_if(sigma, rate, steps + 10) >= base
     assert ledger.epsilon_if(sigma, min(1.0, rate * 1.5), steps) >= base
     assert ledger.epsilon_if(sigma * 1.5, rate, steps) <= base
-
-
-history_entries = st.tuples(st.floats(0.4, 5.0), st.floats(0.001, 0.1), st.integers(1, 50))
-
-
-@settings(max_examples=30, deadline=None)
-@given(history=st.lists(history_entries, max_size=6), budget=st.floats(0.2, 10.0),
-       rate=st.floats(0.001, 0.1), steps=st.integers(1, 20))
-def test_min_noise_never_exceeds_the_budget(history, budget, rate, steps):
-    ledger = PrivacyLedger(DELTA)
-    for entry in history:
-        ledger.record(*entry)
-    try:
-        noise = min_noise_for_budget(ledger, budget, rate, steps)
-    except BudgetExhaustedError:
-        assert ledger.epsilon_if(1e4, rate, steps) > budget
-        return
-    assert ledger.epsilon_if(noise, rate, steps) <= budget
-    if noise > 1e-3:  # and it is (close to) the smallest such noise
-        assert ledger.epsilon_if(noise / 1.01, rate, steps) > budget
-
-
-def test_min_noise_raises_when_budget_spent():
-    ledger = PrivacyLedger(DELTA)
-    ledger.record(0.5, 0.1, 200)
-    with pytest.raises(BudgetExhaustedError, match="already spent"):
-        min_noise_for_budget(ledger, 1.0, 0.1, 1)
 
 
 def test_calibrate_noise_spends_the_target():

@@ -5,6 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dp_gym.privacy import (
+    ReleasedStatistics,
     composed_noise_multiplier,
     effective_noise_multiplier,
     equal_group_sigmas,
@@ -38,25 +39,25 @@ def test_empty_sigmas_rejected():
 def test_composed_multiplier_formula():
     group, count, loss = [1.0, 2.0], 8.0, 5.0
     expected = (1.0 + 0.25 + 2 / 64 + 1 / 25) ** -0.5
-    assert composed_noise_multiplier(group, count, 2, loss) == pytest.approx(expected, rel=1e-12)
+    assert composed_noise_multiplier(group, ReleasedStatistics(count, 2, loss)) == pytest.approx(expected, rel=1e-12)
     assert composed_noise_multiplier(group) == pytest.approx(effective_noise_multiplier(group))
 
 
 def test_statistics_always_lower_the_multiplier():
     base = composed_noise_multiplier([1.0, 1.0])
-    assert composed_noise_multiplier([1.0, 1.0], 10.0, 2) < base
-    assert composed_noise_multiplier([1.0, 1.0], loss_sigma=10.0) < base
+    assert composed_noise_multiplier([1.0, 1.0], ReleasedStatistics(10.0, 2)) < base
+    assert composed_noise_multiplier([1.0, 1.0], ReleasedStatistics(loss_sigma=10.0)) < base
 
 
 def test_counts_need_a_noise():
     with pytest.raises(ValueError, match="count_sigma"):
-        composed_noise_multiplier([1.0], None, 3)
+        ReleasedStatistics(None, 3)
 
 
 @given(st.lists(sigmas, min_size=1, max_size=8), st.floats(0.05, 5.0))
 def test_scaled_sigmas_reach_the_target(group_sigmas, target):
-    scaled = scale_sigmas_to(group_sigmas, target, count_sigma=20.0, n_groups_counted=len(group_sigmas), loss_sigma=30.0)
-    z = composed_noise_multiplier(scaled, 20.0, len(group_sigmas), 30.0)
+    scaled = scale_sigmas_to(group_sigmas, target, ReleasedStatistics(20.0, len(group_sigmas), 30.0))
+    z = composed_noise_multiplier(scaled, ReleasedStatistics(20.0, len(group_sigmas), 30.0))
     assert z >= target
     ratios = [a / b for a, b in zip(scaled, group_sigmas, strict=True)]
     assert max(ratios) == pytest.approx(min(ratios))  # one common factor keeps the allocation
@@ -64,12 +65,12 @@ def test_scaled_sigmas_reach_the_target(group_sigmas, target):
 
 def test_scaling_fails_when_statistics_alone_overspend():
     with pytest.raises(ValueError, match="statistics alone"):
-        scale_sigmas_to([1.0], target=2.0, count_sigma=0.5, n_groups_counted=4)
+        scale_sigmas_to([1.0], target=2.0, statistics=ReleasedStatistics(0.5, 4))
 
 
 @given(target=st.floats(0.1, 10.0), groups=st.integers(1, 12))
 def test_equal_group_sigmas_hit_the_target(target, groups):
-    sigmas = equal_group_sigmas(target, groups, count_sigma=50.0, n_groups_counted=groups, loss_sigma=50.0)
+    sigmas = equal_group_sigmas(target, groups, ReleasedStatistics(50.0, groups, 50.0))
     assert len(set(sigmas)) == 1
-    z = composed_noise_multiplier(sigmas, 50.0, groups, 50.0)
+    z = composed_noise_multiplier(sigmas, ReleasedStatistics(50.0, groups, 50.0))
     assert z >= target and z == pytest.approx(target, rel=1e-6)

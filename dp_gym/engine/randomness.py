@@ -1,0 +1,136 @@
+"""Secret randomness: the DP noise and the Poisson sampling.
+
+The randomness that protects privacy must be unknown to the adversary. If it were a function of
+anything public (a config, a seed passed to ``reset``, a file dp-gym writes), anyone could
+regenerate the batch and the noise of every update, subtract the noise from the released sums
+and recover the exact clipped sums: the effective epsilon would be infinite.
+
+So every episode gets a fresh 256-bit secret from the operating system's CSPRNG (``secrets``),
+held in memory only: never logged, never pickled into a checkpoint. A reproducible run is possible
+only through a **secret key** that the user supplies and keeps (``secret_key=`` or the
+``DP_GYM_SECRET_KEY`` environment variable): the episode secret is then
+``HMAC-SHA256(key, "episode/<public seed>/<stream>")``. Results record that a key was used, never
+the key. Whoever holds the key and the public seed can regenerate the noise, so keep the key as
+you keep the data.
+
+From the episode secret, each update ``t`` and each use (``"sampling"``, ``"noise"``) gets its own
+generator, seeded with 64 bits of ``HMAC-SHA256(secret, "<use>/<t>")``: streams never overlap,
+and resuming at update ``t`` needs no generator state (with a key it re-derives the same streams;
+without one it draws fresh secret noise, which is just as private).
+
+``secure_mode`` seeds every generator with 64 fresh bits from ``os.urandom`` and draws Gaussian
+noise with Opacus' floating-point-attack-resistant sampler (Opacus' ``secure_mode``; its own
+secure generator needs ``torchcsprng``, which no longer builds for current PyTorch). It cannot be
+combined with a key: like Opacus, it refuses reproducibility.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+
+import torch
+
+#: the environment variable a secret key may come from
+SECRET_KEY_ENV = "DP_GYM_SECRET_KEY"
+STREAMS = ("sampling", "noise")
+
+
+class SecretKey:
+    """A user's secret key; its value never appears in a repr, a log or a results file.
+
+    Args:
+        value: the key, as bytes or text (at least 16 bytes or characters: a short key could be
+            guessed, and then so could the noise).
+
+    Raises:
+        ValueError: for a key that is too short.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: bytes | str):
+        raw = value.encode() if isinstance(value, str) else bytes(value)
+        if len(raw) < 16:
+            raise ValueError(f"a secret key must have at least 16 bytes, got {len(raw)}: a short key can be guessed")
+        self._value = raw
+
+    def derive(self, label: str) -> bytes:
+        return hmac.new(self._value, label.encode(), hashlib.sha256).digest()
+
+    def __repr__(self) -> str:
+        return "SecretKey(<hidden>)"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SecretKey) and hmac.compare_digest(self._value, other._value)
+
+    def __hash__(self) -> int:
+        return hash(self.derive("hash"))
+
+
+def resolve_secret_key(key: SecretKey | bytes | str | None = None) -> SecretKey | None:
+    """The key given, else the one in ``$DP_GYM_SECRET_KEY``, else None (fresh OS entropy)."""
+    if isinstance(key, SecretKey):
+        return key
+    if key is not None:
+        return SecretKey(key)
+    from_environment = os.environ.get(SECRET_KEY_ENV)
+    return SecretKey(from_environment) if from_environment else None
+
+
+def _seed_from(digest: bytes) -> int:
+    return int.from_bytes(digest[:8], "big")
+
+
+class EpisodeRandomness:
+    """The secret randomness of one episode: independent generators per (use, update).
+
+    Args:
+        key: the user's secret key, or None for fresh OS entropy (not reproducible).
+        public_seed: the episode's public seed (used only together with a key).
+        stream: a label that tells apart episodes run with the same key and seed on the same data
+            (the controllers of a comparison, the points of a grid): two episodes must never share
+            noise, or their difference cancels it.
+        secure_mode: fresh OS entropy for every generator (see the module docstring).
+        device: where the generators live (the noise is drawn on the model's device).
+
+    Raises:
+        ValueError: for ``secure_mode`` with a key.
+    """
+
+    def __init__(self, key: SecretKey | None = None, public_seed: int | None = None, stream: str = "",
+                 secure_mode: bool = False, device: torch.device | str = "cpu"):
+        if secure_mode and key is not None:
+            raise ValueError("secure_mode draws from the OS CSPRNG and cannot be reproduced: drop the secret key "
+                             f"(secret_key / ${SECRET_KEY_ENV}) or secure_mode")
+        self.secure_mode = secure_mode
+        self.device = torch.device(device)
+        #: True when a key and a public seed make this episode's noise reproducible
+        self.reproducible = key is not None and public_seed is not None
+        if self.reproducible:
+            self._secret = key.derive(f"episode/{int(public_seed)}/{stream}")
+        else:
+            self._secret = secrets.token_bytes(32)
+
+    def generator(self, use: str, update: int) -> torch.Generator:
+        """A fresh generator for ``use`` (``"sampling"`` or ``"noise"``) at update ``update``."""
+        if use not in STREAMS:
+            raise ValueError(f"use must be one of {list(STREAMS)}, got {use!r}")
+        if self.secure_mode:
+            seed = _seed_from(os.urandom(8))
+        else:
+            seed = _seed_from(hmac.new(self._secret, f"{use}/{int(update)}".encode(), hashlib.sha256).digest())
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    def __repr__(self) -> str:
+        return f"EpisodeRandomness(reproducible={self.reproducible}, secure_mode={self.secure_mode})"
+
+    def __getstate__(self):
+        raise TypeError("EpisodeRandomness holds the episode's secret and is never pickled or checkpointed")
+
+
+def fresh_generator(device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator seeded from OS entropy (for callers that supply none)."""
+    return torch.Generator(device=torch.device(device)).manual_seed(_seed_from(secrets.token_bytes(8)))
