@@ -238,7 +238,7 @@ def cmd_demo(args) -> None:
     out = Path(args.out)
     env_id = "dp_gym/TinyText-v0"
     console.rule("[bold]dp-gym demo[/]: SAC vs tuned DP-SGD vs adaptive clipping, epsilon 3, delta 1e-5")
-    console.print("1/3 tuning the vanilla DP-SGD clip on public validation data")
+    console.print("1/3 tuning the vanilla DP-SGD clip (each grid point is a private run, scored on public validation data)")
     best_clip = tune_vanilla(env_id, args.clips, 0, {}, report=console.print).best
     console.print(f"2/3 training SAC for {args.timesteps} steps ({args.timesteps // 50} episodes)")
     model = train(env_id, "sac", args.timesteps, args.seed, out / "sac", progress_bar=not args.no_progress,

@@ -156,6 +156,8 @@ def test_oracle_runs_say_so_in_every_file(tmp_path):
     assert json.loads((tmp_path / "results.json").read_text())["privacy_valid"] is False
     assert "privacy_valid: false" in (tmp_path / "results.md").read_text()
     assert "False" in (tmp_path / "results.csv").read_text()
+    assert main(["tune-vanilla", "--clips", "0.3", "--env-overrides", overrides, "--out", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "tune_vanilla.json").read_text())["privacy_valid"] is False
 
 
 @pytest.mark.parametrize("arguments, message", [
