@@ -22,8 +22,10 @@ setup: $(STAMP)
 demo: setup
 	$(VENV)/bin/dp-gym demo
 
+# The import-linter layers contract (pyproject.toml) keeps the dependency direction; then the tests.
 # pytest exits 5 when no test ran; make treats any non-zero exit as failure.
 test: setup
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -m "not slow" -q
 
 test-slow: setup

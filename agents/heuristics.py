@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from dp_gym.envs import DPFineTuneEnv
+from dp_gym.utils.registry import Registry
 
 
 class Controller:
@@ -161,25 +162,21 @@ class RandomController(Controller):
 
 
 ControllerFactory = Callable[..., Controller]
-_CONTROLLERS: dict[str, ControllerFactory] = {}
+CONTROLLERS: Registry[ControllerFactory] = Registry("controller")
 
 
 def register_controller(name: str, factory: ControllerFactory, force: bool = False) -> None:
     """Register a heuristic controller factory ``factory(env, **kwargs)`` under ``name``."""
-    if not force and name in _CONTROLLERS and _CONTROLLERS[name] is not factory:
-        raise ValueError(f"a controller named {name!r} is already registered")
-    _CONTROLLERS[name] = factory
+    CONTROLLERS.register(name, factory, force=force)
 
 
 def registered_controllers() -> list[str]:
-    return sorted(_CONTROLLERS)
+    return CONTROLLERS.names()
 
 
 def make_controller(name: str, env, **kwargs: Any) -> Controller:
-    """A heuristic by name for ``env`` (a ``DPFineTuneEnv`` or a wrapper of one)."""
-    if name not in _CONTROLLERS:
-        raise ValueError(f"unknown controller {name!r}; heuristics: {registered_controllers()}")
-    return _CONTROLLERS[name](getattr(env, "unwrapped", env), **kwargs)
+    """A heuristic by name (or ``"module:Factory"``) for ``env`` (a ``DPFineTuneEnv`` or a wrapper of one)."""
+    return CONTROLLERS.get(name)(getattr(env, "unwrapped", env), **kwargs)
 
 
 for _cls in (VanillaController, DualPrivController, AdaptiveQuantileController, DecayController, RandomController):

@@ -22,6 +22,7 @@ import dp_gym
 from agents.heuristics import make_controller
 from agents.rl import algorithm, load_hyperparams
 from dp_gym.evaluation import run_episode, write_json
+from dp_gym.tasks import SupportsTokenizer
 
 ONLINE_ALGOS = ("sac", "td3", "tqc")
 SCOPE_LEARNED = ("end to end: one private episode; the controller learned during it from its privatized "
@@ -95,13 +96,14 @@ def finetune_online(env_id: str, controller: str = "sac", out: str | Path = "run
     model = unwrapped.run.model
     model.load_state_dict(final["model_state"])
     model.save_pretrained(out / "model")
-    unwrapped.task.tokenizer.save_pretrained(out / "model")
+    if isinstance(unwrapped.task, SupportsTokenizer):
+        unwrapped.task.tokenizer.save_pretrained(out / "model")
     privacy = final["privacy"].with_scope(SCOPE_LEARNED if controller in ONLINE_ALGOS else SCOPE_HEURISTIC,
                                           private_episodes=env.private_episodes)
     info = final["info"]
     report = {**privacy.to_dict(), "controller": controller, "env_id": env_id, "env_overrides": env_overrides or {},
-              "wall_time_s": time.perf_counter() - start, "val_loss": info["val_loss"], "val_ppl": info["val_ppl"],
-              "base_val_ppl": dp_gym.tasks.perplexity(unwrapped.run.base_val_loss), "failure": info.get("failure")}
+              "wall_time_s": time.perf_counter() - start, "val_loss": info["val_loss"], "val_ppl": info["val_metric"],
+              "base_val_ppl": unwrapped.task.metric(unwrapped.run.base_val_loss), "failure": info.get("failure")}
     write_json(report, out / "privacy_report.json")
     env.close()
     return report

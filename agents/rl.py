@@ -8,6 +8,7 @@ same files.
 
 from __future__ import annotations
 
+import importlib.resources
 import math
 import re
 from pathlib import Path
@@ -26,7 +27,8 @@ import dp_gym
 from agents.checkpointing import AtomicCheckpoints, load_latest
 from dp_gym.evaluation import write_json
 
-ALGOS_DIR = Path(__file__).resolve().parents[1] / "envs_configs" / "algos"
+#: the shipped hyper-parameter files (``envs_configs/algos``, in the wheel as ``dp_gym.envs_configs.algos``)
+ALGOS_DIR = Path(str(importlib.resources.files("dp_gym.envs_configs.algos")))
 #: keys of a zoo file that are not algorithm constructor arguments
 _ZOO_ONLY = {"n_timesteps", "policy", "normalize", "n_envs", "env_wrapper", "frame_stack", "callback"}
 
@@ -129,7 +131,9 @@ class DPInfoLogger(BaseCallback):
         record = self.logger.record
         record("dp/epsilon", info["epsilon"])
         record("dp/noise_multiplier", info["noise_multiplier"])
-        record("dp/val_ppl", info["val_ppl"])
+        record("dp/val_metric", info["val_metric"])
+        if "val_ppl" in info:
+            record("dp/val_ppl", info["val_ppl"])
         record("dp/val_loss", info["val_loss"])
         record("dp/budget_projected", float(info.get("budget_projected", False)))
         record("dp/privacy_valid", float(info["privacy_valid"]))
@@ -165,8 +169,7 @@ def train(env_id: str, algo: str = "sac", timesteps: int = 1000, seed: int = 0, 
         raise ValueError(f"timesteps must be > 0, got {timesteps}")
     if actor_init not in ACTOR_INITS:
         raise ValueError(f"actor_init must be one of {list(ACTOR_INITS)}, got {actor_init!r}")
-    if env_id not in dp_gym.list_envs():
-        raise ValueError(f"unknown environment id {env_id!r}; registered: {list(dp_gym.list_envs())}")
+    env_id = dp_gym.resolve_env_id(env_id)
     cls = algorithm(algo)
     kwargs, zoo = load_hyperparams(algo, env_id)
     kwargs.update(hyperparams or {})

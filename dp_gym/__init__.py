@@ -7,12 +7,15 @@ from dp_gym.config import ConfigError, EnvConfig
 from dp_gym.envs import (
     DPFineTuneEnv,
     config_of,
+    import_gym_packages,
     list_envs,
     make,
     make_from_config,
     register_builtin_envs,
     register_config,
     register_reward,
+    resolve_env_id,
+    validate_config,
 )
 from dp_gym.tasks import Task, register_task
 
@@ -29,7 +32,10 @@ __all__ = [
     "make",
     "make_from_config",
     "config_of",
+    "import_gym_packages",
     "register_config",
     "register_reward",
     "register_task",
+    "resolve_env_id",
+    "validate_config",
 ]

@@ -37,14 +37,6 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _env_id(text: str) -> str:
-    import dp_gym
-
-    if text not in dp_gym.list_envs():
-        raise argparse.ArgumentTypeError(f"unknown environment id {text!r}; registered: {', '.join(dp_gym.list_envs())}")
-    return text
-
-
 def _overrides(text: str | None) -> dict[str, Any]:
     if not text:
         return {}
@@ -60,7 +52,7 @@ def _overrides(text: str | None) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------- controllers
 def controller_factory(spec: str):
     """``"vanilla"``, ``"adaptive_quantile:initial_clip=0.3"``, ``"sac:PATH"`` -> factory(env)."""
-    from agents.heuristics import make_controller, registered_controllers
+    from agents.heuristics import CONTROLLERS, make_controller, registered_controllers
     from agents.rl import algorithms, load_policy
 
     name, _, rest = spec.partition(":")
@@ -71,8 +63,11 @@ def controller_factory(spec: str):
             raise FileNotFoundError(f"controller {spec!r}: policy file {rest} does not exist")
         return lambda env: load_policy(f"{name}:{rest}")
     if name not in registered_controllers():
-        raise ValueError(f"unknown controller {name!r}; heuristics: {registered_controllers()}, "
-                         f"RL: {[a + ':PATH' for a in sorted(algorithms())]}")
+        if ":" in spec:  # a heuristic by import path, "package.module:Factory"
+            CONTROLLERS.get(spec)  # fails here, with the allowed names, if it does not import
+            return lambda env: make_controller(spec, env)
+        raise ValueError(f"unknown controller {name!r}; heuristics: {registered_controllers()} or "
+                         f"'module:Factory', RL: {[a + ':PATH' for a in sorted(algorithms())]}")
     kwargs = {}
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
@@ -254,57 +249,67 @@ def cmd_demo(args) -> None:
 
 # ---------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dp-gym", description="DP fine-tuning of language models as an RL environment")
+    formatter = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(prog="dp-gym", description="DP fine-tuning of language models as an RL environment",
+                                     formatter_class=formatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    commands.add_parser("envs", help="list the registered environment ids")
+    def command(name: str, help: str):
+        return commands.add_parser(name, help=help, description=help, formatter_class=formatter)
 
-    def common(command, out, env=True):
+    command("envs", "list dp-gym's registered environment ids")
+
+    def common(parser, out, env=True):
         if env:
-            command.add_argument("--env", type=_env_id, default="dp_gym/TinyText-v0")
-            command.add_argument("--env-overrides", type=_overrides, default={},
-                                 help='JSON object of config overrides, e.g. \'{"epsilon": 8}\'')
-        command.add_argument("--seed", type=int, default=0)
-        command.add_argument("--out", default=out)
+            parser.add_argument("--env", default="dp_gym/TinyText-v0",
+                                help="an environment: a registered id (yours too, with --gym-packages), "
+                                     "'module:EnvId-v0', or a YAML path")
+            parser.add_argument("--gym-packages", nargs="*", default=[], metavar="MODULE",
+                                help="modules to import first, e.g. the one that registers your environment (as RL Zoo)")
+            parser.add_argument("--env-overrides", type=_overrides, default={},
+                                help='JSON object of config overrides, e.g. \'{"epsilon": 8}\'')
+        parser.add_argument("--seed", type=int, default=0, help="public seed (the DP noise stays secret)")
+        parser.add_argument("--out", default=out, help="output folder" if out else "output file or folder (none: print only)")
 
-    train = commands.add_parser("train", help="train an RL controller")
+    train = command("train", "train an RL controller (on the environment's private data: see the epsilon scope)")
     common(train, "runs/train")
-    train.add_argument("--algo", default="sac", choices=["sac", "td3", "ppo", "a2c", "tqc"])
-    train.add_argument("--timesteps", type=_positive_int, default=500)
-    train.add_argument("--resume", default=None, help="a previous --out folder to continue from")
-    train.add_argument("--checkpoint-every", type=_positive_int, default=100)
-    train.add_argument("--no-progress", action="store_true")
+    train.add_argument("--algo", default="sac", choices=["sac", "td3", "ppo", "a2c", "tqc"], help="SB3 algorithm")
+    train.add_argument("--timesteps", type=_positive_int, default=500, help="environment steps to train for")
+    train.add_argument("--resume", default=None, help="a previous --out folder to continue from (its newest readable checkpoint)")
+    train.add_argument("--checkpoint-every", type=_positive_int, default=100, help="steps between atomic checkpoints")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--actor-init", choices=["default", "zero"], default="default",
                        help="zero: the untrained policy takes action 0 (the baseline on a paced env)")
     train.add_argument("--actor-init-std", type=_positive_float, default=0.1,
                        help="initial exploration std with --actor-init zero")
 
-    evaluate = commands.add_parser("evaluate", help="evaluate one controller")
+    evaluate = command("evaluate", "evaluate one controller")
     common(evaluate, "runs/evaluate")
-    evaluate.add_argument("--policy", required=True, help="a heuristic name or ALGO:PATH")
-    evaluate.add_argument("--episodes", type=_positive_int, default=3)
+    evaluate.add_argument("--policy", required=True, help="a heuristic name, 'module:Factory' or ALGO:PATH")
+    evaluate.add_argument("--episodes", type=_positive_int, default=3, help="episodes, seeds --seed, --seed + 1, ...")
 
-    comparison = commands.add_parser("compare", help="compare controllers on the same budget")
+    comparison = command("compare", "compare controllers on the same budget")
     common(comparison, "runs/compare")
-    comparison.add_argument("--controllers", nargs="+", required=True)
-    comparison.add_argument("--seeds", type=_positive_int, default=5)
+    comparison.add_argument("--controllers", nargs="+", required=True,
+                            help="heuristic names (name:key=value,...), 'module:Factory' or ALGO:PATH")
+    comparison.add_argument("--seeds", type=_positive_int, default=5, help="episodes per controller, seeds 0..N-1")
     comparison.add_argument("--audit", action="store_true",
                             help="attack every final model and audit each controller's epsilon in one run")
 
-    tune_help = ("grid-search the DP-SGD clip (and learning rate): every grid point is a full fine-tuning run on the "
-                 "private data, scored on public validation data; the composed epsilon of all of them is reported")
-    tune = commands.add_parser("tune-vanilla", help=tune_help, description=tune_help)
+    tune = command("tune-vanilla", "grid-search the DP-SGD clip (and learning rate): every grid point is a full "
+                   "fine-tuning run on the private data, scored on public validation data; the composed epsilon "
+                   "of all of them is reported")
     common(tune, None)
-    tune.add_argument("--clips", type=_positive_float, nargs="+", default=[0.1, 0.3, 1.0])
+    tune.add_argument("--clips", type=_positive_float, nargs="+", default=[0.1, 0.3, 1.0], help="clip grid")
     tune.add_argument("--learning-rates", type=_positive_float, nargs="+", default=None,
                       help="then grid-search the learning rate at the best clip (a config override)")
 
-    finetune = commands.add_parser("finetune", help="online mode: fine-tune once with a controller")
+    finetune = command("finetune", "online mode: fine-tune once with a controller (exactly one private episode)")
     common(finetune, "runs/finetune")
     finetune.add_argument("--config", default=None, help="an environment YAML (instead of --env)")
-    finetune.add_argument("--controller", default="sac")
+    finetune.add_argument("--controller", default="sac", help="sac, td3 or tqc (learn online) or a heuristic name")
 
-    audit = commands.add_parser("audit", help="privacy attacks on a fine-tuned model, or a one-run epsilon audit")
+    audit = command("audit", "privacy attacks on a fine-tuned model, or a one-run epsilon audit")
     common(audit, out=None)
     audit.add_argument("--model", default=None, help="a saved model folder (attacks; the private data of --env)")
     audit.add_argument("--run", default=None, help="a `dp-gym finetune` output folder (attacks)")
@@ -315,12 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--broken", default=None, choices=["no_noise"],
                        help="with --one-run: a deliberately broken configuration (negative control)")
 
-    demo = commands.add_parser("demo", help="the main job on the offline default")
+    demo = command("demo", "the main job on the offline default")
     common(demo, "runs/demo", env=False)
-    demo.add_argument("--timesteps", type=_positive_int, default=250)
-    demo.add_argument("--seeds", type=_positive_int, default=2)
-    demo.add_argument("--clips", type=_positive_float, nargs="+", default=[0.1, 0.3, 1.0])
-    demo.add_argument("--no-progress", action="store_true")
+    demo.add_argument("--timesteps", type=_positive_int, default=250, help="SAC training steps")
+    demo.add_argument("--seeds", type=_positive_int, default=2, help="evaluation episodes per controller")
+    demo.add_argument("--clips", type=_positive_float, nargs="+", default=[0.1, 0.3, 1.0], help="vanilla clip grid")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
@@ -331,6 +336,11 @@ COMMANDS = {"envs": cmd_envs, "train": cmd_train, "evaluate": cmd_evaluate, "com
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "env", None) is not None:
+            import dp_gym
+
+            dp_gym.import_gym_packages(args.gym_packages)
+            args.env = dp_gym.resolve_env_id(args.env)
         COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError) as error:
         print(f"dp-gym {args.command}: error: {error}", file=sys.stderr)

@@ -1,7 +1,10 @@
 """Typed, validated environment configuration, loaded from YAML.
 
-Every check runs in ``EnvConfig.__post_init__``, before any model or data is built, and every
-error names the field, the value and what is allowed.
+Every structural check (types, ranges, allowed modes) runs in ``EnvConfig.__post_init__``; the
+names that live in registries (the task and its keyword arguments, the reward and its keyword
+arguments, the token-pruning rule) are checked by :func:`dp_gym.envs.validate_config` when an
+environment is built, still before any model or data is. Every error names the field, the value
+and what is allowed. This module imports nothing of dp-gym above ``privacy``.
 """
 
 from __future__ import annotations
@@ -14,10 +17,15 @@ from typing import Any
 
 import yaml
 
+from dp_gym.privacy.ledger import ACCOUNTANTS
+
 CONTROLS = ("clip", "noise", "prune")
 BUDGET_MODES = ("project", "terminate")
 NOISE_SCALES = ("absolute", "paced")
 OBSERVATION_MODES = ("private", "oracle")
+#: the optimizers a run can fine-tune with (``dp_gym.envs.fine_tuning.OPTIMIZERS`` maps them to torch)
+OPTIMIZER_NAMES = ("adam", "adamw", "sgd")
+TOKEN_PRUNING_KEYS = ("keep_ratio", "rule")
 #: a control is either in the action vector, fixed to a number, or (noise only) calibrated so
 #: that equal per-group noise spends the budget exactly in ``max_updates``
 CONTROL_MODES = ("control", "calibrated")
@@ -25,6 +33,33 @@ CONTROL_MODES = ("control", "calibrated")
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field."""
+
+
+def parse_token_pruning(token_pruning: dict[str, Any] | None) -> tuple[str, float]:
+    """``{"rule": ..., "keep_ratio": ...}`` -> ``(rule, keep_ratio)``; ``None`` keeps every token.
+
+    Checks the shape only; whether the rule is registered is checked when the env is built.
+
+    Raises:
+        ConfigError: naming ``token_pruning.rule`` / ``token_pruning.keep_ratio`` / unknown keys.
+    """
+    if token_pruning is None:
+        return "none", 1.0
+    if not isinstance(token_pruning, dict):
+        raise ConfigError(f"token_pruning must be a mapping {{rule, keep_ratio}}, got {token_pruning!r}")
+    unknown = set(token_pruning) - set(TOKEN_PRUNING_KEYS)
+    if unknown:
+        raise ConfigError(f"token_pruning has unknown keys {sorted(unknown)}; allowed: {list(TOKEN_PRUNING_KEYS)}")
+    rule = token_pruning.get("rule", "cls_attention")
+    if not isinstance(rule, str) or not rule:
+        raise ConfigError(f"token_pruning.rule must be a rule name, got {rule!r}")
+    keep_ratio = token_pruning.get("keep_ratio", 1.0)
+    if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, (int, float)) or not math.isfinite(keep_ratio) \
+            or not (0 < keep_ratio <= 1):
+        raise ConfigError(f"token_pruning.keep_ratio must be in (0, 1], got {keep_ratio!r}")
+    if rule == "none" and keep_ratio != 1.0:
+        raise ConfigError(f"token_pruning.keep_ratio must be 1 with rule 'none', got {keep_ratio!r}")
+    return rule, float(keep_ratio)
 
 
 def _number(name: str, value: Any) -> float:
@@ -129,17 +164,8 @@ class EnvConfig:
     token_pruning: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        from dp_gym.envs.fine_tuning import OPTIMIZERS
-        from dp_gym.envs.rewards import registered_rewards
-        from dp_gym.privacy import ACCOUNTANTS
-        from dp_gym.tasks import resolve_task
-
-        if not isinstance(self.task, str):
+        if not isinstance(self.task, str) or not self.task:
             raise ConfigError(f"task must be a string (a registered name or 'module:Class'), got {self.task!r}")
-        try:
-            resolve_task(self.task)
-        except ValueError as error:
-            raise ConfigError(f"task: {error}") from None
         if not isinstance(self.task_kwargs, dict):
             raise ConfigError(f"task_kwargs must be a mapping, got {self.task_kwargs!r}")
         self.epsilon = _number("epsilon", self.epsilon)
@@ -175,11 +201,13 @@ class EnvConfig:
         unknown = set(self.reward) - {"name", "kwargs"}
         if unknown:
             raise ConfigError(f"reward has unknown keys {sorted(unknown)}; allowed: ['kwargs', 'name']")
-        _choice("reward.name", self.reward["name"], tuple(registered_rewards()))
+        if not isinstance(self.reward["name"], str) or not self.reward["name"]:
+            raise ConfigError(f"reward.name must be a string (a registered name or 'module:function'), "
+                              f"got {self.reward['name']!r}")
         if not isinstance(self.reward.get("kwargs", {}), dict):
             raise ConfigError(f"reward.kwargs must be a mapping, got {self.reward['kwargs']!r}")
         _choice("observation", self.observation, OBSERVATION_MODES)
-        _choice("optimizer", self.optimizer, tuple(sorted(OPTIMIZERS)))
+        _choice("optimizer", self.optimizer, OPTIMIZER_NAMES)
         self.learning_rate = _number("learning_rate", self.learning_rate)
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate:g}")
@@ -201,22 +229,11 @@ class EnvConfig:
         self._check_token_pruning()
 
     def _check_token_pruning(self) -> None:
-        import inspect
-
-        from dp_gym.tasks import resolve_task
-        from dp_gym.tasks.vision import parse_token_pruning
-
         if self.token_pruning is None:
             return
-        try:
-            rule, keep_ratio = parse_token_pruning(self.token_pruning)
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
         if "token_pruning" in self.task_kwargs:
             raise ConfigError("token_pruning is set both at the top level and in task_kwargs; keep one")
-        task = resolve_task(self.task)
-        if "token_pruning" not in inspect.signature(task.__init__).parameters:
-            raise ConfigError(f"token_pruning: task {self.task!r} has no visual tokens to prune (it takes no token_pruning)")
+        rule, keep_ratio = parse_token_pruning(self.token_pruning)
         self.token_pruning = {"rule": rule, "keep_ratio": keep_ratio}
 
     def task_arguments(self) -> dict[str, Any]:

@@ -261,7 +261,9 @@ class DPUpdater:
 
         self.module.zero_grad(set_to_none=True)
         self.module.train()
-        losses = self.loss_fn(self.module, batch)
+        # the task gets its own model, never the Opacus wrapper: the wrapper's forward only calls the
+        # model, and the per-sample hooks sit on the model's submodules, so they fire either way
+        losses = self.loss_fn(self.module._module, batch)
         if losses.shape != (size,):
             raise ValueError(f"loss_fn must return per-sample losses of shape ({size},), got {tuple(losses.shape)}")
         finite_loss = torch.isfinite(losses)

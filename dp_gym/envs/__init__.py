@@ -6,13 +6,16 @@ from dp_gym.envs.fine_tuning import FineTuningRun, RunFailure
 from dp_gym.envs.observations import ObservationBuilder
 from dp_gym.envs.registration import (
     config_of,
+    import_gym_packages,
     list_envs,
     make,
     make_from_config,
     register_builtin_envs,
     register_config,
+    resolve_env_id,
 )
 from dp_gym.envs.rewards import RewardContext, get_reward, register_reward, registered_rewards
+from dp_gym.envs.validation import validate_config
 
 __all__ = [
     "ActionCodec",
@@ -27,8 +30,11 @@ __all__ = [
     "make",
     "make_from_config",
     "config_of",
+    "import_gym_packages",
+    "resolve_env_id",
     "register_builtin_envs",
     "register_config",
     "register_reward",
     "registered_rewards",
+    "validate_config",
 ]

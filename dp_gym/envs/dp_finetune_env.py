@@ -20,8 +20,9 @@ from dp_gym.envs.actions import ActionCodec
 from dp_gym.envs.fine_tuning import FineTuningRun, RunFailure
 from dp_gym.envs.observations import NonFiniteObservation, ObservationBuilder
 from dp_gym.envs.rewards import RewardContext, get_reward
+from dp_gym.envs.validation import validate_config
 from dp_gym.privacy import MAX_NOISE_MULTIPLIER, BudgetExhaustedError
-from dp_gym.tasks import create_task, perplexity
+from dp_gym.tasks import create_task
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class DPFineTuneEnv(gym.Env):
             config = EnvConfig.from_dict(config.to_dict(), **overrides) if overrides else config
         else:
             config = EnvConfig.from_dict(config or {}, **overrides)
-        self.config = config
+        self.config = validate_config(config)
         self.task = create_task(config.task, **config.task_arguments())
         self.run = FineTuningRun(self.task, config, secret_key=secret_key)
         self.group_names = self.run.group_names
@@ -241,11 +242,13 @@ class DPFineTuneEnv(gym.Env):
             "noise_multiplier": self._episode["noise_multiplier"],
             "sigma_eff": self._episode["noise_multiplier"],  # deprecated alias of noise_multiplier (one release)
             "val_loss": val_loss,
-            "val_ppl": perplexity(val_loss),
+            "val_metric": self.task.metric(val_loss),  # the task's public metric (metric_name)
             "updates": run.updates,
             "privacy_valid": cfg.privacy_valid,
             "budget_projected": projected,
         }
+        if self.task.metric_name == "perplexity":
+            info["val_ppl"] = info["val_metric"]
         if applied is not None:
             clip, noise, prune = applied
             # np.array copies: infos must not share objects between steps (users keep them)

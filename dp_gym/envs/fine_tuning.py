@@ -14,13 +14,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from dp_gym.config import EnvConfig
+from dp_gym.config import OPTIMIZER_NAMES, EnvConfig
 from dp_gym.engine import DPUpdater, ParameterGroups, PoissonBatches, StepReport
 from dp_gym.engine.randomness import EpisodeRandomness, SecretKey, resolve_secret_key
 from dp_gym.privacy import PrivacyBudget, ReleasedStatistics
 from dp_gym.tasks import Task
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+assert set(OPTIMIZERS) == set(OPTIMIZER_NAMES), "the config's optimizer names and the torch classes must agree"
 
 
 class RunFailure(RuntimeError):

@@ -1,18 +1,28 @@
-"""Environment ids under the ``dp_gym/`` namespace, one YAML in ``envs_configs/`` each.
+"""Environment ids: dp-gym's presets, and any Gymnasium id that builds a :class:`DPFineTuneEnv`.
 
-Gymnasium 1.x has no plugin entry points, so ``import dp_gym`` registers them. The YAML's
-``id`` names the environment, ``description`` is the one line ``list_envs`` prints, and every
-other key is an :class:`EnvConfig` field.
+The presets live under the ``dp_gym/`` namespace, one YAML each in ``envs_configs/`` (shipped in
+the wheel as ``dp_gym.envs_configs``, read with ``importlib.resources``). Gymnasium 1.x has no
+plugin entry points, so ``import dp_gym`` registers them. A YAML's ``id`` names the environment,
+``description`` is the line ``list_envs`` prints, and every other key is an :class:`EnvConfig` field.
 
-``max_episode_steps`` is registered as ``ceil(max_updates / updates_per_step)`` of the YAML. When
-you override either with ``gymnasium.make(id, max_updates=...)``, also pass
-``max_episode_steps=...`` (or use :func:`make`, which does it for you); the environment
-truncates at ``max_updates`` on its own regardless.
+Everything that takes an environment (the CLI, :func:`make`, :func:`config_of`, training) accepts:
+
+* a registered Gymnasium id, dp-gym's or yours: ``gym.register("mylab/Tickets-v0",
+  entry_point="dp_gym:DPFineTuneEnv", kwargs={"config": {...}})`` in a module you import first
+  (``--gym-packages mylab`` on the command line, as in RL Baselines3 Zoo);
+* Gymnasium's ``"module:EnvId-v0"`` form (the module is imported, then the id looked up);
+* a path to an environment YAML (registered under its ``id``).
+
+``max_episode_steps`` is ``ceil(max_updates / updates_per_step)``; :func:`make` keeps it consistent
+with overrides (the environment truncates at ``max_updates`` on its own regardless).
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.resources
 import math
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +30,17 @@ import gymnasium as gym
 import yaml
 
 from dp_gym.config import EnvConfig
+from dp_gym.envs.validation import validate_config
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "envs_configs"
-_REGISTERED: dict[str, tuple[Path, str]] = {}
+#: where the preset YAMLs are (inside the installed package)
+CONFIG_PACKAGE = "dp_gym.envs_configs"
+#: ids registered from a YAML: id -> (path, description)
+_PRESETS: dict[str, tuple[Path, str]] = {}
+
+
+def config_dir() -> Path:
+    """The folder of the preset YAMLs (``envs_configs/``, or its copy in an installed wheel)."""
+    return Path(str(importlib.resources.files(CONFIG_PACKAGE)))
 
 
 def make_registered(config_path: str, secret_key=None, **overrides: Any):
@@ -38,7 +56,9 @@ def make_from_config(path: str | Path, **overrides: Any):
     return make_registered(str(path), **overrides)
 
 
-def episode_steps(config: dict[str, Any]) -> int:
+def episode_steps(config: EnvConfig | dict[str, Any]) -> int:
+    if isinstance(config, EnvConfig):
+        return math.ceil(config.max_updates / config.updates_per_step)
     defaults = EnvConfig.__dataclass_fields__
     max_updates = config.get("max_updates", defaults["max_updates"].default)
     per_step = config.get("updates_per_step", defaults["updates_per_step"].default)
@@ -46,44 +66,110 @@ def episode_steps(config: dict[str, Any]) -> int:
 
 
 def register_config(path: str | Path, force: bool = False) -> str:
-    """Register the YAML at ``path`` under its ``id``; returns the id."""
+    """Register the YAML at ``path`` under its ``id``; returns the id.
+
+    Raises:
+        ValueError: for a YAML without an ``id``, or an id another YAML took (unless ``force``).
+    """
     path = Path(path)
     data = yaml.safe_load(path.read_text()) or {}
     env_id = data.get("id")
     if not env_id:
         raise ValueError(f"{path}: an environment config needs an 'id'")
     if env_id in gym.registry and not force:
-        if _REGISTERED.get(env_id, (None,))[0] == path:
+        if _PRESETS.get(env_id, (None,))[0] == path:
             return env_id
         raise ValueError(f"{path}: environment id {env_id!r} is already registered")
     gym.register(id=env_id, entry_point="dp_gym.envs.registration:make_registered",
                  kwargs={"config_path": str(path)}, max_episode_steps=episode_steps(data))
-    _REGISTERED[env_id] = (path, str(data.get("description", "")))
+    _PRESETS[env_id] = (path, str(data.get("description", "")))
     return env_id
 
 
 def register_builtin_envs() -> None:
-    for path in sorted(CONFIG_DIR.glob("*.yaml")):
+    for path in sorted(config_dir().glob("*.yaml")):
         register_config(path)
 
 
 def list_envs() -> dict[str, str]:
-    """Registered dp-gym ids and their one-line descriptions."""
-    return {env_id: description for env_id, (_, description) in sorted(_REGISTERED.items())}
+    """dp-gym's preset ids (and YAMLs registered since) with their one-line descriptions."""
+    return {env_id: description for env_id, (_, description) in sorted(_PRESETS.items())}
 
 
-def make(env_id: str, **overrides: Any) -> gym.Env:
-    """``gymnasium.make`` that keeps ``max_episode_steps`` consistent with overrides."""
-    if env_id not in gym.registry:
-        raise ValueError(f"unknown environment id {env_id!r}; registered: {list(list_envs())}")
-    spec = gym.spec(env_id)
-    base = yaml.safe_load(Path(spec.kwargs["config_path"]).read_text()) or {}
-    steps = episode_steps({**base, **overrides})
-    return gym.make(env_id, max_episode_steps=steps, **overrides)
+def import_gym_packages(packages: Iterable[str]) -> None:
+    """Import modules that register environments (RL Zoo's ``--gym-packages``).
+
+    Raises:
+        ValueError: naming a module that does not import.
+    """
+    for package in packages:
+        try:
+            importlib.import_module(package)
+        except ImportError as error:
+            raise ValueError(f"gym package {package!r} does not import: {error}") from None
 
 
-def config_of(env_id: str, **overrides: Any) -> EnvConfig:
-    """The validated :class:`EnvConfig` of a registered id, with overrides."""
-    if env_id not in gym.registry:
-        raise ValueError(f"unknown environment id {env_id!r}; registered: {list(list_envs())}")
-    return EnvConfig.from_yaml(gym.spec(env_id).kwargs["config_path"], **overrides)
+def resolve_env_id(env: str) -> str:
+    """The registered Gymnasium id for ``env``: an id, ``"module:EnvId-v0"`` or a YAML path.
+
+    Raises:
+        ValueError: naming what is registered when ``env`` is none of these.
+    """
+    if env in gym.registry:
+        return env
+    if env.endswith((".yaml", ".yml")):
+        if not Path(env).exists():
+            raise ValueError(f"environment config {env} does not exist")
+        return register_config(env, force=True)
+    if ":" in env:
+        module, _, env_id = env.partition(":")
+        import_gym_packages([module])
+        if env_id in gym.registry:
+            return env_id
+        raise ValueError(f"module {module!r} registered no environment id {env_id!r}")
+    raise ValueError(f"unknown environment id {env!r}; dp-gym's: {', '.join(list_envs())}; or your own registered id "
+                     "(import its module with --gym-packages), 'module:EnvId-v0', or a YAML path")
+
+
+def config_of(env: str, **overrides: Any) -> EnvConfig:
+    """The validated :class:`EnvConfig` of an environment id (see :func:`resolve_env_id`), with
+    overrides, without building anything.
+
+    Raises:
+        ValueError: when the id's entry point is not configured like a dp-gym environment.
+    """
+    spec = gym.spec(resolve_env_id(env))
+    kwargs = dict(spec.kwargs)
+    kwargs.pop("secret_key", None)
+    if "config_path" in kwargs:
+        return validate_config(EnvConfig.from_yaml(kwargs.pop("config_path"), **kwargs, **overrides))
+    base = kwargs.pop("config", None)
+    if isinstance(base, (str, Path)):
+        base = yaml.safe_load(Path(base).read_text()) or {}
+        base.pop("id", None), base.pop("description", None)
+    base = base.to_dict() if isinstance(base, EnvConfig) else dict(base or {})
+    try:
+        return validate_config(EnvConfig.from_dict({**base, **kwargs}, **overrides))
+    except TypeError as error:
+        raise ValueError(f"environment {spec.id!r} (entry point {spec.entry_point}) is not configured like a "
+                         f"dp-gym environment: {error}") from None
+
+
+def make(env: str, **overrides: Any) -> gym.Env:
+    """``gymnasium.make`` for a dp-gym environment (any id :func:`resolve_env_id` accepts), with
+    ``max_episode_steps`` kept consistent with the overrides.
+
+    Raises:
+        ValueError: for an unknown id, or one that does not build a :class:`DPFineTuneEnv`.
+    """
+    from dp_gym.envs.dp_finetune_env import DPFineTuneEnv
+
+    env_id = resolve_env_id(env)
+    config_overrides = {k: v for k, v in overrides.items() if k != "secret_key"}
+    steps = episode_steps(config_of(env_id, **config_overrides))
+    made = gym.make(env_id, max_episode_steps=steps, **overrides)
+    if not isinstance(made.unwrapped, DPFineTuneEnv):
+        made.close()
+        raise ValueError(f"environment {env_id!r} builds a {type(made.unwrapped).__name__}, not a dp-gym "
+                         "DPFineTuneEnv")
+    return made

@@ -1,7 +1,8 @@
 """Reward functions, selected by name: ``reward: {name: utility, kwargs: {...}}``.
 
 A reward is ``fn(context: RewardContext, **kwargs) -> float``. Add one without touching the
-package: ``dp_gym.register_reward("mine", my_fn)``. Rewards see only what the environment may
+package: ``dp_gym.register_reward("mine", my_fn)``, or name it by import path in a config
+(``reward: {name: "mylab.rewards:ppl_minus_eps"}``). Rewards see only what the environment may
 show a controller (public validation loss, epsilon spent), so they cost no privacy.
 """
 
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from dp_gym.utils.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -30,26 +33,28 @@ class RewardContext:
 
 
 RewardFn = Callable[..., float]
-_REWARDS: dict[str, RewardFn] = {}
+
+
+def _check_callable(name: str, fn: object) -> None:
+    if not callable(fn):
+        raise ValueError(f"reward {name!r} must be callable, got {fn!r}")
+
+
+REWARDS: Registry[RewardFn] = Registry("reward", check=_check_callable)
 
 
 def register_reward(name: str, fn: RewardFn, force: bool = False) -> None:
     """Register ``fn`` under ``name``; a duplicate raises unless ``force``."""
-    if not callable(fn):
-        raise ValueError(f"reward {name!r} must be callable, got {fn!r}")
-    if not force and name in _REWARDS and _REWARDS[name] is not fn:
-        raise ValueError(f"a reward named {name!r} is already registered")
-    _REWARDS[name] = fn
+    REWARDS.register(name, fn, force=force)
 
 
 def registered_rewards() -> list[str]:
-    return sorted(_REWARDS)
+    return REWARDS.names()
 
 
 def get_reward(name: str) -> RewardFn:
-    if name not in _REWARDS:
-        raise ValueError(f"unknown reward {name!r}; registered: {registered_rewards()}")
-    return _REWARDS[name]
+    """The reward registered as ``name``, or imported from ``"module:function"``."""
+    return REWARDS.get(name)
 
 
 def utility_reward(c: RewardContext, scale: float = 10.0, privacy_cost: float = 0.05,

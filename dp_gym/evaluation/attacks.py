@@ -9,6 +9,7 @@ from torch import nn
 
 from dp_gym.evaluation.exposure import canary_exposures
 from dp_gym.evaluation.membership import loss_attack, reference_attack
+from dp_gym.tasks import SupportsPrivacyAttacks
 
 #: the columns ``privacy_attacks`` adds to comparison tables
 ATTACK_COLUMNS = ("exposure_mean", "exposure_max", "mia_loss_auc", "mia_loss_tpr_at_1pct_fpr",
@@ -28,7 +29,7 @@ def privacy_attacks(model: nn.Module, task, reference: nn.Module | None = None, 
         n_records: members (private training records, canaries excluded) and as many non-members.
         nonmembers: non-member records (default: fresh records of the private distribution).
     """
-    if not hasattr(task, "member_records"):
+    if not isinstance(task, SupportsPrivacyAttacks):
         raise ValueError(f"privacy attacks need a text task with records; {type(task).__name__} has none")
     tokenizer = task.tokenizer
     members = task.member_records()[:n_records]

@@ -57,7 +57,7 @@ def summarize(results: list[EpisodeResult], reference: str | None = "vanilla") -
             "updates": float(np.mean([r.updates for r in mine])),
             "wall_time_s": float(np.mean([r.wall_time_s for r in mine])),
             "privacy_valid": all(r.privacy_valid for r in mine),
-            "failures": sum(r.failure is not None for r in mine),
+            "failures": sum(r.failure is not None for r in mine), "metric_name": mine[0].metric_name,
         })
         if any(r.attacks for r in mine):
             for column in AUDIT_COLUMNS:
@@ -69,8 +69,10 @@ def summarize(results: list[EpisodeResult], reference: str | None = "vanilla") -
 def markdown_table(rows: list[dict[str, Any]], reference: str | None = "vanilla") -> str:
     """The comparison table. ``epsilon`` is the proven epsilon (for an adaptive controller the
     filter's budget); ``spent`` is what the updates spent under the accounting rule."""
-    header = ("| controller | final val ppl (mean +- 95% CI) | epsilon (spent) / budget | "
-              f"updates to reach {reference or 'reference'}'s ppl | wall time (s) | privacy valid |")
+    metric = rows[0].get("metric_name", "perplexity") if rows else "perplexity"
+    metric = "ppl" if metric == "perplexity" else metric
+    header = (f"| controller | final val {metric} (mean +- 95% CI) | epsilon (spent) / budget | "
+              f"updates to reach {reference or 'reference'}'s {metric} | wall time (s) | privacy valid |")
     audited = any("epsilon_lower_bound" in row for row in rows)
     if audited:
         header += " exposure (bits) | MIA AUC loss / ref | TPR@1%FPR ref | audited epsilon lower bound |"

@@ -24,6 +24,8 @@ from dp_gym.privacy import PrivacyReport
 class EpisodeResult:
     """One episode of one controller.
 
+    ``final_val_ppl`` / ``base_val_ppl`` hold the task's public metric (``metric_name``:
+    perplexity for the shipped tasks) after and before the episode.
     ``privacy`` is the episode's own report (scope: this episode); a caller that knows the
     episode was preceded by others on the same private data (tuning, training) widens the scope.
     ``attacks`` holds privacy attacks on the final model when they were asked for.
@@ -42,6 +44,7 @@ class EpisodeResult:
     trajectory: list[dict[str, Any]] = field(default_factory=list)
     attacks: dict[str, Any] | None = None
     failure: str | None = None
+    metric_name: str = "perplexity"
 
     @property
     def epsilon(self) -> float:
@@ -90,7 +93,7 @@ def run_episode(controller, env, seed: int, name: str,
     unwrapped = env.unwrapped
     start = time.perf_counter()
     observation, info = env.reset(seed=seed, options={"noise_stream": name})
-    base_ppl = info["val_ppl"]
+    base_ppl = info["val_metric"]
     trajectory = [{"updates": 0, "epsilon": 0.0, "val_ppl": base_ppl}]
     episode_start, state, steps, done = np.array([True]), None, 0, False
     while not done:
@@ -100,15 +103,16 @@ def run_episode(controller, env, seed: int, name: str,
         steps += 1
         done = terminated or truncated
         trajectory.append({
-            "updates": info["updates"], "epsilon": info["epsilon"], "val_ppl": info["val_ppl"],
+            "updates": info["updates"], "epsilon": info["epsilon"], "val_ppl": info["val_metric"],
             "clip": info["clip"].tolist(), "noise": info["noise"].tolist(), "prune": info["prune"].tolist(),
             "budget_projected": info["budget_projected"],
         })
     return EpisodeResult(
-        controller=name, seed=seed, final_val_loss=info["val_loss"], final_val_ppl=info["val_ppl"],
+        controller=name, seed=seed, final_val_loss=info["val_loss"], final_val_ppl=info["val_metric"],
         base_val_ppl=base_ppl, updates=info["updates"], steps=steps, wall_time_s=time.perf_counter() - start,
         privacy=unwrapped.privacy_report(), groups=list(unwrapped.group_names), trajectory=trajectory,
-        attacks=after(env) if after is not None else None, failure=info.get("failure"))
+        attacks=after(env) if after is not None else None, failure=info.get("failure"),
+        metric_name=unwrapped.task.metric_name)
 
 
 def compare(controllers: dict[str, Callable[[Any], Any]], make_env: Callable[[], Any], seeds: Sequence[int],

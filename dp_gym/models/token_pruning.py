@@ -27,18 +27,27 @@ from collections.abc import Callable
 
 import torch
 
+from dp_gym.utils.registry import Registry
+
 #: rule(features (B, n, D), cls_attention (B, n), k, generator) -> kept indices (B, k)
 Rule = Callable[[torch.Tensor, torch.Tensor | None, int, torch.Generator | None], torch.Tensor]
-_RULES: dict[str, Rule] = {}
 
 
-def register_rule(name: str, rule: Rule) -> None:
+def _check_callable(name: str, rule: object) -> None:
+    if not callable(rule):
+        raise ValueError(f"token-pruning rule {name!r} must be callable, got {rule!r}")
+
+
+RULES: Registry[Rule] = Registry("token-pruning rule", check=_check_callable)
+
+
+def register_rule(name: str, rule: Rule, force: bool = False) -> None:
     """Register ``rule`` under ``name``. It must treat every example of the batch on its own."""
-    _RULES[name] = rule
+    RULES.register(name, rule, force=force)
 
 
 def registered_rules() -> list[str]:
-    return sorted(_RULES)
+    return RULES.names()
 
 
 def tokens_kept(n: int, keep_ratio: float) -> int:
@@ -56,8 +65,11 @@ def check_keep_ratio(keep_ratio: float, field: str = "keep_ratio") -> float:
 
 
 def check_rule(rule: str, field: str = "rule") -> str:
-    if rule not in _RULES:
-        raise ValueError(f"{field} must be one of {registered_rules()}, got {rule!r}")
+    """``rule`` when it is registered or imports (``"module:function"``); else a ValueError naming ``field``."""
+    try:
+        RULES.get(rule)
+    except ValueError:
+        raise ValueError(f"{field} must be one of {registered_rules()} or 'module:function', got {rule!r}") from None
     return rule
 
 
@@ -122,7 +134,7 @@ def select_visual_tokens(
     """
     check_rule(rule)
     k = tokens_kept(features.shape[1], keep_ratio)
-    indices = _RULES[rule](features, cls_attention, k, generator)
+    indices = RULES.get(rule)(features, cls_attention, k, generator)
     if indices.shape != (features.shape[0], k):
         raise RuntimeError(f"rule {rule!r} returned indices of shape {tuple(indices.shape)}, expected {(features.shape[0], k)}")
     return indices.sort(dim=1).values

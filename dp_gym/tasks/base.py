@@ -8,14 +8,21 @@ import path (``"my_package.tasks:MyTask"``) in a config.
 from __future__ import annotations
 
 import abc
-import importlib
+import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
+from dp_gym.utils.registry import Registry
+
 Batch = Mapping[str, torch.Tensor]
+
+
+def perplexity(loss: float) -> float:
+    """``exp(loss)`` of a mean per-token negative log-likelihood (capped at ``exp(50)``)."""
+    return math.exp(min(loss, 50.0))
 
 
 class Task(abc.ABC):
@@ -26,14 +33,32 @@ class Task(abc.ABC):
     * ``build_model()``: a fresh copy of the (pre-trained) base model, in train mode;
     * ``train_size``: number of private training examples;
     * ``train_batch(indices)``: the private examples at ``indices`` as a batch of tensors;
-    * ``per_sample_loss(model, batch)``: a ``(B,)`` tensor of losses (must be per example: no
-      operation may mix examples, or per-sample gradients are wrong);
-    * ``evaluate(model)``: the public validation loss (mean per token), computed on public data
-      only, so it can be shown to a controller at no privacy cost.
+    * ``per_sample_loss(model, batch)``: a ``(B,)`` tensor of per-example losses;
+    * ``evaluate(model)``: the public validation loss, computed on public data only, so it can be
+      shown to a controller at no privacy cost.
+
+    **The batch contract** (what makes the per-sample gradients, and so the clipping, right):
+
+    * every tensor of a batch has the batch dimension first;
+    * a batch may be empty (Poisson sampling draws empty batches): ``train_batch`` of no index
+      must work, and ``per_sample_loss`` is then not called;
+    * no operation may mix examples (no batch norm, no in-batch negatives, no loss averaged over
+      the batch): example ``i``'s loss depends on example ``i`` only;
+    * positions are expanded to the batch (``position_ids`` of shape ``(B, T)``, not ``(1, T)``:
+      Opacus issue #841);
+    * ``per_sample_loss`` receives the task's own model (hooks for per-sample gradients sit on its
+      submodules); it never needs the engine's wrapper.
+
+    **The public metric.** ``metric(loss)`` maps the validation loss to the number reports show,
+    named ``metric_name`` (perplexity for the language tasks here, the default).
+
+    **Optional capabilities** are protocols, checked with ``isinstance``:
+    :class:`SupportsPrivacyAttacks` (records for canary exposure and membership inference) and
+    :class:`SupportsTokenizer` (a tokenizer saved next to a fine-tuned model).
     """
 
-    #: the group strategy the task recommends (see :class:`dp_gym.engine.ParameterGroups`)
-    default_grouping: str = "per_block"
+    #: the name of :meth:`metric` in reports
+    metric_name: str = "perplexity"
 
     @abc.abstractmethod
     def build_model(self) -> nn.Module: ...
@@ -51,9 +76,36 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def evaluate(self, model: nn.Module) -> float: ...
 
+    def metric(self, loss: float) -> float:
+        """The public metric of a validation loss (default: perplexity of a mean per-token NLL)."""
+        return perplexity(loss)
+
     def describe(self) -> dict[str, Any]:
         """A JSON-serializable description for reports."""
-        return {"task": type(self).__name__, "train_size": self.train_size}
+        return {"task": type(self).__name__, "train_size": self.train_size, "metric": self.metric_name}
+
+
+@runtime_checkable
+class SupportsTokenizer(Protocol):
+    """A task whose model reads text through a tokenizer (saved with fine-tuned models)."""
+
+    tokenizer: Any
+
+
+@runtime_checkable
+class SupportsPrivacyAttacks(Protocol):
+    """A task whose records the privacy attacks can score (:mod:`dp_gym.evaluation`).
+
+    ``canaries``: inserted secrets (may be empty); ``member_records()``: private training records
+    that are not canaries; ``nonmember_records(n)``: fresh records of the private distribution.
+    """
+
+    tokenizer: Any
+    canaries: list
+
+    def member_records(self) -> list[str]: ...
+
+    def nonmember_records(self, n: int) -> list[str]: ...
 
 
 #: the per-token tensors ``trim_padding`` shortens; everything else (images, features) passes through
@@ -85,18 +137,21 @@ class EncodedTrainSplit:
         return trim_padding({key: value[indices] for key, value in self._train.items()})
 
 
-_TASKS: dict[str, type[Task]] = {}
+def _check_task_class(name: str, cls: object) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, Task)):
+        raise ValueError(f"task {name!r} is not a subclass of dp_gym.tasks.Task")
+
+
+TASKS: Registry[type[Task]] = Registry("task", check=_check_task_class)
 
 
 def register_task(name: str, cls: type[Task], force: bool = False) -> None:
     """Register ``cls`` under ``name``; a duplicate name raises unless ``force``."""
-    if not force and name in _TASKS and _TASKS[name] is not cls:
-        raise ValueError(f"a task named {name!r} is already registered ({_TASKS[name].__qualname__})")
-    _TASKS[name] = cls
+    TASKS.register(name, cls, force=force)
 
 
 def registered_tasks() -> list[str]:
-    return sorted(_TASKS)
+    return TASKS.names()
 
 
 def resolve_task(name: str) -> type[Task]:
@@ -105,18 +160,7 @@ def resolve_task(name: str) -> type[Task]:
     Raises:
         ValueError: naming the allowed values when the name is unknown or does not import.
     """
-    if name in _TASKS:
-        return _TASKS[name]
-    if ":" in name:
-        module_name, _, attribute = name.partition(":")
-        try:
-            cls = getattr(importlib.import_module(module_name), attribute)
-        except (ImportError, AttributeError) as error:
-            raise ValueError(f"task {name!r} does not import: {error}") from None
-        if not (isinstance(cls, type) and issubclass(cls, Task)):
-            raise ValueError(f"task {name!r} is not a subclass of dp_gym.tasks.Task")
-        return cls
-    raise ValueError(f"unknown task {name!r}; registered: {registered_tasks()} or 'module:Class'")
+    return TASKS.get(name)
 
 
 def create_task(name: str, **kwargs: Any) -> Task:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -142,9 +141,6 @@ class TextTask(EncodedTrainSplit, Task):
             "n_canaries": len(self.canaries),
         }
 
-
-def perplexity(loss: float) -> float:
-    return math.exp(min(loss, 50.0))
 
 
 register_task("text", TextTask)

@@ -28,11 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dp_gym.config import parse_token_pruning as parse_config_token_pruning
 from dp_gym.data.digits import digit_splits
 from dp_gym.data.scenes import PRIVATE_SEED, PUBLIC_VALIDATION_SEED, make_scenes
 from dp_gym.models.tiny_vlm import TinyLMConfig, TinyVLMConfig, ensure_tiny_vlm, images_to_pixels
 from dp_gym.models.token_pruning import (
-    check_keep_ratio,
     check_rule,
     cls_attention_scores,
     prune_visual_tokens,
@@ -44,23 +44,13 @@ DATASETS = ("scenes", "digits")
 
 
 def parse_token_pruning(token_pruning: dict[str, Any] | None) -> tuple[str, float]:
-    """``{"rule": ..., "keep_ratio": ...}`` -> ``(rule, keep_ratio)``; ``None`` keeps every token.
+    """:func:`dp_gym.config.parse_token_pruning`, plus the check that the rule is registered (or imports).
 
     Raises:
         ValueError: naming ``token_pruning.rule`` / ``token_pruning.keep_ratio`` / unknown keys.
     """
-    if token_pruning is None:
-        return "none", 1.0
-    if not isinstance(token_pruning, dict):
-        raise ValueError(f"token_pruning must be a mapping {{rule, keep_ratio}}, got {token_pruning!r}")
-    unknown = set(token_pruning) - {"rule", "keep_ratio"}
-    if unknown:
-        raise ValueError(f"token_pruning has unknown keys {sorted(unknown)}; allowed: ['keep_ratio', 'rule']")
-    rule = check_rule(token_pruning.get("rule", "cls_attention"), "token_pruning.rule")
-    keep_ratio = check_keep_ratio(token_pruning.get("keep_ratio", 1.0), "token_pruning.keep_ratio")
-    if rule == "none" and keep_ratio != 1.0:
-        raise ValueError(f"token_pruning.keep_ratio must be 1 with rule 'none', got {keep_ratio!r}")
-    return rule, keep_ratio
+    rule, keep_ratio = parse_config_token_pruning(token_pruning)
+    return check_rule(rule, "token_pruning.rule"), keep_ratio
 
 
 class VisionLanguageTask(EncodedTrainSplit, Task):
@@ -205,7 +195,7 @@ class VisionLanguageTask(EncodedTrainSplit, Task):
 
     def visual_embeddings(self, model: nn.Module, batch: Batch | torch.Tensor) -> torch.Tensor:
         """``(B, k, D_lm)``: encode (or read the cached features), prune each example's patches, project."""
-        llava = getattr(model, "_module", model)  # under Opacus' GradSampleModule
+        llava = model
         config = llava.config
         if not isinstance(batch, torch.Tensor) and "vision_features" in batch:
             self._check_tower(llava.model.vision_tower)
@@ -222,7 +212,7 @@ class VisionLanguageTask(EncodedTrainSplit, Task):
 
     def caption_losses(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         """``(B, T)`` next-token losses of the caption tokens, zero on padding."""
-        llava = getattr(model, "_module", model)
+        llava = model
         input_ids, mask = batch["input_ids"], batch["attention_mask"]
         visual = self.visual_embeddings(model, batch)
         text = llava.get_input_embeddings()(input_ids)

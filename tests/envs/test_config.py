@@ -15,8 +15,6 @@ from dp_gym import ConfigError, EnvConfig
     ({"clip_range": [2.0, 1.0]}, r"clip_range\[1\] must be >= clip_range\[0\]"),
     ({"clip_range": 3.0}, r"clip_range must be a pair"),
     ({"noise_range": [0.0, 5.0]}, r"noise_range\[0\] must be > 0"),
-    ({"task": "no_such_module:Task"}, "task: task 'no_such_module:Task' does not import"),
-    ({"task": "unicorn"}, "unknown task 'unicorn'; registered"),
     ({"max_updates": 0}, "max_updates must be >= 1"),
     ({"max_updates": 2.5}, "max_updates must be an integer"),
     ({"updates_per_step": 10, "max_updates": 5}, "updates_per_step"),
@@ -26,7 +24,6 @@ from dp_gym import ConfigError, EnvConfig
     ({"controls": {"clip": "control", "momentum": 1}}, "controls has unknown keys"),
     ({"controls": {"clip": "calibrated"}}, r"controls.clip must be one of \['control'\]"),
     ({"controls": {"prune": 1.5}}, r"controls.prune must be in \[0, 1\)"),
-    ({"reward": {"name": "happiness"}}, "reward.name must be one of"),
     ({"reward": {"name": "utility", "kwarg": {}}}, "reward has unknown keys"),
     ({"prune_max": 2.0}, r"prune_max must be in \[0, 1\]"),
     ({"sample_rate": 0.0}, r"sample_rate must be in \(0, 1\]"),
@@ -40,6 +37,29 @@ from dp_gym import ConfigError, EnvConfig
 def test_bad_config_names_its_field(overrides, field):
     with pytest.raises(ConfigError, match=field):
         EnvConfig.from_dict({}, **overrides)
+
+
+@pytest.mark.parametrize("overrides, field", [
+    ({"task": "no_such_module:Task"}, "task: task 'no_such_module:Task' does not import"),
+    ({"task": "unicorn"}, "task: unknown task 'unicorn'; registered"),
+    ({"task_kwargs": {"n_trian": 64}}, r"task_kwargs has unknown key\(s\) \['n_trian'\] for task 'text'; allowed: .*'n_train'"),
+    ({"reward": {"name": "happiness"}}, "reward.name: unknown reward 'happiness'; registered"),
+    ({"reward": {"name": "utility", "kwargs": {"scael": 2.0}}},
+     r"reward.kwargs has unknown key\(s\) \['scael'\] for reward 'utility'; allowed: \['privacy_cost', 'scale', 'terminal_weight'\]"),
+    ({"token_pruning": {"rule": "cls_attention", "keep_ratio": 0.5}}, "token_pruning: task 'text' has no visual tokens"),
+    ({"task": "vision", "token_pruning": {"rule": "magic", "keep_ratio": 0.5}}, "token_pruning.rule must be one of"),
+])
+def test_names_that_live_in_registries_are_checked_before_anything_is_built(overrides, field):
+    with pytest.raises(ConfigError, match=field):
+        dp_gym.validate_config(EnvConfig.from_dict({}, **overrides))
+
+
+def test_a_reward_by_import_path_is_accepted_and_its_kwargs_checked():
+    config = EnvConfig(reward={"name": "dp_gym.envs.rewards:final_only_reward", "kwargs": {"scale": 2.0}})
+    assert dp_gym.validate_config(config) is config
+    with pytest.raises(ConfigError, match=r"reward.kwargs has unknown key\(s\) \['privacy_cost'\]"):
+        dp_gym.validate_config(EnvConfig(reward={"name": "dp_gym.envs.rewards:final_only_reward",
+                                                 "kwargs": {"privacy_cost": 1.0}}))
 
 
 def test_bad_override_through_gymnasium_make_fails_before_building_anything(monkeypatch):

@@ -238,7 +238,7 @@ def test_dp_gym_make_keeps_the_time_limit_consistent():
 
 def test_real_episode_on_the_tiny_default_improves_utility_within_budget():
     """End to end on the real default model and data, shortened to 24 updates."""
-    env = dp_gym.make("dp_gym/TinyText-v0", max_updates=24, updates_per_step=4)
+    env = dp_gym.make("dp_gym/TinyText-v0", max_updates=24, updates_per_step=4, secret_key=KEY)
     observation, info = env.reset(seed=0)
     base = info["val_ppl"]
     unwrapped = env.unwrapped

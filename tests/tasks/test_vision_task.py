@@ -6,6 +6,7 @@ import torch
 from opacus import GradSampleModule
 
 import dp_gym
+from dp_gym import validate_config
 from dp_gym.config import ConfigError, EnvConfig
 from dp_gym.engine.grad_samplers import register_transformers_grad_samplers
 from dp_gym.models.tiny_lm import TinyLMConfig
@@ -73,8 +74,9 @@ def test_per_sample_gradients_of_the_pruned_model_equal_a_per_example_loop(micro
         task.per_sample_loss(model, {k: v[i : i + 1] for k, v in batch.items()}).sum().backward()
         reference.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
     model.zero_grad()
-    module = GradSampleModule(model, batch_first=True, loss_reduction="sum")
-    task.per_sample_loss(module, batch).sum().backward()
+    hooked = GradSampleModule(model, batch_first=True, loss_reduction="sum")
+    assert hooked._module is model
+    task.per_sample_loss(model, batch).sum().backward()  # the hooks sit on the model's submodules
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
@@ -125,13 +127,13 @@ def test_digits_captions_and_disjoint_splits(micro_vlm):
     ("half", "token_pruning must be a mapping"),
 ])
 def test_bad_token_pruning_is_rejected_by_field(pruning, field):
-    with pytest.raises(ConfigError, match=field):
-        EnvConfig(task="vision", token_pruning=pruning)
+    with pytest.raises(ConfigError, match=field):  # the shape by EnvConfig, the rule name by validate_config
+        validate_config(EnvConfig(task="vision", token_pruning=pruning))
 
 
 def test_token_pruning_on_a_text_task_is_rejected():
     with pytest.raises(ConfigError, match="token_pruning: task 'text' has no visual tokens"):
-        EnvConfig(task="text", token_pruning={"rule": "random", "keep_ratio": 0.5})
+        validate_config(EnvConfig(task="text", token_pruning={"rule": "random", "keep_ratio": 0.5}))
 
 
 @pytest.mark.parametrize("env_id", ["dp_gym/TinyVision-v0", "dp_gym/TinyDigits-v0"])
