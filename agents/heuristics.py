@@ -162,7 +162,7 @@ class RandomController(Controller):
 
 
 ControllerFactory = Callable[..., Controller]
-CONTROLLERS: Registry[ControllerFactory] = Registry("controller")
+CONTROLLERS: Registry[ControllerFactory] = Registry("controller", callable_only=True)
 
 
 def register_controller(name: str, factory: ControllerFactory, force: bool = False) -> None:

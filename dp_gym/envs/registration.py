@@ -31,11 +31,12 @@ import yaml
 
 from dp_gym.config import EnvConfig
 from dp_gym.envs.validation import validate_config
+from dp_gym.utils.registry import Registry
 
 #: where the preset YAMLs are (inside the installed package)
 CONFIG_PACKAGE = "dp_gym.envs_configs"
 #: ids registered from a YAML: id -> (path, description)
-_PRESETS: dict[str, tuple[Path, str]] = {}
+PRESETS: Registry[tuple[Path, str]] = Registry("environment preset")
 
 
 def config_dir() -> Path:
@@ -77,12 +78,12 @@ def register_config(path: str | Path, force: bool = False) -> str:
     if not env_id:
         raise ValueError(f"{path}: an environment config needs an 'id'")
     if env_id in gym.registry and not force:
-        if _PRESETS.get(env_id, (None,))[0] == path:
+        if env_id in PRESETS and PRESETS.get(env_id)[0] == path:
             return env_id
         raise ValueError(f"{path}: environment id {env_id!r} is already registered")
     gym.register(id=env_id, entry_point="dp_gym.envs.registration:make_registered",
                  kwargs={"config_path": str(path)}, max_episode_steps=episode_steps(data))
-    _PRESETS[env_id] = (path, str(data.get("description", "")))
+    PRESETS.register(env_id, (path, str(data.get("description", ""))), force=True)
     return env_id
 
 
@@ -93,7 +94,7 @@ def register_builtin_envs() -> None:
 
 def list_envs() -> dict[str, str]:
     """dp-gym's preset ids (and YAMLs registered since) with their one-line descriptions."""
-    return {env_id: description for env_id, (_, description) in sorted(_PRESETS.items())}
+    return {env_id: PRESETS.get(env_id)[1] for env_id in PRESETS.names()}
 
 
 def import_gym_packages(packages: Iterable[str]) -> None:

@@ -35,12 +35,7 @@ class RewardContext:
 RewardFn = Callable[..., float]
 
 
-def _check_callable(name: str, fn: object) -> None:
-    if not callable(fn):
-        raise ValueError(f"reward {name!r} must be callable, got {fn!r}")
-
-
-REWARDS: Registry[RewardFn] = Registry("reward", check=_check_callable)
+REWARDS: Registry[RewardFn] = Registry("reward", callable_only=True)
 
 
 def register_reward(name: str, fn: RewardFn, force: bool = False) -> None:

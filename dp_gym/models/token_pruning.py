@@ -33,12 +33,7 @@ from dp_gym.utils.registry import Registry
 Rule = Callable[[torch.Tensor, torch.Tensor | None, int, torch.Generator | None], torch.Tensor]
 
 
-def _check_callable(name: str, rule: object) -> None:
-    if not callable(rule):
-        raise ValueError(f"token-pruning rule {name!r} must be callable, got {rule!r}")
-
-
-RULES: Registry[Rule] = Registry("token-pruning rule", check=_check_callable)
+RULES: Registry[Rule] = Registry("token-pruning rule", callable_only=True)
 
 
 def register_rule(name: str, rule: Rule, force: bool = False) -> None:

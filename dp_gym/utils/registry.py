@@ -21,12 +21,20 @@ class Registry(Generic[T]):
         kind: what is registered, for messages (``"task"``, ``"reward"``, ...).
         check: optional ``check(name, obj)`` that raises ``ValueError`` for an object of the wrong
             kind; run on registration and on objects resolved by import path.
+        callable_only: refuse objects that are not callable (functions, factories).
     """
 
-    def __init__(self, kind: str, check: Callable[[str, T], None] | None = None):
+    def __init__(self, kind: str, check: Callable[[str, T], None] | None = None, callable_only: bool = False):
         self.kind = kind
-        self._check = check
+        self._user_check = check
+        self._callable_only = callable_only
         self._entries: dict[str, T] = {}
+
+    def _check(self, name: str, obj: T) -> None:
+        if self._callable_only and not callable(obj):
+            raise ValueError(f"{self.kind} {name!r} must be callable, got {obj!r}")
+        if self._user_check is not None:
+            self._user_check(name, obj)
 
     def register(self, name: str, obj: T, force: bool = False) -> T:
         """Register ``obj`` under ``name``; a different object under a taken name raises unless ``force``."""
@@ -34,8 +42,7 @@ class Registry(Generic[T]):
             raise ValueError(f"a {self.kind} name must be a non-empty string, got {name!r}")
         if ":" in name:
             raise ValueError(f"a {self.kind} name must not contain ':' (that form is an import path), got {name!r}")
-        if self._check is not None:
-            self._check(name, obj)
+        self._check(name, obj)
         if not force and name in self._entries and self._entries[name] is not obj:
             raise ValueError(f"a {self.kind} named {name!r} is already registered ({self._describe(self._entries[name])})")
         self._entries[name] = obj
@@ -64,8 +71,7 @@ class Registry(Generic[T]):
                 obj = getattr(importlib.import_module(module_name), attribute)
             except (ImportError, AttributeError) as error:
                 raise ValueError(f"{self.kind} {name!r} does not import: {error}") from None
-            if self._check is not None:
-                self._check(name, obj)
+            self._check(name, obj)
             return obj
         raise ValueError(f"unknown {self.kind} {name!r}; registered: {self.names()} or 'module:attribute'")
 
