@@ -40,6 +40,7 @@ Every update releases one Poisson-sampled Gaussian mechanism with the composed m
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -67,6 +68,13 @@ from dp_gym.privacy.report import PrivacyReport
 
 #: the smallest noise multiplier the budget's searches consider
 MIN_NOISE_MULTIPLIER = 1e-3
+
+
+@functools.lru_cache(maxsize=256)
+def best_order(noise_multiplier: float, sample_rate: float, updates: int, delta: float) -> float:
+    """The RDP order at which ``updates`` homogeneous updates ``(z, q)`` have their smallest epsilon."""
+    plan = sampled_gaussian_rdp(noise_multiplier, sample_rate) * updates
+    return DEFAULT_ORDERS[int(np.argmin(epsilon_at_orders(plan, DEFAULT_ORDERS, delta)))]
 
 
 @dataclass(frozen=True)
@@ -132,8 +140,8 @@ class PrivacyBudget:
         self._filter_spent = 0.0  # sum over the recorded updates of their RDP at the filter order
         self._step_rdp_cache: dict[float, float] = {}
         if self.adaptive:
-            plan = sampled_gaussian_rdp(self.calibrated_noise_multiplier, self.sample_rate) * self.max_updates
-            self.filter_order = DEFAULT_ORDERS[int(np.argmin(epsilon_at_orders(plan, DEFAULT_ORDERS, self.delta)))]
+            self.filter_order = best_order(self.calibrated_noise_multiplier, self.sample_rate, self.max_updates,
+                                           self.delta)
             self.filter_budget = rdp_budget_at_order(self.epsilon, self.filter_order, self.delta)
 
     # ------------------------------------------------------------------ noise

@@ -71,19 +71,28 @@ print(hashlib.sha256(observation.tobytes()).hexdigest())
 """
 
 
-def release_of_a_fresh_process(key: str | None) -> str:
-    environment = {k: v for k, v in os.environ.items() if k != SECRET_KEY_ENV}
-    if key is not None:
-        environment[SECRET_KEY_ENV] = key
-    process = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300,
-                             env=environment)
-    assert process.returncode == 0, process.stderr[-2000:]
-    return process.stdout.strip().splitlines()[-1]
+def releases_of_fresh_processes(keys: list[str | None]) -> list[str]:
+    """One fresh process per key (None: no key), run two at a time."""
+    processes = []
+    for key in keys:
+        environment = {k: v for k, v in os.environ.items() if k != SECRET_KEY_ENV}
+        if key is not None:
+            environment[SECRET_KEY_ENV] = key
+        processes.append(subprocess.Popen([sys.executable, "-c", SCRIPT], stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True, env=environment))
+    releases = []
+    for process in processes:
+        stdout, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr[-2000:]
+        releases.append(stdout.strip().splitlines()[-1])
+    return releases
 
 
 def test_fresh_processes_differ_without_a_key_and_agree_with_the_same_key():
-    assert release_of_a_fresh_process(None) != release_of_a_fresh_process(None)
-    assert release_of_a_fresh_process(KEY) == release_of_a_fresh_process(KEY)
+    no_key_a, no_key_b = releases_of_fresh_processes([None, None])
+    key_a, key_b = releases_of_fresh_processes([KEY, KEY])
+    assert no_key_a != no_key_b
+    assert key_a == key_b
 
 
 @pytest.mark.parametrize("key", [None, KEY], ids=["no key", "key"])
