@@ -206,6 +206,9 @@ def cmd_audit(args) -> None:
                 raise FileNotFoundError(f"{run / 'privacy_report.json'} does not exist (is {run} a `dp-gym finetune` output?)")
             saved = json.loads((run / "privacy_report.json").read_text())
             env_id, overrides, model_dir = saved["env_id"], saved.get("env_overrides", {}), run / "model"
+            if "redacted" in json.dumps(overrides.get("task_kwargs", {})):
+                raise ValueError(f"{run} was fine-tuned on records of your own, which no results file holds; attack it "
+                                 "with --model DIR --env ... --env-overrides giving the records again")
             out = out or run / "audit.json"
         if not (Path(model_dir) / "config.json").exists():
             raise FileNotFoundError(f"{model_dir} is not a saved model folder (no config.json)")
