@@ -9,7 +9,8 @@ training), never in the middle.
 
 It holds the fine-tuned weights and the ledger (private artefacts: keep them as you keep the data),
 never the secret randomness: with the same secret key a resume re-derives the same noise, without
-one it draws fresh secret noise, which is just as private but not identical.
+one it draws fresh secret noise, which is just as private but not identical. With environments in
+several processes (``n_envs > 1``) the episodes in progress are not saved: a resume restarts them.
 
 :func:`load_latest` tries the newest checkpoint first and falls back to older ones, with one line
 per unreadable (truncated, corrupted or edited) checkpoint.
@@ -88,9 +89,10 @@ def save_checkpoint(model: BaseAlgorithm, directory: Path) -> Path:
     model.save(staging / "model.zip")
     if getattr(model, "replay_buffer", None) is not None:
         model.save_replay_buffer(staging / "replay_buffer.pkl")
-    (env,) = model.get_env().envs
+    envs = getattr(model.get_env(), "envs", None)  # None for environments in other processes
+    environment = environment_state(envs[0]) if envs is not None and len(envs) == 1 else None
     torch.save({"num_timesteps": model.num_timesteps, "random": random_state(model),
-                "environment": environment_state(env)}, staging / "training_state.pt")
+                "environment": environment}, staging / "training_state.pt")
     if target.exists():  # the same step saved again (e.g. at the end of training): replace it
         shutil.rmtree(target)
     os.rename(staging, target)
@@ -116,15 +118,18 @@ def load_checkpoint(cls: type[BaseAlgorithm], path: Path, env, **load_kwargs: An
             :meth:`dp_gym.DPFineTuneEnv.load_state_dict`).
     """
     state = torch.load(path / "training_state.pt", weights_only=False)
-    # seed=None: SB3 would otherwise re-seed every generator from the saved seed on load
-    model = cls.load(path / "model.zip", env=env, custom_objects={"seed": None}, force_reset=False, **load_kwargs)
+    # seed=None: SB3 would otherwise re-seed every generator from the saved seed on load; without a
+    # saved episode (environments in several processes) the episodes restart
+    model = cls.load(path / "model.zip", env=env, custom_objects={"seed": None},
+                     force_reset=state["environment"] is None, **load_kwargs)
     if model.num_timesteps != state["num_timesteps"]:
         raise ValueError(f"checkpoint field num_timesteps is {state['num_timesteps']} in training_state.pt but "
                          f"{model.num_timesteps} in model.zip")
     if hasattr(model, "load_replay_buffer"):
         model.load_replay_buffer(path / "replay_buffer.pkl")
-    (wrapped,) = model.get_env().envs
-    restore_environment(wrapped, state["environment"])
+    if state["environment"] is not None:
+        (wrapped,) = model.get_env().envs
+        restore_environment(wrapped, state["environment"])
     restore_random_state(model, state["random"])
     return model
 

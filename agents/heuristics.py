@@ -47,8 +47,10 @@ class Controller:
         return {"controller": self.name}
 
     # helpers shared by the heuristics
-    def calibrated_sigmas(self) -> np.ndarray:
-        """Equal per-group noise that spends the whole budget in ``max_updates`` (the env's calibration)."""
+    @property
+    def sigmas(self) -> np.ndarray:
+        """Equal per-group noise that spends the current episode's budget in ``max_updates`` (the env's
+        calibration, read at every step: an episode of a proxy distribution has its own budget)."""
         return self.env.calibrated_group_noise()
 
     def encode(self, clip, noise, prune) -> np.ndarray:
@@ -64,7 +66,6 @@ class VanillaController(Controller):
     def __init__(self, env: DPFineTuneEnv, clip: float = 0.5):
         super().__init__(env)
         self.clip = float(clip)
-        self.sigmas = self.calibrated_sigmas()
         self.prune = 0.0
 
     def act(self, observation, env_index):
@@ -108,7 +109,6 @@ class AdaptiveQuantileController(Controller):
         if env.config.count_noise is None:
             raise ValueError("adaptive_quantile needs the privatized unclipped fractions: set count_noise")
         self.initial_clip, self.gamma, self.eta = float(initial_clip), float(target_quantile), float(learning_rate)
-        self.sigmas = self.calibrated_sigmas()
         self.clips: dict[int, np.ndarray] = {}
 
     def act(self, observation, env_index):
@@ -139,7 +139,6 @@ class DecayController(Controller):
         self.clip = float(clip)
         self.clip_start, self.clip_end = clip_start, clip_end
         self.noise_start, self.noise_end = noise_start, noise_end
-        self.sigmas = self.calibrated_sigmas()
 
     def act(self, observation, env_index):
         progress = float(np.clip(self.feature(observation, "updates_fraction"), 0.0, 1.0))

@@ -9,6 +9,7 @@ same files.
 from __future__ import annotations
 
 import importlib.resources
+import json
 import math
 import re
 from pathlib import Path
@@ -21,11 +22,15 @@ from stable_baselines3 import A2C, PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, EvalCallback
 from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecMonitor
 from torch import nn
 
 import dp_gym
 from agents.checkpointing import AtomicCheckpoints, load_latest
+from dp_gym.envs import InstanceDistribution, ProxyEnv
 from dp_gym.evaluation import write_json
+from dp_gym.privacy import PrivacyBudget, PrivacyReport, compose
+from dp_gym.utils.threads import configure_threads
 
 #: the shipped hyper-parameter files (``envs_configs/algos``, in the wheel as ``dp_gym.envs_configs.algos``)
 ALGOS_DIR = Path(str(importlib.resources.files("dp_gym.envs_configs.algos")))
@@ -118,18 +123,19 @@ def start_at_action_zero(model: BaseAlgorithm, std: float = 0.1) -> None:
 
 class DPInfoLogger(BaseCallback):
     """Per-step TensorBoard scalars: epsilon spent, the composed noise multiplier, validation
-    perplexity, per-group controls; counts the episodes that touched the private data."""
+    perplexity, per-group controls (of the first environment); counts finished episodes."""
 
     def __init__(self, group_names: list[str]):
         super().__init__()
         self.group_names = group_names
-        self.private_episodes = 0
+        self.episodes = 0
         self.failures = 0
 
     def _on_step(self) -> bool:
         info = self.locals["infos"][0]
         record = self.logger.record
         record("dp/epsilon", info["epsilon"])
+        record("dp/epsilon_budget", info["epsilon_budget"])
         record("dp/noise_multiplier", info["noise_multiplier"])
         record("dp/val_metric", info["val_metric"])
         if "val_ppl" in info:
@@ -141,11 +147,52 @@ class DPInfoLogger(BaseCallback):
             if control in info:
                 for group, value in zip(self.group_names, np.atleast_1d(info[control]), strict=True):
                     record(f"{control}/{group}", float(value))
-        if self.locals["dones"][0]:
-            self.private_episodes += 1
-            self.failures += "failure" in info
+        for done, step_info in zip(self.locals["dones"], self.locals["infos"], strict=True):
+            if done:
+                self.episodes += 1
+                self.failures += "failure" in step_info
         self.logger.dump(self.num_timesteps)
         return True
+
+
+#: what a controller trained on public proxies carries into a deployment
+SCOPE_PROXY_TRAINING = "training used public proxies only: no private data, no privacy spent"
+SCOPE_PRIVATE_TRAINING = ("training ran episodes on the private data: a controller trained here carries their composed "
+                          "epsilon into every deployment (worst case over the step budget: an episode can end after "
+                          "one step, so the episode count depends on the data)")
+
+
+def episode_privacy(config) -> PrivacyReport:
+    """The guarantee of one private episode of ``config``, whatever the controller does: the Rényi
+    filter's ``(alpha*, B)`` for adaptive noise, the calibrated schedule for calibrated noise, the
+    budget itself (basic) otherwise."""
+    budget = PrivacyBudget(config.epsilon, config.delta, config.sample_rate, config.max_updates, 1,
+                           accountant=config.accountant, adaptive=config.adaptive_noise)
+    if config.adaptive_noise:
+        return PrivacyReport(epsilon=config.epsilon, delta=config.delta, epsilon_budget=config.epsilon,
+                             epsilon_spent=config.epsilon, accounting=budget.rule, adaptive=True,
+                             updates=config.max_updates, sample_rate=config.sample_rate,
+                             filter_order=budget.filter_order, filter_rdp=budget.filter_budget)
+    if config.controls["noise"] == "calibrated":
+        budget.record(budget.calibrated_noise_multiplier, config.max_updates)
+        return budget.report()
+    return PrivacyReport(epsilon=config.epsilon, delta=config.delta, epsilon_budget=config.epsilon,
+                         epsilon_spent=config.epsilon, accounting="budget", adaptive=False,
+                         updates=config.max_updates, sample_rate=config.sample_rate)
+
+
+def private_training_privacy(config, timesteps: int, evaluations: int = 0) -> PrivacyReport:
+    """The composed privacy of training on the private environment for ``timesteps`` steps (and
+    ``evaluations`` evaluation episodes): at most ``timesteps + evaluations`` episodes, each with the
+    guarantee of :func:`episode_privacy` (see :func:`dp_gym.privacy.compose`)."""
+    episodes = timesteps + evaluations
+    return compose([episode_privacy(config)] * episodes, SCOPE_PRIVATE_TRAINING)
+
+
+def proxy_training_privacy(config) -> PrivacyReport:
+    """Training on public proxies spends nothing."""
+    report = PrivacyReport.nothing(config.delta, SCOPE_PROXY_TRAINING)
+    return report if config.privacy_valid else report.invalidated()
 
 
 def train(env_id: str, algo: str = "sac", timesteps: int = 1000, seed: int = 0, out: str | Path = "runs/train",
@@ -153,8 +200,15 @@ def train(env_id: str, algo: str = "sac", timesteps: int = 1000, seed: int = 0, 
           checkpoint_every: int = 100, eval_every: int | None = None, progress_bar: bool = True,
           hyperparams: dict[str, Any] | None = None, actor_init: str = "default",
           actor_init_std: float = 0.1, callbacks: list[BaseCallback] | None = None,
-          secret_key=None, report=print) -> Path:
-    """Train ``algo`` on ``env_id`` for ``timesteps`` environment steps; returns the model path.
+          secret_key=None, report=print, private_training: bool = False,
+          proxy: InstanceDistribution | dict[str, Any] | None = None, n_envs: int = 1) -> Path:
+    """Train ``algo`` for ``timesteps`` environment steps on public proxies of ``env_id`` (default)
+    or, with ``private_training``, on its private data; returns the model path.
+
+    On proxies (:class:`dp_gym.envs.ProxyEnv`, instances drawn from ``proxy``) no private data is
+    touched: the controller's deployment is then its only private episode. With
+    ``private_training`` every training episode is a private one, and ``run.json`` reports their
+    composed epsilon (:func:`private_training_privacy`), which every later deployment carries.
 
     Writes TensorBoard logs (``out/tb``), atomic checkpoints (``out/checkpoints/step_<n>``: the
     model, the replay buffer, the episode in progress and every generator, see
@@ -162,25 +216,35 @@ def train(env_id: str, algo: str = "sac", timesteps: int = 1000, seed: int = 0, 
     ``out/run.json``. With ``resume=DIR`` the newest readable checkpoint in ``DIR/checkpoints``
     continues the same run, episode in progress included, for the remaining steps; with the same
     secret key (``secret_key`` or ``$DP_GYM_SECRET_KEY``) it is the run an uninterrupted one would
-    have been. ``actor_init="zero"`` starts the policy at action 0 with exploration std
-    ``actor_init_std`` (:func:`start_at_action_zero`). ``callbacks`` run after dp-gym's own.
+    have been (with ``n_envs > 1`` the episodes in progress restart). ``n_envs`` environments run
+    in parallel processes, one torch thread each. ``actor_init="zero"`` starts the policy at action
+    0 with exploration std ``actor_init_std`` (:func:`start_at_action_zero`). ``callbacks`` run after
+    dp-gym's own.
     """
     if timesteps <= 0:
         raise ValueError(f"timesteps must be > 0, got {timesteps}")
     if actor_init not in ACTOR_INITS:
         raise ValueError(f"actor_init must be one of {list(ACTOR_INITS)}, got {actor_init!r}")
+    if n_envs < 1:
+        raise ValueError(f"n_envs must be >= 1, got {n_envs}")
     env_id = dp_gym.resolve_env_id(env_id)
+    config = dp_gym.config_of(env_id, **(env_overrides or {}))
+    distribution = proxy if isinstance(proxy, InstanceDistribution) else InstanceDistribution.from_dict(proxy)
     cls = algorithm(algo)
     kwargs, zoo = load_hyperparams(algo, env_id)
     kwargs.update(hyperparams or {})
     out = Path(out)
     env_overrides = dict(env_overrides or {})
-
-    def make_env():
-        return Monitor(dp_gym.make(env_id, secret_key=secret_key, **env_overrides))
-
-    env = make_env()
-    eval_env = make_env()  # built before the generators are seeded or restored: it draws from them
+    make_env = EnvFactory(env_id, env_overrides, secret_key, None if private_training else distribution,
+                          threads=1 if n_envs > 1 else None, monitor=n_envs == 1)
+    threads_before = torch.get_num_threads()
+    if n_envs > 1:
+        configure_threads(1)  # the learner's share of the cores while the environments compute
+        env = VecMonitor(SubprocVecEnv([make_env] * n_envs))
+        eval_env = VecMonitor(DummyVecEnv([make_env]))
+    else:
+        env = make_env()
+        eval_env = make_env()  # built before the generators are seeded or restored: it draws from them
     done_steps = 0
     if resume is not None:
         model, done_steps = load_latest(cls, Path(resume) / "checkpoints", env, report=report,
@@ -191,36 +255,74 @@ def train(env_id: str, algo: str = "sac", timesteps: int = 1000, seed: int = 0, 
         if actor_init == "zero":
             start_at_action_zero(model, actor_init_std)
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-    unwrapped = env.unwrapped
-    episode_steps = env.spec.max_episode_steps if env.spec and env.spec.max_episode_steps else 50
-    logger = DPInfoLogger(unwrapped.group_names)
+    first_eval = eval_env.envs[0] if hasattr(eval_env, "envs") else eval_env
+    group_names = first_eval.unwrapped.group_names
+    logger = DPInfoLogger(group_names)
     checkpoints = AtomicCheckpoints(out / "checkpoints", checkpoint_every)
     checkpoints._saved_at = done_steps if resume is not None else None
+    eval_freq = max(1, eval_every // n_envs) if eval_every else max(timesteps, 1) + 1
     callback = CallbackList([
         logger, checkpoints,
-        EvalCallback(eval_env, n_eval_episodes=1, eval_freq=eval_every or max(timesteps, 1) + 1,
-                     log_path=str(out / "eval"), best_model_save_path=str(out / "best"), deterministic=True),
+        EvalCallback(eval_env, n_eval_episodes=1, eval_freq=eval_freq, log_path=str(out / "eval"),
+                     best_model_save_path=str(out / "best"), deterministic=True),
         *(callbacks or []),
     ])
     remaining = max(timesteps - done_steps, 0)
-    if remaining:
-        model.learn(total_timesteps=remaining, callback=callback, progress_bar=progress_bar,
-                    reset_num_timesteps=resume is None, tb_log_name=algo)
+    try:
+        if remaining:
+            model.learn(total_timesteps=remaining, callback=callback, progress_bar=progress_bar,
+                        reset_num_timesteps=resume is None, tb_log_name=algo)
+    finally:
+        configure_threads(threads_before)
     model_path = out / "model.zip"
     model.save(model_path)
+    evaluations = timesteps // eval_every if eval_every else 0
+    privacy = (private_training_privacy(config, timesteps, evaluations) if private_training
+               else proxy_training_privacy(config))
+    if private_training and not config.privacy_valid:
+        privacy = privacy.invalidated()
     write_json({
         "env_id": env_id, "algo": algo, "timesteps": timesteps, "seed": seed, "env_overrides": env_overrides,
+        "training_data": "private" if private_training else "public proxies",
+        "proxy": None if private_training else distribution.to_dict(), "n_envs": n_envs,
         "hyperparams": {k: v for k, v in kwargs.items() if k != "policy_kwargs"},
         "actor_init": actor_init, "actor_init_std": actor_init_std if actor_init == "zero" else None,
-        "episode_steps": episode_steps, "privacy_valid": unwrapped.config.privacy_valid,
-        "private_training_episodes": logger.private_episodes if resume is None else None,
-        "epsilon_scope": ("training ran its episodes on the environment's private data: a controller trained here "
-                          "carries every training episode's epsilon into any episode it is deployed in"),
-        "secret_key": "supplied" if unwrapped.run.secret_key is not None else "none (fresh OS entropy)",
+        "privacy_valid": privacy.privacy_valid, "epsilon_scope": privacy.epsilon_scope,
+        "privacy": privacy.to_dict(history=False),
+        "training_episodes": logger.episodes if resume is None else None,
+        "secret_key": "supplied" if first_eval.unwrapped.run.secret_key is not None else "none (fresh OS entropy)",
         "resumed_from_steps": done_steps if resume is not None else None}, out / "run.json")
     env.close()
     eval_env.close()
     return model_path
+
+
+class EnvFactory:
+    """A picklable environment maker (for ``SubprocVecEnv``): the private env, or its public proxy."""
+
+    def __init__(self, env_id: str, overrides: dict[str, Any], secret_key, proxy: InstanceDistribution | None,
+                 threads: int | None = None, monitor: bool = True):
+        self.env_id, self.overrides, self.secret_key, self.proxy = env_id, overrides, secret_key, proxy
+        self.threads, self.monitor = threads, monitor
+
+    def __call__(self):
+        if self.threads is not None:
+            configure_threads(self.threads)
+        if self.proxy is None:
+            env = dp_gym.make(self.env_id, secret_key=self.secret_key, **self.overrides)
+        else:
+            env = ProxyEnv(dp_gym.config_of(self.env_id, **self.overrides), self.proxy, secret_key=self.secret_key)
+        return Monitor(env) if self.monitor else env
+
+
+def training_privacy_of(model_path: str | Path) -> PrivacyReport | None:
+    """What a trained controller carries into a deployment, read from the ``run.json`` beside its
+    model (None when there is none: then nothing is known about how it was trained)."""
+    run = Path(model_path).parent / "run.json"
+    if not run.exists():
+        return None
+    data = json.loads(run.read_text())
+    return PrivacyReport.from_dict(data["privacy"]) if "privacy" in data else None
 
 
 def load_policy(spec: str, env=None) -> BaseAlgorithm:

@@ -1,10 +1,14 @@
-"""Tuning the plain DP-SGD baseline: a grid over the clip, then over the learning rate.
+"""Tuning the baselines: plain DP-SGD's clip, then its learning rate, on public proxies by default.
 
-Every grid point is a **full fine-tuning run on the private data** (scored on public validation
-data). Choosing the best point is a function of all those runs, so a model fine-tuned with the
-tuned values has spent the composed epsilon of every grid run plus its own:
-:func:`tuning_privacy` reports it (:func:`dp_gym.privacy.compose`). Each grid point runs on its own
-secret noise stream, so no two of them share noise even with a secret key.
+On **public proxies** (:class:`dp_gym.envs.ProxyEnv`; the default) a grid point is scored over a
+few proxy episodes, every grid point on the same instances; no private data is touched, so the
+tuned baseline's deployment is its only private episode. On the **private** environment
+(``proxy=None``) every grid point is a full fine-tuning run on the private data, and choosing the
+best is a function of all of them: :func:`tuning_privacy` reports their composed epsilon. Each grid
+point runs on its own secret noise stream, so no two of them share noise even with a secret key.
+
+A grid point's score is the mean change of public-validation log-perplexity over its episodes
+(lower is better; on one private instance it ranks like the final perplexity).
 """
 
 from __future__ import annotations
@@ -13,28 +17,33 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from dp_gym.envs import InstanceDistribution, ProxyEnv
 from dp_gym.evaluation import EpisodeResult, run_episode
 from dp_gym.privacy import PrivacyReport, compose
 
-#: what a tuned baseline's epsilon covers, written into tune_vanilla.json
 TUNING_SCOPE = ("every grid run, each a full fine-tuning run on the private data, composed; a model fine-tuned "
                 "with the tuned values adds its own run")
+TUNING_SCOPE_PUBLIC = "tuned on public proxies only: no private data, no privacy spent"
 
 
 @dataclass
 class TuningResult:
-    """The run behind each grid value (scored by final public-validation perplexity).
+    """The runs behind each grid value and its score (mean log-perplexity change, lower is better).
 
-    ``episodes``: the private runs this tuning made (a run reused from an earlier tuning is in
-    ``runs`` but not here, so composing tunings counts each private run once).
+    ``episodes``: the runs this tuning made (a run reused from an earlier tuning is in ``runs`` but
+    not here, so composing tunings counts each private run once).
     """
 
-    runs: dict[float, EpisodeResult]
+    runs: dict[float, list[EpisodeResult]]
     episodes: list[EpisodeResult] = field(default_factory=list)
+    delta: float = 1e-5
 
     @property
     def scores(self) -> dict[float, float]:
-        return {value: run.final_val_ppl for value, run in self.runs.items()}
+        return {value: float(np.mean([np.log(r.final_val_ppl / r.base_val_ppl) for r in runs]))
+                for value, runs in self.runs.items()}
 
     @property
     def best(self) -> float:
@@ -42,29 +51,46 @@ class TuningResult:
         return min(scores, key=scores.get)
 
 
-def tune_vanilla(env_id: str, clips: Sequence[float], seed: int, overrides: dict[str, Any],
-                 report: Callable[[str], None] | None = None) -> TuningResult:
-    """Grid-search the plain DP-SGD clip (one private run per clip, scored on public validation)."""
+def _environment(env_id: str, overrides: dict[str, Any], private: bool, proxy: InstanceDistribution | None):
     import dp_gym
+
+    if private:
+        return dp_gym.make(env_id, **overrides)
+    return ProxyEnv(dp_gym.config_of(env_id, **overrides), proxy or InstanceDistribution())
+
+
+def _grid_point(env, controller, seed: int, episodes: int, label: str) -> list[EpisodeResult]:
+    return [run_episode(controller, env, seed + k, label) for k in range(episodes)]
+
+
+def tune_vanilla(env_id: str, clips: Sequence[float], seed: int, overrides: dict[str, Any],
+                 report: Callable[[str], None] | None = None, private: bool = False,
+                 proxy: InstanceDistribution | None = None, episodes: int = 1) -> TuningResult:
+    """Grid-search the plain DP-SGD clip: ``episodes`` runs per clip, on public proxy instances drawn
+    from ``proxy`` (default distribution if None) or, with ``private``, on the private environment
+    (then each run is a private one)."""
     from agents.heuristics import make_controller
 
-    env = dp_gym.make(env_id, **overrides)
-    runs = {}
+    env = _environment(env_id, overrides, private, proxy)
+    runs, made = {}, []
     for clip in clips:
-        result = run_episode(make_controller("vanilla", env, clip=clip), env, seed, f"tune-vanilla C={clip:g}")
-        runs[clip] = result
+        runs[clip] = _grid_point(env, make_controller("vanilla", env, clip=clip), seed, episodes,
+                                 f"tune-vanilla C={clip:g}")
+        made.extend(runs[clip])
         if report:
-            report(f"  vanilla C={clip:g}: val ppl {result.final_val_ppl:.2f} (epsilon {result.epsilon:.3f})")
+            report(f"  vanilla C={clip:g}: val ppl {np.mean([r.final_val_ppl for r in runs[clip]]):.2f}"
+                   f"{'' if private else ' (public proxies)'}")
     env.close()
-    return TuningResult(runs, list(runs.values()))
+    return TuningResult(runs, made, made[0].privacy.delta)
 
 
 def tune_learning_rate(env_id: str, clip: float, learning_rates: Sequence[float], seed: int,
                        overrides: dict[str, Any], report: Callable[[str], None] | None = None,
-                       episode_at_env_rate: EpisodeResult | None = None) -> TuningResult:
-    """Grid-search the fine-tuning learning rate of plain DP-SGD at ``clip`` (one private run per
-    rate, scored on public validation). ``episode_at_env_rate``: :func:`tune_vanilla`'s run at
-    ``clip``, reused for the environment's own rate instead of spending another private run on it.
+                       episode_at_env_rate: list[EpisodeResult] | None = None, private: bool = False,
+                       proxy: InstanceDistribution | None = None, episodes: int = 1) -> TuningResult:
+    """Grid-search the fine-tuning learning rate of plain DP-SGD at ``clip`` (as :func:`tune_vanilla`).
+    ``episode_at_env_rate``: :func:`tune_vanilla`'s runs at ``clip``, reused for the environment's own
+    rate instead of running them again.
 
     The second stage of tuning the baseline: under Adam, a clip below every per-example norm
     only scales the whole clipped-and-noised sum, and Adam undoes a constant scale, so the clip
@@ -73,29 +99,32 @@ def tune_learning_rate(env_id: str, clip: float, learning_rates: Sequence[float]
     """
     import dp_gym
     from agents.heuristics import make_controller
-    from dp_gym.envs.registration import config_of
 
-    env_rate = config_of(env_id, **overrides).learning_rate
-    runs, episodes = {}, []
+    env_rate = dp_gym.config_of(env_id, **overrides).learning_rate
+    runs, made = {}, []
     for rate in learning_rates:
         if rate == env_rate and episode_at_env_rate is not None:
-            result = episode_at_env_rate
-            if report:
-                report(f"  vanilla C={clip:g} lr={rate:g}: val ppl {result.final_val_ppl:.2f} (the clip search's run)")
+            runs[rate] = episode_at_env_rate
+            label = "the clip search's runs"
         else:
-            env = dp_gym.make(env_id, **{**overrides, "learning_rate": rate})
-            result = run_episode(make_controller("vanilla", env, clip=clip), env, seed,
-                                 f"tune-vanilla C={clip:g} lr={rate:g}")
+            env = _environment(env_id, {**overrides, "learning_rate": rate}, private, proxy)
+            runs[rate] = _grid_point(env, make_controller("vanilla", env, clip=clip), seed, episodes,
+                                     f"tune-vanilla C={clip:g} lr={rate:g}")
             env.close()
-            episodes.append(result)
-            if report:
-                report(f"  vanilla C={clip:g} lr={rate:g}: val ppl {result.final_val_ppl:.2f} "
-                       f"(epsilon {result.epsilon:.3f})")
-        runs[rate] = result
-    return TuningResult(runs, episodes)
+            made.extend(runs[rate])
+            label = "private runs" if private else "public proxies"
+        if report:
+            report(f"  vanilla C={clip:g} lr={rate:g}: val ppl {np.mean([r.final_val_ppl for r in runs[rate]]):.2f} "
+                   f"({label})")
+    delta = next(iter(runs.values()))[0].privacy.delta
+    return TuningResult(runs, made, delta)
 
 
 def tuning_privacy(*tunings: TuningResult) -> PrivacyReport:
-    """The composed privacy of every private run the tunings made (see the module docstring)."""
-    episodes = [episode for tuning in tunings for episode in tuning.episodes]
-    return compose([episode.privacy for episode in episodes], TUNING_SCOPE)
+    """The composed privacy of every private run the tunings made (nothing, on public proxies)."""
+    reports = [episode.privacy for tuning in tunings for episode in tuning.episodes]
+    if not reports or all(r.private_episodes == 0 for r in reports):
+        invalid = any(not r.privacy_valid for r in reports)
+        nothing = PrivacyReport.nothing(tunings[0].delta, TUNING_SCOPE_PUBLIC)
+        return nothing.invalidated() if invalid else nothing
+    return compose(reports, TUNING_SCOPE)

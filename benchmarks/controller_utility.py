@@ -45,10 +45,12 @@ def main() -> None:
                         help='JSON config overrides for every controller, e.g. \'{"grouping": "global"}\'')
     args = parser.parse_args()
 
-    clip_tuning = tune_vanilla(args.env, args.clips, seed=0, overrides=args.env_overrides, report=print)
+    # the old protocol on purpose (tuning and training on the private data), for comparison with the
+    # session 2-4 tables; the honest protocol (public proxies) is benchmarks/controller_transfer.py
+    clip_tuning = tune_vanilla(args.env, args.clips, seed=0, overrides=args.env_overrides, report=print, private=True)
     best_clip, scores = clip_tuning.best, clip_tuning.scores
     rate_tuning = (tune_learning_rate(args.env, best_clip, args.learning_rates, seed=0, overrides=args.env_overrides,
-                                      report=print, episode_at_env_rate=clip_tuning.runs[best_clip])
+                                      report=print, episode_at_env_rate=clip_tuning.runs[best_clip], private=True)
                    if args.learning_rates else None)
     best_rate, rate_scores = (rate_tuning.best, rate_tuning.scores) if rate_tuning else (None, {})
     controllers = {
@@ -60,7 +62,7 @@ def main() -> None:
         name = "sac" if actor_init == "default" else f"sac_{actor_init}"
         model_path = train(args.env, "sac", args.timesteps, seed=0, out=f"{args.out}/{name}", progress_bar=False,
                            checkpoint_every=max(args.timesteps // 2, 1), actor_init=actor_init,
-                           actor_init_std=args.actor_init_std, env_overrides=args.env_overrides)
+                           actor_init_std=args.actor_init_std, env_overrides=args.env_overrides, private_training=True)
         controllers[name] = lambda env, path=model_path: load_policy(f"sac:{path}")
     seeds = range(1000, 1000 + args.seeds)
     results = compare(controllers, lambda: dp_gym.make(args.env, **args.env_overrides), seeds=seeds)

@@ -75,6 +75,21 @@ def controller_factory(spec: str):
     return lambda env: make_controller(name, env, **kwargs)
 
 
+def controller_prior(spec: str, delta: float):
+    """What the controller ``spec`` carries into a deployment: a trained model's ``run.json`` report,
+    nothing for a heuristic with its default parameters, None (unknown) for a heuristic whose
+    parameters came from elsewhere (they may have been tuned on the private data)."""
+    from agents.rl import algorithms, training_privacy_of
+    from dp_gym.privacy import PrivacyReport
+
+    name, _, rest = spec.partition(":")
+    if name in algorithms():
+        return training_privacy_of(rest)
+    if not rest:
+        return PrivacyReport.nothing(delta, "a heuristic with its default parameters: no private data before")
+    return None
+
+
 # ---------------------------------------------------------------------------------- commands
 def cmd_envs(args) -> None:
     import dp_gym
@@ -89,7 +104,8 @@ def cmd_train(args) -> None:
     path = train(args.env, args.algo, args.timesteps, args.seed, args.out, resume=args.resume,
                  env_overrides=args.env_overrides, checkpoint_every=args.checkpoint_every,
                  progress_bar=not args.no_progress, actor_init=args.actor_init, actor_init_std=args.actor_init_std,
-                 report=lambda line: console.print(line, markup=False))
+                 report=lambda line: console.print(line, markup=False), private_training=args.private_training,
+                 proxy=args.proxy, n_envs=args.n_envs)
     console.print(f"model: {path}\nTensorBoard: tensorboard --logdir {Path(args.out) / 'tb'}")
 
 
@@ -98,7 +114,11 @@ AUDIT_CANARIES = {"n_canaries": 8, "canary_repeats": 4}
 
 
 def _compare_and_report(env_id, specs: dict[str, Any], seeds, out, overrides, reference="vanilla",
-                        extra: dict | None = None, audit: bool = False) -> list:
+                        extra: dict | None = None, audit: bool = False, priors: dict[str, Any] | None = None,
+                        overrides_of: dict[str, dict] | None = None) -> list:
+    """Run ``specs`` (name -> factory) on the environment, each with ``overrides`` plus its own
+    ``overrides_of[name]`` (a tuned learning rate, say), and write the report. ``priors``: what each
+    controller carries from training or tuning (see :func:`dp_gym.evaluation.rollout.end_to_end`)."""
     import dp_gym
     from dp_gym.evaluation import compare, markdown_table, summarize, write_report
 
@@ -108,42 +128,66 @@ def _compare_and_report(env_id, specs: dict[str, Any], seeds, out, overrides, re
             raise ValueError(f"--audit attacks text models; {env_id} has task {config.task!r}")
         if not config.task_kwargs.get("n_canaries"):
             overrides = {**overrides, "task_kwargs": {**config.task_kwargs, **AUDIT_CANARIES}}
+    groups: dict[str, dict[str, Any]] = {}
+    for name, factory in specs.items():
+        own = (overrides_of or {}).get(name, {})
+        groups.setdefault(json.dumps(own, sort_keys=True), {})[name] = factory
+    results = []
     with console.status("running episodes") as status:
-        results = compare(specs, lambda: dp_gym.make(env_id, **overrides), seeds,
-                          progress=lambda text: status.update(f"episode: {text}"), audit=audit)
+        for key, group in groups.items():
+            merged = {**overrides, **json.loads(key)}
+            results += compare(group, lambda merged=merged: dp_gym.make(env_id, **merged), seeds,
+                               progress=lambda text: status.update(f"episode: {text}"), audit=audit, prior=priors)
+    order = list(specs)
+    results.sort(key=lambda r: order.index(r.controller))
     paths = write_report(results, out, reference=reference if reference in specs else None,
-                         extra={"env_id": env_id, "env_overrides": overrides, **(extra or {})})
-    console.print(markdown_table(summarize(results, reference), reference))
+                         extra={"env_id": env_id, "env_overrides": overrides, "controller_overrides": overrides_of or {},
+                                **(extra or {})})
+    console.print(markdown_table(summarize(results, reference), reference), soft_wrap=True, markup=False)
     console.print("written: " + ", ".join(str(p) for p in paths.values()))
     return results
 
 
+def _priors(env_id: str, overrides: dict, names_to_specs: dict[str, str]) -> dict[str, Any]:
+    import dp_gym
+
+    delta = dp_gym.config_of(env_id, **overrides).delta
+    return {name: controller_prior(spec, delta) for name, spec in names_to_specs.items()}
+
+
 def cmd_evaluate(args) -> None:
-    _compare_and_report(args.env, {args.policy.split(":")[0]: controller_factory(args.policy)},
-                        list(range(args.seed, args.seed + args.episodes)), args.out, args.env_overrides)
+    name = args.policy.split(":")[0]
+    _compare_and_report(args.env, {name: controller_factory(args.policy)},
+                        list(range(args.seed, args.seed + args.episodes)), args.out, args.env_overrides,
+                        priors=_priors(args.env, args.env_overrides, {name: args.policy}))
 
 
 def cmd_compare(args) -> None:
-    specs = {}
+    specs, names = {}, {}
     for spec in args.controllers:
         name = spec.split(":")[0]
-        specs[name if name not in specs else spec] = controller_factory(spec)  # two of a kind: full spec
-    _compare_and_report(args.env, specs, list(range(args.seeds)), args.out, args.env_overrides, audit=args.audit)
+        name = name if name not in specs else spec  # two of a kind: full spec
+        specs[name], names[name] = controller_factory(spec), spec
+    _compare_and_report(args.env, specs, list(range(args.seeds)), args.out, args.env_overrides, audit=args.audit,
+                        priors=_priors(args.env, args.env_overrides, names))
 
 
 def cmd_tune_vanilla(args) -> None:
     from agents.tuning import tune_learning_rate, tune_vanilla, tuning_privacy
+    from dp_gym.envs import InstanceDistribution
     from dp_gym.evaluation import write_json
 
-    clips = tune_vanilla(args.env, args.clips, args.seed, args.env_overrides, report=console.print)
+    proxy = None if args.private else InstanceDistribution.from_dict(args.proxy)
+    where = dict(private=args.private, proxy=proxy, episodes=args.episodes)
+    clips = tune_vanilla(args.env, args.clips, args.seed, args.env_overrides, report=console.print, **where)
     console.print(f"best clip: {clips.best:g}")
     tunings = [clips]
-    result: dict = {"env_id": args.env, "env_overrides": args.env_overrides, "best_clip": clips.best,
-                    "scores": clips.scores}
+    result: dict = {"env_id": args.env, "env_overrides": args.env_overrides, "tuned_on": "private data" if args.private
+                    else "public proxies", "proxy": None if proxy is None else proxy.to_dict(),
+                    "episodes_per_point": args.episodes, "best_clip": clips.best, "scores": clips.scores}
     if args.learning_rates:
         rates = tune_learning_rate(args.env, clips.best, args.learning_rates, args.seed, args.env_overrides,
-                                   report=console.print,
-                                   episode_at_env_rate=clips.runs[clips.best])
+                                   report=console.print, episode_at_env_rate=clips.runs[clips.best], **where)
         tunings.append(rates)
         console.print(f"best learning rate at clip {clips.best:g}: {rates.best:g}")
         result.update(best_learning_rate=rates.best, learning_rate_scores=rates.scores)
@@ -228,25 +272,42 @@ def cmd_audit(args) -> None:
         console.print(f"written: {out}")
 
 
+DEMO_ENV = "dp_gym/TinyTextFlat-v0"
+
+
 def cmd_demo(args) -> None:
-    """The main job: tune vanilla, train SAC, compare SAC with vanilla and adaptive quantile."""
-    from agents.rl import train
-    from agents.tuning import tune_vanilla
+    """The main job, the honest protocol: tune the baseline and train SAC on public proxies, then
+    deploy each controller once per seed on the private environment."""
+    from agents.rl import train, training_privacy_of
+    from agents.tuning import tune_learning_rate, tune_vanilla, tuning_privacy
+    from dp_gym.envs import InstanceDistribution
 
     out = Path(args.out)
-    env_id = "dp_gym/TinyText-v0"
-    console.rule("[bold]dp-gym demo[/]: SAC vs tuned DP-SGD vs adaptive clipping, epsilon 3, delta 1e-5")
-    console.print("1/3 tuning the vanilla DP-SGD clip (each grid point is a private run, scored on public validation data)")
-    best_clip = tune_vanilla(env_id, args.clips, 0, {}, report=console.print).best
-    console.print(f"2/3 training SAC for {args.timesteps} steps ({args.timesteps // 50} episodes)")
-    model = train(env_id, "sac", args.timesteps, args.seed, out / "sac", progress_bar=not args.no_progress,
-                  checkpoint_every=max(args.timesteps // 4, 1))
-    console.print(f"3/3 comparing over {args.seeds} seeds")
-    specs = {"vanilla": controller_factory(f"vanilla:clip={best_clip}"),
+    proxy = InstanceDistribution()
+    console.rule(f"[bold]dp-gym demo[/]: {DEMO_ENV}, epsilon 3, delta 1e-5")
+    console.print(f"1/3 tuning plain DP-SGD (clip, then learning rate) on public proxies: {args.episodes} episodes "
+                  "per grid point, no private data")
+    clips = tune_vanilla(DEMO_ENV, args.clips, 0, {}, report=console.print, proxy=proxy, episodes=args.episodes)
+    rates = tune_learning_rate(DEMO_ENV, clips.best, args.learning_rates, 0, {}, report=console.print,
+                               episode_at_env_rate=clips.runs[clips.best], proxy=proxy, episodes=args.episodes)
+    console.print(f"   tuned: clip {clips.best:g}, learning rate {rates.best:g}")
+    console.print(f"2/3 training SAC on public proxies for {args.timesteps} steps ({args.n_envs} environments)")
+    model = train(DEMO_ENV, "sac", args.timesteps, args.seed, out / "sac", progress_bar=not args.no_progress,
+                  checkpoint_every=max(args.timesteps // 4, 1), proxy=proxy, n_envs=args.n_envs,
+                  report=lambda line: console.print(line, markup=False))
+    console.print(f"3/3 deploying each controller once per seed on the private data ({args.seeds} seeds)")
+    specs = {"vanilla": controller_factory(f"vanilla:clip={clips.best}"),
              "adaptive_quantile": controller_factory("adaptive_quantile"),
              "sac": controller_factory(f"sac:{model}")}
-    _compare_and_report(env_id, specs, list(range(100, 100 + args.seeds)), out, {},
-                        extra={"vanilla_clip": best_clip, "sac_timesteps": args.timesteps})
+    priors = {"vanilla": tuning_privacy(clips, rates), "adaptive_quantile": controller_prior("adaptive_quantile", 1e-5),
+              "sac": training_privacy_of(model)}
+    _compare_and_report(DEMO_ENV, specs, list(range(100, 100 + args.seeds)), out, {}, priors=priors,
+                        overrides_of={"vanilla": {"learning_rate": rates.best}},
+                        extra={"vanilla_clip": clips.best, "vanilla_learning_rate": rates.best,
+                               "tuning_scores": {"clip": clips.scores, "learning_rate": rates.scores},
+                               "proxy": proxy.to_dict(), "sac_timesteps": args.timesteps})
+    console.print("every deployment above is the only private episode of its controller (private episodes: 1); "
+                  "its epsilon is end to end")
     console.print(f"TensorBoard: tensorboard --logdir {out / 'sac' / 'tb'}; plots and tables in {out}/")
 
 
@@ -255,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     formatter = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(prog="dp-gym", description="DP fine-tuning of language models as an RL environment",
                                      formatter_class=formatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="show the libraries' warnings and loading bars")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help: str):
@@ -272,10 +334,19 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument("--env-overrides", type=_overrides, default={},
                                 help='JSON object of config overrides, e.g. \'{"epsilon": 8}\'')
         parser.add_argument("--seed", type=int, default=0, help="public seed (the DP noise stays secret)")
+        parser.add_argument("--threads", type=_positive_int, default=None,
+                            help="torch threads (default: $DP_GYM_THREADS, else the cores available)")
         parser.add_argument("--out", default=out, help="output folder" if out else "output file or folder (none: print only)")
 
-    train = command("train", "train an RL controller (on the environment's private data: see the epsilon scope)")
+    train = command("train", "train an RL controller on public proxies of the environment (or, with "
+                    "--private-training, on its private data, whose composed epsilon it then carries)")
     common(train, "runs/train")
+    train.add_argument("--private-training", action="store_true",
+                       help="train on the private data: every training episode's epsilon is reported and carried")
+    train.add_argument("--proxy", type=_overrides, default={},
+                       help="JSON of the proxy instance distribution, e.g. '{\"epsilon\": [1, 8]}' (see ProxyEnv)")
+    train.add_argument("--n-envs", type=_positive_int, default=1,
+                       help="environments in parallel processes (one torch thread each)")
     train.add_argument("--algo", default="sac", choices=["sac", "td3", "ppo", "a2c", "tqc"], help="SB3 algorithm")
     train.add_argument("--timesteps", type=_positive_int, default=500, help="environment steps to train for")
     train.add_argument("--resume", default=None, help="a previous --out folder to continue from (its newest readable checkpoint)")
@@ -299,10 +370,13 @@ def build_parser() -> argparse.ArgumentParser:
     comparison.add_argument("--audit", action="store_true",
                             help="attack every final model and audit each controller's epsilon in one run")
 
-    tune = command("tune-vanilla", "grid-search the DP-SGD clip (and learning rate): every grid point is a full "
-                   "fine-tuning run on the private data, scored on public validation data; the composed epsilon "
-                   "of all of them is reported")
+    tune = command("tune-vanilla", "grid-search the DP-SGD clip (and learning rate) on public proxies (or, with "
+                   "--private, with every grid point a full fine-tuning run on the private data, scored on public "
+                   "validation data: the composed epsilon of all of them is reported)")
     common(tune, None)
+    tune.add_argument("--private", action="store_true", help="tune on the private data (each run spends the budget)")
+    tune.add_argument("--proxy", type=_overrides, default={}, help="JSON of the proxy instance distribution")
+    tune.add_argument("--episodes", type=_positive_int, default=1, help="episodes per grid point")
     tune.add_argument("--clips", type=_positive_float, nargs="+", default=[0.1, 0.3, 1.0], help="clip grid")
     tune.add_argument("--learning-rates", type=_positive_float, nargs="+", default=None,
                       help="then grid-search the learning rate at the best clip (a config override)")
@@ -323,11 +397,16 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--broken", default=None, choices=["no_noise"],
                        help="with --one-run: a deliberately broken configuration (negative control)")
 
-    demo = command("demo", "the main job on the offline default")
+    demo = command("demo", "the main job on the offline default: tune and train on public proxies, deploy once on "
+                   "the private data")
     common(demo, "runs/demo", env=False)
-    demo.add_argument("--timesteps", type=_positive_int, default=250, help="SAC training steps")
-    demo.add_argument("--seeds", type=_positive_int, default=2, help="evaluation episodes per controller")
-    demo.add_argument("--clips", type=_positive_float, nargs="+", default=[0.1, 0.3, 1.0], help="vanilla clip grid")
+    demo.add_argument("--timesteps", type=_positive_int, default=1000, help="SAC training steps (on proxies)")
+    demo.add_argument("--n-envs", type=_positive_int, default=2, help="proxy environments in parallel for SAC")
+    demo.add_argument("--seeds", type=_positive_int, default=2, help="private deployments per controller")
+    demo.add_argument("--clips", type=_positive_float, nargs="+", default=[0.05, 0.2], help="vanilla clip grid")
+    demo.add_argument("--learning-rates", type=_positive_float, nargs="+", default=[0.0025, 0.005, 0.01],
+                      help="vanilla learning-rate grid (at the best clip)")
+    demo.add_argument("--episodes", type=_positive_int, default=2, help="proxy episodes per grid point")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -339,6 +418,12 @@ COMMANDS = {"envs": cmd_envs, "train": cmd_train, "evaluate": cmd_evaluate, "com
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        from dp_gym.utils.quiet import quiet_libraries
+        from dp_gym.utils.threads import configure_threads
+
+        if not args.verbose:
+            quiet_libraries()
+        configure_threads(getattr(args, "threads", None))
         if getattr(args, "env", None) is not None:
             import dp_gym
 

@@ -4,6 +4,7 @@ from dp_gym.envs.actions import ActionCodec, DecodedAction
 from dp_gym.envs.dp_finetune_env import DPFineTuneEnv
 from dp_gym.envs.fine_tuning import FineTuningRun, RunFailure
 from dp_gym.envs.observations import ObservationBuilder
+from dp_gym.envs.proxy import InstanceDistribution, ProxyEnv
 from dp_gym.envs.registration import (
     config_of,
     import_gym_packages,
@@ -22,6 +23,8 @@ __all__ = [
     "DPFineTuneEnv",
     "DecodedAction",
     "FineTuningRun",
+    "InstanceDistribution",
+    "ProxyEnv",
     "ObservationBuilder",
     "RewardContext",
     "RunFailure",

@@ -27,7 +27,11 @@ from dp_gym.tasks import create_task
 logger = logging.getLogger(__name__)
 
 #: the keys ``reset(options=...)`` accepts
-RESET_OPTIONS = ("noise_stream",)
+RESET_OPTIONS = ("noise_stream", "instance")
+#: the config fields an episode's instance may set (they change the budget, never a layout)
+INSTANCE_FIELDS = ("epsilon", "sample_rate", "max_updates")
+#: what an episode of a public proxy covers
+SCOPE_PUBLIC_PROXY = "a public proxy: no private data was used, so no private data's privacy was spent"
 
 
 class DPFineTuneEnv(gym.Env):
@@ -53,20 +57,22 @@ class DPFineTuneEnv(gym.Env):
 
     Args:
         config: an :class:`EnvConfig`, a mapping, or None for the defaults.
+        task: a task to use instead of the one the config names (the config's layouts still apply):
+            a public proxy (``Task.proxy``) for training controllers without private data.
         secret_key: see above; never stored in the config, a checkpoint or a results file.
         **overrides: config fields to override.
     """
 
     metadata = {"render_modes": []}
 
-    def __init__(self, config: EnvConfig | dict[str, Any] | None = None, *,
+    def __init__(self, config: EnvConfig | dict[str, Any] | None = None, *, task=None,
                  secret_key: SecretKey | bytes | str | None = None, **overrides: Any):
         if isinstance(config, EnvConfig):
             config = EnvConfig.from_dict(config.to_dict(), **overrides) if overrides else config
         else:
             config = EnvConfig.from_dict(config or {}, **overrides)
-        self.config = validate_config(config)
-        self.task = create_task(config.task, **config.task_arguments())
+        self.config = self.base_config = validate_config(config)
+        self.task = task if task is not None else create_task(config.task, **config.task_arguments())
         self.run = FineTuningRun(self.task, config, secret_key=secret_key)
         self.group_names = self.run.group_names
         self.codec = ActionCodec(config, self.group_names)
@@ -134,18 +140,30 @@ class DPFineTuneEnv(gym.Env):
         Args:
             seed: the public seed (Gymnasium's); without one, the next public seed of this env.
             options: ``{"noise_stream": label}`` tells apart episodes that share a secret key and
-                seed on the same data (see :class:`dp_gym.engine.randomness.EpisodeRandomness`).
+                seed on the same data (see :class:`dp_gym.engine.randomness.EpisodeRandomness`);
+                ``{"instance": {"epsilon": ..., "sample_rate": ..., "max_updates": ...}}`` runs this
+                episode under another budget (the layouts stay; the next reset without an instance
+                returns to the configured one).
+
+        Raises:
+            ValueError: for an unknown option or instance field; ``ConfigError`` for a bad value.
         """
         super().reset(seed=seed)
         options = dict(options or {})
         unknown = sorted(set(options) - set(RESET_OPTIONS))
         if unknown:
             raise ValueError(f"reset options {unknown} are unknown; allowed: {list(RESET_OPTIONS)}")
+        instance = dict(options.get("instance") or {})
+        unknown = sorted(set(instance) - set(INSTANCE_FIELDS))
+        if unknown:
+            raise ValueError(f"instance fields {unknown} are unknown; allowed: {list(INSTANCE_FIELDS)}")
+        self.config = EnvConfig.from_dict({**self.base_config.to_dict(), **instance}) if instance else self.base_config
+        self.observer.config = self.config
         public_seed = int(seed) if seed is not None else int(self.np_random.integers(2**31 - 1))
-        self.run.reset(public_seed, str(options.get("noise_stream", "")))
+        self.run.reset(public_seed, str(options.get("noise_stream", "")), config=self.config)
         self._pace = self.budget.pace(self.config.max_updates) if self._paced else None
         val_loss = self.run.base_val_loss
-        observation = self.observer.initial(val_loss)
+        observation = self.observer.initial(val_loss, self.run.expected_batch_size)
         self._episode = {"val_loss": val_loss, "previous_update": None, "observation": observation, "done": False,
                          "noise_multiplier": 0.0}
         return observation, self._info(None, None, projected=False)
@@ -180,7 +198,7 @@ class DPFineTuneEnv(gym.Env):
                 with self._timed("accounting"):
                     epsilon = budget.epsilon_spent()
                 observation = self.observer.build(reports, episode["previous_update"], evaluated, val_before, epsilon,
-                                                  run.updates, fit.noise_multiplier)
+                                                  run.updates, fit.noise_multiplier, run.expected_batch_size)
                 val_loss = evaluated
                 episode.update(previous_update=reports[-1].noisy_update, observation=observation, val_loss=val_loss,
                                noise_multiplier=fit.noise_multiplier)
@@ -260,6 +278,8 @@ class DPFineTuneEnv(gym.Env):
     def privacy_report(self):
         """The current episode's :class:`dp_gym.privacy.PrivacyReport` (privacy_valid from the config)."""
         report = self.budget.report()
+        if self.task.public_training_data:
+            report = report.with_scope(SCOPE_PUBLIC_PROXY, private_episodes=0)
         return report if self.config.privacy_valid else report.invalidated()
 
     # ------------------------------------------------------------------ checkpointing
@@ -269,7 +289,8 @@ class DPFineTuneEnv(gym.Env):
         The secret randomness is not in it: with the same key a resume re-derives it, without one
         the rest of the episode draws fresh secret noise."""
         return {
-            "config": self.config.public_dict(),
+            "config": self.base_config.public_dict(),
+            "instance": {name: getattr(self.config, name) for name in INSTANCE_FIELDS},
             "run": self.run.state_dict(),
             "episode": copy.deepcopy(self._episode),
             "pace": None if self._pace is None else self._pace.copy(),
@@ -283,10 +304,12 @@ class DPFineTuneEnv(gym.Env):
             ValueError: for a checkpoint of another config, or whose ledger does not account every
                 update (the field is named).
         """
-        if state["config"] != self.config.public_dict():
-            mine, theirs = self.config.public_dict(), state["config"]
+        if state["config"] != self.base_config.public_dict():
+            mine, theirs = self.base_config.public_dict(), state["config"]
             fields = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
             raise ValueError(f"the checkpoint was written by an environment with another config (fields {fields})")
+        self.config = EnvConfig.from_dict({**self.base_config.to_dict(), **state["instance"]})
+        self.observer.config = self.run.config = self.config
         self.run.load_state_dict(state["run"])
         self._episode = copy.deepcopy(state["episode"])
         self._pace = None if state["pace"] is None else np.array(state["pace"])

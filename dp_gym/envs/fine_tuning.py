@@ -54,7 +54,6 @@ class FineTuningRun:
         self.groups = ParameterGroups(self.model, config.grouping)
         n_counted = len(self.groups) if config.count_noise is not None else 0
         self.statistics = ReleasedStatistics(config.count_noise, n_counted, config.loss_noise)
-        self.sampler = PoissonBatches(task.train_size, config.sample_rate)
         self._base_state = copy.deepcopy(self.model.state_dict())
         self._module = None  # the GradSampleModule wrapping self.model, made once (hooks!)
         self.base_val_loss = task.evaluate(self.model)
@@ -67,14 +66,19 @@ class FineTuningRun:
         return PrivacyBudget(c.epsilon, c.delta, c.sample_rate, c.max_updates, len(self.groups), self.statistics,
                              accountant=c.accountant, adaptive=c.adaptive_noise)
 
-    def reset(self, seed: int | None = None, stream: str = "") -> None:
+    def reset(self, seed: int | None = None, stream: str = "", config: EnvConfig | None = None) -> None:
         """Back to the base weights, a fresh optimizer, budget and secret randomness.
 
         Args:
             seed: the episode's public seed; with a secret key it makes the noise reproducible.
             stream: tells apart episodes that share key and seed (see ``EpisodeRandomness``).
+            config: this episode's configuration, when it differs from the run's in budget-level
+                fields only (epsilon, sample rate, max updates: an instance of a distribution).
         """
+        if config is not None:
+            self.config = config
         c = self.config
+        self.sampler = PoissonBatches(self.task.train_size, c.sample_rate)
         self.public_seed, self.stream = seed, stream
         self.model.load_state_dict(self._base_state)
         self.optimizer = OPTIMIZERS[c.optimizer](self.groups.all_parameters(), lr=c.learning_rate)

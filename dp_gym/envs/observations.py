@@ -4,7 +4,8 @@ Per group: ``log10`` noisy-gradient norm, privatized unclipped fraction (when re
 ``log10`` clip, ``log10`` noise, prune ratio, ``log10`` update norm, cosine between the last
 noisy updates of successive steps. Global: public validation loss and its change, privatized
 training loss (when released), epsilon spent / budget, updates done / max, ``log10`` of the
-composed noise multiplier ``z`` of the last update. Oracle mode appends raw per-sample norm
+composed noise multiplier ``z`` of the last update, and the episode's budget: ``log10`` epsilon and
+``log10`` expected batch size ``qN`` (public: one policy serves every budget). Oracle mode appends raw per-sample norm
 quantiles and the clean training loss (not private).
 
 A NaN never becomes a feature: :meth:`ObservationBuilder.build` raises
@@ -57,22 +58,28 @@ class ObservationBuilder:
         global_features = ["val_loss", "val_loss_change"]
         if config.loss_noise is not None:
             global_features.append("train_loss")
-        global_features += ["epsilon_fraction", "updates_fraction", "log_noise_multiplier"]
+        global_features += ["epsilon_fraction", "updates_fraction", "log_noise_multiplier", "log_epsilon_budget",
+                            "log_expected_batch_size"]
         if config.observation == "oracle":
             global_features.append("oracle_clean_train_loss")
         self.global_features = global_features
         self.layout = [f"{f}/{g}" for g in self.group_names for f in per_group] + global_features
         self.space = spaces.Box(-BOUND, BOUND, shape=(len(self.layout),), dtype=np.float32)
 
-    def initial(self, val_loss: float) -> np.ndarray:
-        """Before any update: gradient features zero, the base model's validation loss."""
+    def initial(self, val_loss: float, expected_batch_size: float) -> np.ndarray:
+        """Before any update: gradient features zero, the base model's validation loss, the budget."""
         values = dict.fromkeys(self.layout, 0.0)
-        values["val_loss"] = val_loss
+        values.update(val_loss=val_loss, **self._budget_features(expected_batch_size))
         return self._vector(values)
+
+    def _budget_features(self, expected_batch_size: float) -> dict[str, float]:
+        """What one policy needs to serve every budget: public quantities of the episode's instance."""
+        return {"log_epsilon_budget": _log10(self.config.epsilon),
+                "log_expected_batch_size": _log10(expected_batch_size)}
 
     def build(self, reports: list[StepReport], previous_update: dict[str, torch.Tensor] | None,
               val_loss: float, val_loss_before: float, epsilon: float, updates: int,
-              noise_multiplier: float) -> np.ndarray:
+              noise_multiplier: float, expected_batch_size: float) -> np.ndarray:
         """The observation after an interval: ``epsilon`` is the budget's spent epsilon,
         ``noise_multiplier`` the composed ``z`` of the interval's updates.
 
@@ -102,6 +109,7 @@ class ObservationBuilder:
         values["epsilon_fraction"] = epsilon / cfg.epsilon
         values["updates_fraction"] = updates / cfg.max_updates
         values["log_noise_multiplier"] = _log10(noise_multiplier)
+        values.update(self._budget_features(expected_batch_size))
         if cfg.observation == "oracle":
             values["oracle_clean_train_loss"] = float(_oracle_mean(reports, lambda o: o["clean_train_loss"], 1)[0])
         return self._vector(values)

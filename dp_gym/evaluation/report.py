@@ -58,6 +58,8 @@ def summarize(results: list[EpisodeResult], reference: str | None = "vanilla") -
             "wall_time_s": float(np.mean([r.wall_time_s for r in mine])),
             "privacy_valid": all(r.privacy_valid for r in mine),
             "failures": sum(r.failure is not None for r in mine), "metric_name": mine[0].metric_name,
+            "private_episodes": max(r.privacy.private_episodes for r in mine),
+            "epsilon_scope": "; ".join(sorted({r.privacy.epsilon_scope for r in mine})),
         })
         if any(r.attacks for r in mine):
             for column in AUDIT_COLUMNS:
@@ -67,21 +69,24 @@ def summarize(results: list[EpisodeResult], reference: str | None = "vanilla") -
 
 
 def markdown_table(rows: list[dict[str, Any]], reference: str | None = "vanilla") -> str:
-    """The comparison table. ``epsilon`` is the proven epsilon (for an adaptive controller the
-    filter's budget); ``spent`` is what the updates spent under the accounting rule."""
+    """The comparison table. ``epsilon`` is the proven epsilon of everything in scope (a deployment,
+    plus what its controller carries from private training or tuning; for an adaptive controller
+    the filter's budget); ``spent`` is what the deployment's updates spent under the accounting
+    rule; ``private episodes`` counts the private runs in scope ("1": the deployment alone)."""
     metric = rows[0].get("metric_name", "perplexity") if rows else "perplexity"
     metric = "ppl" if metric == "perplexity" else metric
-    header = (f"| controller | final val {metric} (mean +- 95% CI) | epsilon (spent) / budget | "
+    header = (f"| controller | final val {metric} (mean +- 95% CI) | epsilon (spent) / budget | private episodes | "
               f"updates to reach {reference or 'reference'}'s {metric} | wall time (s) | privacy valid |")
     audited = any("epsilon_lower_bound" in row for row in rows)
     if audited:
         header += " exposure (bits) | MIA AUC loss / ref | TPR@1%FPR ref | audited epsilon lower bound |"
-    lines = [header, "|---|---:|---:|---:|---:|:---:|" + ("---:|---:|---:|---:|" if audited else "")]
+    lines = [header, "|---|---:|---:|---:|---:|---:|:---:|" + ("---:|---:|---:|---:|" if audited else "")]
     for row in rows:
         reach = "-" if row["updates_to_reference"] is None else f"{row['updates_to_reference']:.0f} ({row['reached_reference']})"
         budget = "-" if row["epsilon_budget"] is None else f"{row['epsilon_budget']:g}"
         line = (f"| {row['controller']} | {row['final_val_ppl']:.2f} +- {row['final_val_ppl_ci95']:.2f} | "
-                f"{row['epsilon']:.3f} ({row['epsilon_spent']:.3f}) / {budget} | {reach} | {row['wall_time_s']:.1f} | "
+                f"{row['epsilon']:.3f} ({row['epsilon_spent']:.3f}) / {budget} | {row['private_episodes']} | {reach} | "
+                f"{row['wall_time_s']:.1f} | "
                 f"{'yes' if row['privacy_valid'] else 'NO'} |")
         if audited:
             line += (f" {_fmt(row.get('exposure_mean'))} | {_fmt(row.get('mia_loss_auc'), 3)} / "

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from dp_gym.privacy import PrivacyReport
+from dp_gym.privacy import PrivacyReport, compose
 
 
 @dataclass
@@ -115,10 +115,31 @@ def run_episode(controller, env, seed: int, name: str,
         metric_name=unwrapped.task.metric_name)
 
 
+SCOPE_END_TO_END_PUBLIC = ("end to end: the controller was trained or tuned on public data only, so this deployment "
+                           "is its only private episode")
+SCOPE_END_TO_END_PRIVATE = ("end to end: the private episodes the controller was trained or tuned on, plus this "
+                            "deployment, composed")
+
+
+def end_to_end(episode: PrivacyReport, prior: PrivacyReport | None) -> PrivacyReport:
+    """A deployment's privacy, including what its controller carries from training or tuning
+    (``prior``; None: unknown, and the report keeps the scope of the episode alone)."""
+    if prior is None or episode.private_episodes == 0:
+        return episode
+    if prior.private_episodes == 0:
+        return episode.with_scope(SCOPE_END_TO_END_PUBLIC)
+    composed = compose([prior, episode], SCOPE_END_TO_END_PRIVATE)
+    return composed if episode.privacy_valid and prior.privacy_valid else composed.invalidated()
+
+
 def compare(controllers: dict[str, Callable[[Any], Any]], make_env: Callable[[], Any], seeds: Sequence[int],
             progress: Callable[[str], None] | None = None, audit: bool = False,
-            audit_canaries: int = 256) -> list[EpisodeResult]:
+            audit_canaries: int = 256, prior: dict[str, PrivacyReport | None] | None = None) -> list[EpisodeResult]:
     """Run every controller on every seed. ``controllers`` maps a name to ``factory(env)``.
+
+    ``prior`` maps a controller's name to what it carries from training or tuning (a
+    :class:`PrivacyReport`; missing or None: unknown); each episode's report then covers it end to
+    end (:func:`end_to_end`).
 
     With ``audit``, each episode's final model is attacked (canary exposure, membership inference;
     :func:`dp_gym.evaluation.privacy_attacks`), and each controller gets one extra training run, the
@@ -140,7 +161,9 @@ def compare(controllers: dict[str, Callable[[Any], Any]], make_env: Callable[[],
         for seed in seeds:
             if progress:
                 progress(f"{name}, seed {seed}")
-            mine.append(run_episode(controller, env, seed, name, after=after))
+            result = run_episode(controller, env, seed, name, after=after)
+            result.privacy = end_to_end(result.privacy, (prior or {}).get(name))
+            mine.append(result)
         if audit:
             if progress:
                 progress(f"{name}, one-run audit ({audit_canaries} canaries)")

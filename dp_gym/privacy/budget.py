@@ -286,9 +286,12 @@ class PrivacyBudget:
 
     def report(self) -> PrivacyReport:
         """The run's privacy, for results files (scope: this one run)."""
+        guarantee = self.epsilon_guarantee()
+        # with fixed noise, what the updates spent is what the run is proven to satisfy
+        spent = self.epsilon_spent() if self.adaptive else guarantee
         return PrivacyReport(
-            epsilon=self.epsilon_guarantee(), delta=self.delta, epsilon_budget=self.epsilon,
-            epsilon_spent=self.epsilon_spent(), accounting=self.rule, adaptive=self.adaptive,
+            epsilon=guarantee, delta=self.delta, epsilon_budget=self.epsilon,
+            epsilon_spent=spent, accounting=self.rule, adaptive=self.adaptive,
             updates=self.ledger.steps, sample_rate=self.sample_rate,
             history=[list(entry) for entry in self.ledger.history], filter_order=self.filter_order,
             filter_rdp=self.filter_budget)

@@ -49,6 +49,12 @@ class PrivacyReport:
     filter_order: float | None = None
     filter_rdp: float | None = None
 
+    @classmethod
+    def nothing(cls, delta: float, scope: str) -> PrivacyReport:
+        """The report of work that touched no private data (public proxies, untuned defaults)."""
+        return cls(epsilon=0.0, delta=delta, epsilon_budget=None, epsilon_spent=0.0, accounting="none (no private data)",
+                   adaptive=False, updates=0, epsilon_scope=scope, private_episodes=0)
+
     def with_scope(self, scope: str, private_episodes: int | None = None) -> PrivacyReport:
         return replace(self, epsilon_scope=scope,
                        private_episodes=self.private_episodes if private_episodes is None else private_episodes)
@@ -72,8 +78,8 @@ def compose(reports: list[PrivacyReport], scope: str) -> PrivacyReport:
     """The privacy of several runs on the same private data, released together.
 
     Valid when the *number* of runs was fixed before the first one ran (a grid, a fixed number of
-    episodes); each run may be chosen from the earlier runs' results. Two bounds, the smaller
-    reported:
+    episodes); each run may be chosen from the earlier runs' results. Runs on public data
+    (``private_episodes == 0``) spend nothing and are left out. Two bounds, the smaller reported:
 
     * Rényi composition at one order: when every adaptive run shares its filter order ``alpha``,
       the set is ``(alpha, sum of the filter budgets + the fixed-noise runs' RDP at alpha)``-RDP
@@ -90,6 +96,11 @@ def compose(reports: list[PrivacyReport], scope: str) -> PrivacyReport:
 
     if not reports:
         raise ValueError("compose needs at least one report")
+    private = [r for r in reports if r.private_episodes > 0]
+    if not private:
+        nothing = PrivacyReport.nothing(reports[0].delta, scope)
+        return nothing if all(r.privacy_valid for r in reports) else nothing.invalidated()
+    reports = private  # runs on public data spend nothing
     if len({r.delta for r in reports}) != 1:
         raise ValueError(f"compose needs reports of one delta, got {sorted({r.delta for r in reports})}")
     delta = reports[0].delta

@@ -59,6 +59,9 @@ class Task(abc.ABC):
 
     #: the name of :meth:`metric` in reports
     metric_name: str = "perplexity"
+    #: True for a public proxy (:meth:`proxy`): its training data is public, so its episodes spend
+    #: no privacy of anyone's private data
+    public_training_data: bool = False
 
     @abc.abstractmethod
     def build_model(self) -> nn.Module: ...
@@ -75,6 +78,20 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def evaluate(self, model: nn.Module) -> float: ...
+
+    @classmethod
+    def proxy(cls, task_kwargs: dict[str, Any], **instance: Any) -> Task:
+        """A public proxy of the task built from ``task_kwargs``: the same model family and the same
+        parameter groups, with the private training data replaced by public data that differs from
+        it (another corpus, not the private generator with another seed). Controllers and baselines
+        learn on proxies, then run once on the private task. ``instance`` picks the public data
+        (corpus, size, seed). The proxy must set ``public_training_data = True``.
+
+        Raises:
+            NotImplementedError: the task has no proxy (implement this; see ``TextTask.proxy``).
+        """
+        raise NotImplementedError(f"task {cls.__name__} has no public proxy: implement Task.proxy (the same model, "
+                                  "public training records)")
 
     def metric(self, loss: float) -> float:
         """The public metric of a validation loss (default: perplexity of a mean per-token NLL)."""

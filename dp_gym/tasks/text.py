@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dp_gym.data.clinical_notes import clinical_notes, make_canaries, private_train_records
+from dp_gym.data.proxy_corpora import PROXY_CORPORA
 from dp_gym.models.tiny_lm import TinyLMConfig, ensure_tiny_lm
 from dp_gym.tasks.base import Batch, EncodedTrainSplit, Task, register_task, trim_padding
 
@@ -48,6 +50,8 @@ class TextTask(EncodedTrainSplit, Task):
         tiny: shape of the tiny model when ``model == "tiny"``.
         train_records, val_records: your own private training records and public validation
             records (then ``n_train``, ``n_val`` and the canaries are not used).
+        public_train_records: public records of the same kind as your private ones, for the task's
+            public proxy (:meth:`proxy` with ``corpus="user"``); never trained on here.
     """
 
     def __init__(
@@ -62,6 +66,7 @@ class TextTask(EncodedTrainSplit, Task):
         tiny: dict[str, Any] | None = None,
         train_records: list[str] | None = None,
         val_records: list[str] | None = None,
+        public_train_records: list[str] | None = None,
     ):
         from transformers import AutoTokenizer
 
@@ -85,8 +90,41 @@ class TextTask(EncodedTrainSplit, Task):
         if not train_records or not val_records:
             raise ValueError("train_records and val_records must not be empty")
         self.train_records, self.val_records = list(train_records), list(val_records)
+        self.public_train_records = list(public_train_records) if public_train_records is not None else None
         self._train = self._encode(self.train_records)
         self._val = self._encode(self.val_records)
+
+    @classmethod
+    def proxy(cls, task_kwargs: dict[str, Any], corpus: str = "public_notes", n_train: int = 256, n_val: int = 32,
+              seed: int = 0) -> TextTask:
+        """A public proxy: the same model and tokenizer, trained on a public corpus instead of the
+        private records (no private record is read).
+
+        Args:
+            task_kwargs: the deployment task's keyword arguments (its model, tiny shape and record
+                length are kept; its records are not touched).
+            corpus: a name in :data:`dp_gym.data.proxy_corpora.PROXY_CORPORA`, or ``"user"`` for the
+                deployment task's ``public_train_records``.
+            n_train, n_val: proxy training and validation records (validation: held out of the corpus).
+            seed: which public records.
+
+        Raises:
+            ValueError: for ``"user"`` without public records, or an unknown corpus.
+        """
+        kept = {key: task_kwargs[key] for key in ("model", "max_length", "tiny") if key in task_kwargs}
+        if corpus == "user":
+            records = list(task_kwargs.get("public_train_records") or [])
+            if len(records) < 2:
+                raise ValueError("corpus 'user' needs public_train_records (at least 2) in the task's task_kwargs")
+            random.Random(f"user-proxy/{seed}").shuffle(records)
+            n_val = max(1, min(n_val, len(records) // 4))
+            train, val = records[n_val:], records[:n_val]
+        else:
+            records = PROXY_CORPORA.get(corpus)(n_train + n_val, seed)
+            train, val = records[:n_train], records[n_train:]
+        task = cls(**kept, train_records=train, val_records=val)
+        task.public_training_data = True
+        return task
 
     def nonmember_records(self, n: int) -> list[str]:
         """``n`` records from the private distribution that are not in the training split (fresh

@@ -125,7 +125,11 @@ def test_a_run_killed_at_a_checkpoint_resumes_to_the_same_buffer_and_policy(tmp_
 def test_a_damaged_or_edited_checkpoint_falls_back_to_the_previous_one(tmp_path):
     out = tmp_path / "run"
     train("dp_gym/TinyText-v0", "sac", timesteps=8, out=out, env_overrides=SMALL, checkpoint_every=2,
-          progress_bar=False, hyperparams=TINY_SAC)
+          progress_bar=False, hyperparams=TINY_SAC, private_training=True)
+    run = json.loads((out / "run.json").read_text())
+    # the old protocol's cost, visible: up to 8 private episodes (one per step in the worst case), composed
+    assert run["training_data"] == "private" and run["privacy"]["private_episodes"] == 8
+    assert 3.0 < run["privacy"]["epsilon"] < 8 * 3.0 and "carries their composed epsilon" in run["epsilon_scope"]
     checkpoints = out / "checkpoints"
     model = checkpoints / "step_8" / "model.zip"
     model.write_bytes(model.read_bytes()[: len(model.read_bytes()) // 2])  # truncated
@@ -140,7 +144,7 @@ def test_a_damaged_or_edited_checkpoint_falls_back_to_the_previous_one(tmp_path)
 
     lines = []
     train("dp_gym/TinyText-v0", "sac", timesteps=10, out=out, resume=out, env_overrides=SMALL, checkpoint_every=2,
-          progress_bar=False, report=lines.append)
+          progress_bar=False, report=lines.append, private_training=True)
     assert len(lines) == 3 and all(line.endswith("trying the previous one") for line in lines)
     assert "step_8" in lines[0] and "step_4" in lines[2] and "UnpicklingError" in lines[2]
     assert "step_6" in lines[1] and "budget.history accounts 0 update(s), but the run made 4" in lines[1]
@@ -150,4 +154,21 @@ def test_a_damaged_or_edited_checkpoint_falls_back_to_the_previous_one(tmp_path)
         (path / "model.zip").write_bytes(b"not a zip")
     with pytest.raises(FileNotFoundError, match="no readable checkpoint"):
         train("dp_gym/TinyText-v0", "sac", timesteps=12, out=out, resume=out, env_overrides=SMALL,
-              progress_bar=False, report=lambda line: None)
+              progress_bar=False, report=lambda line: None, private_training=True)
+
+
+def test_a_deployment_reports_what_its_controller_carries_end_to_end(tmp_path):
+    for where, private in (("proxy", False), ("private", True)):
+        train("dp_gym/TinyTextFlat-v0", "sac", timesteps=3, out=tmp_path / where, env_overrides=SMALL,
+              progress_bar=False, hyperparams=TINY_SAC, private_training=private)
+    assert main(["compare", "--env", "dp_gym/TinyTextFlat-v0", "--env-overrides", json.dumps(SMALL), "--seeds", "1",
+                 "--controllers", "vanilla", "vanilla:clip=0.3", f"sac:{tmp_path / 'proxy' / 'model.zip'}",
+                 f"sac:{tmp_path / 'private' / 'model.zip'}", "--out", str(tmp_path / "cmp")]) == 0
+    rows = {row["controller"]: row for row in json.loads((tmp_path / "cmp" / "results.json").read_text())["summary"]}
+    default, tuned_elsewhere, proxy, private = rows.values()
+    assert default["private_episodes"] == 1 and default["epsilon_scope"].startswith("end to end")
+    assert tuned_elsewhere["epsilon_scope"] == "this episode only"  # its clip may have been tuned on private data
+    assert proxy["private_episodes"] == 1 and proxy["epsilon"] == default["epsilon"] <= 3.0
+    # trained on private data: 3 training episodes (worst case, one per step) plus the deployment, composed
+    assert private["private_episodes"] == 4 and private["epsilon"] > proxy["epsilon"]
+    assert "composed" in private["epsilon_scope"] and private["epsilon_budget"] is None

@@ -31,7 +31,12 @@ def test_train_writes_tensorboard_epsilon_and_a_loadable_model_and_resumes(tmp_p
     model_path = train("dp_gym/TinyText-v0", "sac", timesteps=8, out=tmp_path, env_overrides=SMALL,
                        checkpoint_every=4, progress_bar=False, hyperparams={"learning_starts": 2, "batch_size": 4})
     logged = scalars(tmp_path / "tb")
-    assert len(logged["dp/epsilon"]) == 8 and max(logged["dp/epsilon"]) <= 3.0
+    assert len(logged["dp/epsilon"]) == 8
+    assert all(spent <= budget for spent, budget in zip(logged["dp/epsilon"], logged["dp/epsilon_budget"], strict=True))
+    assert len(set(logged["dp/epsilon_budget"])) > 1  # public proxy instances of several budgets
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["training_data"] == "public proxies" and run["privacy"]["private_episodes"] == 0
+    assert run["privacy"]["epsilon"] == 0.0
     assert "dp/val_ppl" in logged and any(tag.startswith("clip/") for tag in logged)
     model = load_policy(f"sac:{model_path}")
     env = dp_gym.make("dp_gym/TinyText-v0", **SMALL)
@@ -120,35 +125,41 @@ def test_compare_writes_csv_json_png_one_row_per_controller_and_seed(tmp_path):
     assert "| vanilla |" in (tmp_path / "results.md").read_text()
 
 
-def test_tune_vanilla_grid_searches_the_clip_then_the_learning_rate(tmp_path):
+@pytest.mark.parametrize("where", ["proxies", "private"])
+def test_tune_vanilla_grid_searches_the_clip_then_the_learning_rate(tmp_path, where):
     code = main(["tune-vanilla", "--clips", "0.1", "1.0", "--learning-rates", "0.0001", "0.005",
-                 "--env-overrides", json.dumps(SMALL), "--out", str(tmp_path)])
+                 "--env-overrides", json.dumps(SMALL), "--out", str(tmp_path), *(["--private"] if where == "private" else [])])
     assert code == 0
     tuned = json.loads((tmp_path / "tune_vanilla.json").read_text())
     assert set(tuned["scores"]) == {"0.1", "1.0"} and tuned["best_clip"] in (0.1, 1.0)
-    rates = {float(rate): ppl for rate, ppl in tuned["learning_rate_scores"].items()}
+    rates = {float(rate): score for rate, score in tuned["learning_rate_scores"].items()}
     assert set(rates) == {0.0001, 0.005}
     # each rate really ran under its own learning rate, and the best one is reported
     assert rates[0.0001] != rates[0.005] and tuned["best_learning_rate"] == min(rates, key=rates.get)
-    # every grid point was a private run: 2 clips + 1 new rate (5e-3 reuses the clip search's run)
-    assert tuned["privacy_valid"] is True and "every grid run" in tuned["epsilon_scope"]
-    assert tuned["privacy"]["private_episodes"] == 3 and 3.0 < tuned["privacy"]["epsilon"] < 9.0
+    assert tuned["privacy_valid"] is True
+    if where == "proxies":  # the default: no private data touched
+        assert tuned["tuned_on"] == "public proxies" and tuned["privacy"]["private_episodes"] == 0
+        assert tuned["privacy"]["epsilon"] == 0.0
+    else:  # every grid point a private run: 2 clips + 1 new rate (5e-3 reuses the clip search's run)
+        assert "every grid run" in tuned["epsilon_scope"]
+        assert tuned["privacy"]["private_episodes"] == 3 and 3.0 < tuned["privacy"]["epsilon"] < 9.0
 
 
 def test_tune_learning_rate_reuses_the_clip_search_run_and_a_keyed_rerun_matches(monkeypatch):
     from agents.tuning import tune_learning_rate, tune_vanilla, tuning_privacy
 
     monkeypatch.setenv("DP_GYM_SECRET_KEY", "dp-gym-test-secret-key-0001")
-    clips = tune_vanilla("dp_gym/TinyText-v0", [0.3], 0, SMALL)
+    clips = tune_vanilla("dp_gym/TinyText-v0", [0.3], 0, SMALL, private=True)
     reused = tune_learning_rate("dp_gym/TinyText-v0", clips.best, [0.005], 0, SMALL,
-                                episode_at_env_rate=clips.runs[clips.best])
+                                episode_at_env_rate=clips.runs[clips.best], private=True)
     assert reused.runs[0.005] is clips.runs[0.3] and reused.episodes == []  # 5e-3 is the env's rate: not run again
     assert tuning_privacy(clips, reused).private_episodes == 1
-    rerun = tune_learning_rate("dp_gym/TinyText-v0", clips.best, [0.005], 0, SMALL)
-    # with the same secret key a grid point's run reproduces... (its own noise stream)
-    assert rerun.scores[0.005] != clips.scores[0.3]  # the lr grid's stream differs from the clip grid's
-    again = tune_learning_rate("dp_gym/TinyText-v0", clips.best, [0.005], 0, SMALL)
-    assert again.scores == rerun.scores
+    rerun = tune_learning_rate("dp_gym/TinyText-v0", clips.best, [0.005], 0, SMALL, private=True)
+    assert rerun.scores[0.005] != clips.scores[0.3]  # the lr grid's noise stream differs from the clip grid's
+    again = tune_learning_rate("dp_gym/TinyText-v0", clips.best, [0.005], 0, SMALL, private=True)
+    assert again.scores == rerun.scores  # with the same secret key a grid point's run reproduces
+    on_proxies = tune_vanilla("dp_gym/TinyText-v0", [0.3], 0, SMALL, episodes=2)
+    assert len(on_proxies.runs[0.3]) == 2 and tuning_privacy(on_proxies).private_episodes == 0
 
 
 def test_oracle_runs_say_so_in_every_file(tmp_path):

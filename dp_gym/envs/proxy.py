@@ -1,0 +1,209 @@
+"""Public proxy instances: train controllers (and tune baselines) without touching private data.
+
+A controller trained over many episodes on the private data carries every one of those episodes'
+privacy cost. :class:`ProxyEnv` is the same environment (the same model family, the same action and
+observation layouts) on a **public proxy** of its task (``Task.proxy``: public training data that
+differs from the private data), and every episode draws an **instance** from an
+:class:`InstanceDistribution`: the public corpus, the budget's epsilon (log-uniform), the sampling
+rate, the training-set size and the public seed. One policy must serve every budget, so the
+observation carries everything budget-relative (epsilon spent / budget, updates done / max, the
+budget's epsilon and expected batch size).
+
+Its episodes spend no private data's privacy: each one's report says so (``private_episodes: 0``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from dp_gym.config import ConfigError, EnvConfig
+from dp_gym.envs.dp_finetune_env import DPFineTuneEnv
+from dp_gym.envs.validation import validate_config
+from dp_gym.tasks import resolve_task
+
+
+@dataclass(frozen=True)
+class InstanceDistribution:
+    """What an episode of a proxy may be.
+
+    Attributes:
+        corpora: public corpora to draw from (``dp_gym.data.proxy_corpora``, or ``"user"``).
+        epsilon: ``(low, high)``; drawn log-uniformly.
+        sample_rates: Poisson rates to draw from.
+        train_sizes: proxy training-set sizes to draw from.
+        max_updates: episode lengths to draw from (empty: the deployment config's).
+        n_val: public validation records of each proxy.
+        seeds: public seeds of the proxy data to draw from (which records of a corpus).
+        max_length: tokens per proxy record (None: the deployment task's); shorter is cheaper.
+
+    Raises:
+        ConfigError: naming the field, for an empty choice or a bad range.
+    """
+
+    corpora: tuple[str, ...] = ("public_notes", "python_docs")
+    epsilon: tuple[float, float] = (1.0, 8.0)
+    sample_rates: tuple[float, ...] = (0.02, 0.05)
+    train_sizes: tuple[int, ...] = (128, 256)
+    max_updates: tuple[int, ...] = ()
+    n_val: int = 16
+    seeds: tuple[int, ...] = (0, 1, 2)
+    max_length: int | None = 48
+
+    def __post_init__(self) -> None:
+        for name in ("corpora", "sample_rates", "train_sizes", "seeds"):
+            if not getattr(self, name):
+                raise ConfigError(f"proxy.{name} must not be empty")
+        low, high = self.epsilon
+        if not (0 < low <= high and math.isfinite(high)):
+            raise ConfigError(f"proxy.epsilon must be (low, high) with 0 < low <= high, got {self.epsilon}")
+        if any(not (0 < q <= 1) for q in self.sample_rates):
+            raise ConfigError(f"proxy.sample_rates must be in (0, 1], got {self.sample_rates}")
+        if any(n < 2 for n in self.train_sizes) or self.n_val < 1:
+            raise ConfigError(f"proxy.train_sizes must be >= 2 and proxy.n_val >= 1, got {self.train_sizes}, {self.n_val}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> InstanceDistribution:
+        data = dict(data or {})
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"proxy has unknown keys {unknown}; allowed: {sorted(known)}")
+        return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in data.items()})
+
+    def sample(self, rng: np.random.Generator, config: EnvConfig) -> dict[str, Any]:
+        """One instance: ``{"corpus", "n_train", "seed", "epsilon", "sample_rate", "max_updates"}``."""
+        low, high = self.epsilon
+        return {
+            "corpus": str(rng.choice(self.corpora)),
+            "n_train": int(rng.choice(self.train_sizes)),
+            "seed": int(rng.choice(self.seeds)),
+            "epsilon": float(math.exp(rng.uniform(math.log(low), math.log(high)))),
+            "sample_rate": float(rng.choice(self.sample_rates)),
+            "max_updates": int(rng.choice(self.max_updates)) if self.max_updates else config.max_updates,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
+
+
+class ProxyEnv(gym.Env):
+    """The environment of ``config`` on public proxy instances (see the module docstring).
+
+    Args:
+        config: the deployment environment's config (its task must implement ``Task.proxy``).
+        distribution: the instance distribution.
+        secret_key: as for :class:`DPFineTuneEnv` (makes proxy episodes reproducible).
+        cache: proxies kept built at once (one per corpus, size and seed).
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, config: EnvConfig, distribution: InstanceDistribution | None = None, secret_key=None,
+                 cache: int = 6):
+        self.config = validate_config(config)
+        self.distribution = distribution or InstanceDistribution()
+        self.task_class = resolve_task(config.task)
+        self.secret_key = secret_key
+        self._cache: OrderedDict[tuple, DPFineTuneEnv] = OrderedDict()
+        self._cache_size = max(1, cache)
+        first = self.distribution.sample(np.random.default_rng(0), config)
+        self.current = self._proxy(first)
+        self.instance = first
+        self.action_space = self.current.action_space
+        self.observation_space = self.current.observation_space
+
+    def _proxy(self, instance: dict[str, Any]) -> DPFineTuneEnv:
+        key = (instance["corpus"], instance["n_train"], instance["seed"])
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        task_kwargs = self.config.task_arguments()
+        if self.distribution.max_length is not None:
+            task_kwargs = {**task_kwargs, "max_length": self.distribution.max_length}
+        task = self.task_class.proxy(task_kwargs, corpus=instance["corpus"],
+                                     n_train=instance["n_train"], n_val=self.distribution.n_val, seed=instance["seed"])
+        env = DPFineTuneEnv(self.config, task=task, secret_key=self.secret_key)
+        if hasattr(self, "current") and (env.observation_layout != self.current.observation_layout
+                                         or env.action_layout != self.current.action_layout):
+            raise ValueError(f"the proxy of instance {key} has other layouts than the others: proxies must keep the "
+                             "model family and the parameter groups")
+        self._cache[key] = env
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return env
+
+    # everything a controller reads, from the current instance's environment
+    @property
+    def unwrapped_env(self) -> DPFineTuneEnv:
+        return self.current
+
+    @property
+    def group_names(self) -> list[str]:
+        return self.current.group_names
+
+    @property
+    def action_layout(self) -> list[str]:
+        return self.current.action_layout
+
+    @property
+    def observation_layout(self) -> list[str]:
+        return self.current.observation_layout
+
+    @property
+    def run(self):
+        return self.current.run
+
+    @property
+    def task(self):
+        return self.current.task
+
+    @property
+    def budget(self):
+        return self.current.budget
+
+    def encode_action(self, clip=None, noise=None, prune=None) -> np.ndarray:
+        return self.current.encode_action(clip=clip, noise=noise, prune=prune)
+
+    def decode_action(self, action):
+        return self.current.decode_action(action)
+
+    def calibrated_group_noise(self) -> np.ndarray:
+        return self.current.calibrated_group_noise()
+
+    def privacy_report(self):
+        return self.current.privacy_report()
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        """Draw an instance (or take ``options["proxy_instance"]``) and start its episode."""
+        super().reset(seed=seed)
+        options = dict(options or {})
+        instance = options.pop("proxy_instance", None) or self.distribution.sample(self.np_random, self.config)
+        self.instance = instance
+        self.current = self._proxy(instance)
+        budget = {key: instance[key] for key in ("epsilon", "sample_rate", "max_updates")}
+        episode_seed = int(self.np_random.integers(2**31 - 1))
+        observation, info = self.current.reset(seed=episode_seed, options={**options, "instance": budget})
+        return observation, {**info, "proxy_instance": dict(instance)}
+
+    def step(self, action):
+        return self.current.step(action)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"instance": dict(self.instance), "np_random": self.np_random.bit_generator.state,
+                "env": self.current.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.instance = dict(state["instance"])
+        self.current = self._proxy(self.instance)
+        self.np_random.bit_generator.state = state["np_random"]
+        self.current.load_state_dict(state["env"])
+
+    def close(self) -> None:
+        for env in self._cache.values():
+            env.close()

@@ -1,0 +1,109 @@
+"""Public proxies: the same environment on public data, instances of many budgets."""
+
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+import dp_gym
+from dp_gym.config import ConfigError
+from dp_gym.data.clinical_notes import DIAGNOSES, FIRST_NAMES, LAST_NAMES, clinical_notes
+from dp_gym.data.proxy_corpora import PROXY_CORPORA
+from dp_gym.data.public_notes import public_notes
+from dp_gym.envs import DPFineTuneEnv, InstanceDistribution, ProxyEnv
+from dp_gym.tasks import Task, TextTask
+
+SMALL = {"task_kwargs": {"n_train": 64, "n_val": 8}, "max_updates": 8, "updates_per_step": 2}
+CHEAP = InstanceDistribution(train_sizes=(32, 64), n_val=4, max_length=24, epsilon=(1.0, 8.0))
+KEY = "dp-gym-test-secret-key-0001"
+
+
+def test_public_notes_share_no_name_condition_or_drug_with_the_private_generator():
+    public = " ".join(public_notes(300, seed=0))
+    private_words = {*FIRST_NAMES, *LAST_NAMES, *(d for diagnosis, drug, _ in DIAGNOSES for d in (diagnosis, drug))}
+    assert not [word for word in private_words if word in public]
+    private = " ".join(clinical_notes(300, seed=1000))
+    assert "Dear colleague" not in private and "Ward round" not in private
+
+
+def test_a_proxy_reads_no_private_record(monkeypatch):
+    secret = [f"Quimbleford private record {i}" for i in range(20)]
+    config = dp_gym.config_of("dp_gym/TinyTextFlat-v0", **{**SMALL, "task_kwargs": {
+        "train_records": secret, "val_records": ["a public line"]}})
+
+    def no_private_data(*args, **kwargs):
+        raise AssertionError("the private generator was called")
+
+    monkeypatch.setattr("dp_gym.tasks.text.private_train_records", no_private_data)
+    env = ProxyEnv(config, CHEAP)
+    for seed in range(3):
+        env.reset(seed=seed)
+        assert not set(secret) & set(env.task.train_records) and env.task.public_training_data
+    *_, info = env.step(np.zeros(env.action_space.shape, dtype=np.float32))
+    report = env.privacy_report()
+    assert report.private_episodes == 0 and "public proxy" in report.epsilon_scope
+
+
+def test_instances_vary_the_budget_and_keep_the_layouts():
+    env = ProxyEnv(dp_gym.config_of("dp_gym/TinyText-v0", **SMALL), CHEAP)
+    layouts, budgets = set(), set()
+    for seed in range(4):
+        observation, info = env.reset(seed=seed)
+        instance = info["proxy_instance"]
+        budgets.add(round(instance["epsilon"], 6))
+        layouts.add((tuple(env.observation_layout), tuple(env.action_layout)))
+        index = env.observation_layout.index("log_epsilon_budget")
+        assert observation[index] == pytest.approx(np.log10(instance["epsilon"]), abs=1e-6)
+        done = False
+        while not done:
+            *_, terminated, truncated, info = env.step(env.action_space.sample())
+            done = terminated or truncated
+        assert info["epsilon"] <= instance["epsilon"] == info["epsilon_budget"]
+    assert len(layouts) == 1 and len(budgets) == 4
+    assert env.reset(seed=2)[1]["proxy_instance"] == env.reset(seed=2)[1]["proxy_instance"]  # the public seed picks it
+
+
+def test_a_proxy_passes_both_checkers():
+    env = ProxyEnv(dp_gym.config_of("dp_gym/TinyTextFlat-v0", **SMALL), CHEAP, secret_key=KEY)
+    gym_check_env(env, skip_render_check=True)
+    sb3_check_env(env, warn=True)
+
+
+def test_the_users_public_records_make_a_proxy():
+    public = [f"Ticket {i}: the printer on floor {i % 4} is jammed again." for i in range(12)]
+    proxy = TextTask.proxy({"public_train_records": public, "max_length": 24}, corpus="user", n_val=2)
+    assert set(proxy.train_records) | set(proxy.val_records) == set(public) and proxy.public_training_data
+    with pytest.raises(ValueError, match="corpus 'user' needs public_train_records"):
+        TextTask.proxy({}, corpus="user")
+    with pytest.raises(ValueError, match="unknown proxy corpus 'nope'"):
+        TextTask.proxy({}, corpus="nope")
+    assert {"public_notes", "python_docs", "scene_captions"} <= set(PROXY_CORPORA.names())
+
+
+def test_a_task_without_a_proxy_says_what_to_implement():
+    with pytest.raises(NotImplementedError, match="implement Task.proxy"):
+        Task.proxy({})
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("corpora", (), "proxy.corpora must not be empty"),
+    ("epsilon", (3.0, 1.0), "proxy.epsilon must be"),
+    ("sample_rates", (1.5,), "proxy.sample_rates must be in"),
+    ("train_sizes", (1,), "proxy.train_sizes must be >= 2"),
+])
+def test_a_bad_instance_distribution_names_its_field(field, value, message):
+    with pytest.raises(ConfigError, match=message):
+        InstanceDistribution(**{field: value})
+    with pytest.raises(ConfigError, match=r"proxy has unknown keys \['epsilons'\]"):
+        InstanceDistribution.from_dict({"epsilons": [1, 2]})
+
+
+def test_an_episode_instance_sets_the_budget_and_is_checked():
+    env = DPFineTuneEnv(SMALL)
+    observation, info = env.reset(seed=0, options={"instance": {"epsilon": 8.0, "max_updates": 4}})
+    assert env.budget.epsilon == 8.0 and info["epsilon_budget"] == 8.0
+    assert env.reset(seed=0)[1]["epsilon_budget"] == 3.0  # back to the configured budget
+    with pytest.raises(ValueError, match=r"instance fields \['delta'\] are unknown"):
+        env.reset(options={"instance": {"delta": 1e-3}})
+    with pytest.raises(ConfigError, match="epsilon must be > 0"):
+        env.reset(options={"instance": {"epsilon": -1.0}})
