@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import random
 from pathlib import Path
 from typing import Any
@@ -122,7 +123,11 @@ class TextTask(EncodedTrainSplit, Task):
         else:
             records = PROXY_CORPORA.get(corpus)(n_train + n_val, seed)
             train, val = records[:n_train], records[n_train:]
-        task = cls(**kept, train_records=train, val_records=val)
+        # a subclass with a constructor of its own (no records) gets a plain TextTask of its model:
+        # override proxy() if its loss or data handling differ from TextTask's
+        parameters = inspect.signature(cls.__init__).parameters
+        builder = cls if {"train_records", "val_records"} <= set(parameters) else TextTask
+        task = builder(**kept, train_records=train, val_records=val)
         task.public_training_data = True
         return task
 

@@ -117,7 +117,7 @@ def test_compare_writes_csv_json_png_one_row_per_controller_and_seed(tmp_path):
     assert len(rows) == 1 + 2 * 2 and rows[0].startswith("controller,seed")
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["privacy_valid"] is True and len(data["summary"]) == 2
-    assert data["epsilon_scope"] == "this episode only"
+    assert data["epsilon_scope"].startswith("end to end")  # default heuristics: the deployment is all there is
     episode = data["episodes"][0]["privacy"]
     assert episode["accounting"].startswith("rdp-filter@alpha=") and episode["epsilon"] == 3.0
     for png in ("ppl_vs_epsilon.png", "controls_over_episode.png"):
