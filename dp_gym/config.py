@@ -22,6 +22,7 @@ from dp_gym.privacy.ledger import ACCOUNTANTS
 CONTROLS = ("clip", "noise", "prune")
 BUDGET_MODES = ("project", "terminate")
 NOISE_SCALES = ("absolute", "paced")
+NOISE_ALLOCATIONS = ("per_group", "shares")
 OBSERVATION_MODES = ("private", "oracle")
 #: the optimizers a run can fine-tune with (``dp_gym.envs.fine_tuning.OPTIMIZERS`` maps them to torch)
 OPTIMIZER_NAMES = ("adam", "adamw", "sgd")
@@ -120,6 +121,11 @@ class EnvConfig:
             range symmetric in log scale) is plain DP-SGD; ``f < 1`` spends faster now and the pace
             rises later to pay for it (only a controller that keeps ``f < 1`` to the end runs out
             of budget before ``max_updates``).
+        noise_allocation: ``per_group`` (one noise factor per group) or ``shares`` (paced noise only:
+            one pace factor and per-group shares of the gradient noise, whose zero action is
+            per-layer clipping with one noise; see :class:`dp_gym.envs.ActionCodec`).
+        share_range: with ``shares``, a share entry of ``a`` multiplies its group's share by
+            ``share_range ** a`` (> 1).
         prune_max: the largest prune ratio, mapped linearly from the action, in [0, 1].
         budget_mode: ``project`` (raise the noise to fit the budget) or ``terminate``.
         reward: ``{"name": ..., "kwargs": {...}}``; see :func:`dp_gym.envs.register_reward`.
@@ -150,6 +156,8 @@ class EnvConfig:
     clip_range: tuple[float, float] = (0.05, 5.0)
     noise_range: tuple[float, float] = (1.0, 30.0)
     noise_scale: str = "absolute"
+    noise_allocation: str = "per_group"
+    share_range: float = 4.0
     prune_max: float = 0.9
     budget_mode: str = "project"
     reward: dict[str, Any] = field(default_factory=lambda: {"name": "utility", "kwargs": {}})
@@ -192,6 +200,12 @@ class EnvConfig:
             if not (self.noise_range[0] <= 1.0 <= self.noise_range[1]):
                 raise ConfigError(f"noise_range must contain 1 with noise_scale 'paced' (it is a factor on the "
                                   f"paced noise), got {list(self.noise_range)}")
+        _choice("noise_allocation", self.noise_allocation, NOISE_ALLOCATIONS)
+        if self.noise_allocation == "shares" and (self.noise_scale != "paced" or self.controls["noise"] != "control"):
+            raise ConfigError("noise_allocation 'shares' needs noise_scale 'paced' and controls.noise 'control'")
+        self.share_range = _number("share_range", self.share_range)
+        if self.share_range <= 1:
+            raise ConfigError(f"share_range must be > 1, got {self.share_range:g}")
         self.prune_max = _number("prune_max", self.prune_max)
         if not (0 <= self.prune_max <= 1):
             raise ConfigError(f"prune_max must be in [0, 1], got {self.prune_max:g}")

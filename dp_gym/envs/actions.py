@@ -44,7 +44,20 @@ class DecodedAction:
 
 
 class ActionCodec:
-    """Maps ``[-1, 1]`` action vectors to per-group controls and back."""
+    """Maps ``[-1, 1]`` action vectors to per-group controls and back.
+
+    With ``noise_allocation: shares`` (paced noise only) the noise block is one **pace factor**
+    ``f`` (log-mapped onto ``noise_range``) followed by one **share** entry per group (none with one
+    group): the gradient part of the composed multiplier is ``f`` times the pace's, and it is split
+    over the groups by shares ``w_g`` proportional to ``(C_g^2 / sum_k C_k^2) * share_range^{a_g}``:
+
+    .. math:: \\sigma_g = \frac{1}{\\sqrt{S\\, w_g}}, \\qquad S = \frac{1}{f^2} \\sum_g s_g^{-2}
+
+    (``s_g``: the pace's per-group noise). The zero action (``f = 1``, all ``a_g = 0``) is then
+    per-layer clipping with **one** noise: every coordinate gets the same noise std
+    ``sigma_g C_g``, the allocation Opacus' per-layer clipping uses, at plain DP-SGD's pace. Per-group
+    control is never a handicap there: any other allocation is a move away from it.
+    """
 
     def __init__(self, config: EnvConfig, group_names: list[str]):
         self.config = config
@@ -52,8 +65,15 @@ class ActionCodec:
         self.controlled = config.controlled
         if not self.controlled:
             raise ConfigError("controls: at least one of clip / noise / prune must be 'control'")
-        self.layout = [f"{control}/{group}" for control in self.controlled for group in self.group_names]
+        self.shares = "noise" in self.controlled and config.noise_allocation == "shares"
+        self.blocks = [(control, self._entries(control)) for control in self.controlled]
+        self.layout = [name for _, names in self.blocks for name in names]
         self.space = spaces.Box(-1.0, 1.0, shape=(len(self.layout),), dtype=np.float32)
+
+    def _entries(self, control: str) -> list[str]:
+        if control == "noise" and self.shares:
+            return ["noise/pace"] + ([f"noise/share/{g}" for g in self.group_names] if len(self.group_names) > 1 else [])
+        return [f"{control}/{group}" for group in self.group_names]
 
     @property
     def needs_noise_reference(self) -> bool:
@@ -80,34 +100,49 @@ class ActionCodec:
             raise ValueError(f"action entry {self.layout[bad[0]]!r} (index {bad[0]}) is {vector[bad[0]]}; "
                              "actions must be finite")
         vector = np.clip(vector, -1.0, 1.0)
-        unit = (vector + 1.0) / 2.0
-        n = len(self.group_names)
-        values = {}
-        for index, control in enumerate(self.controlled):
-            values[control] = unit[index * n : (index + 1) * n]
-        cfg = self.config
-        clip = self._log_map(values["clip"], cfg.clip_range) if "clip" in values else np.full(n, cfg.controls["clip"])
-        if "noise" in values and cfg.noise_scale == "paced":
-            noise = self._reference(noise_reference) * self._log_map(values["noise"], cfg.noise_range)
-        elif "noise" in values:
-            noise = self._log_map(values["noise"], cfg.noise_range)
+        values, offset = {}, 0
+        for control, names in self.blocks:
+            values[control] = vector[offset : offset + len(names)]
+            offset += len(names)
+        cfg, n = self.config, len(self.group_names)
+        unit = {control: (block + 1.0) / 2.0 for control, block in values.items()}
+        clip = self._log_map(unit["clip"], cfg.clip_range) if "clip" in unit else np.full(n, cfg.controls["clip"])
+        if self.shares:
+            noise = self._shared_noise(values["noise"], clip, self._reference(noise_reference))
+        elif "noise" in unit and cfg.noise_scale == "paced":
+            noise = self._reference(noise_reference) * self._log_map(unit["noise"], cfg.noise_range)
+        elif "noise" in unit:
+            noise = self._log_map(unit["noise"], cfg.noise_range)
         elif cfg.controls["noise"] == "calibrated":
             noise = self._reference(noise_reference).copy()
         else:
             noise = np.full(n, float(cfg.controls["noise"]))
-        prune = values["prune"] * cfg.prune_max if "prune" in values else np.full(n, float(cfg.controls["prune"]))
+        prune = unit["prune"] * cfg.prune_max if "prune" in unit else np.full(n, float(cfg.controls["prune"]))
         return DecodedAction(clip=clip, noise=noise, prune=prune)
+
+    def _shared_noise(self, block: np.ndarray, clip: np.ndarray, pace: np.ndarray) -> np.ndarray:
+        cfg = self.config
+        factor = float(self._log_map((block[:1] + 1.0) / 2.0, cfg.noise_range)[0])
+        logits = block[1:] if len(block) > 1 else np.zeros(1)
+        weights = clip**2 / np.sum(clip**2) * np.exp(logits * np.log(cfg.share_range))
+        weights = weights / weights.sum()
+        total = np.sum(pace**-2.0) / factor**2
+        return 1.0 / np.sqrt(total * weights)
 
     def encode(self, clip=None, noise=None, prune=None, noise_reference: np.ndarray | None = None) -> np.ndarray:
         """The action that decodes to the given per-group controls (for heuristics); clipped to range.
         ``noise_reference``: the pace, for ``noise_scale: paced``."""
-        cfg = self.config
+        cfg, n = self.config, len(self.group_names)
         given = {"clip": clip, "noise": noise, "prune": prune}
         parts = []
-        for control in self.controlled:
-            value = np.broadcast_to(np.asarray(given[control], dtype=np.float64), (len(self.group_names),))
+        for control, _ in self.blocks:
+            value = np.broadcast_to(np.asarray(given[control], dtype=np.float64), (n,))
             if control == "prune":
                 unit = value / cfg.prune_max if cfg.prune_max > 0 else np.zeros_like(value)
+            elif control == "noise" and self.shares:
+                clips = np.broadcast_to(np.asarray(clip if clip is not None else cfg.controls["clip"], float), (n,))
+                parts.append(self._encode_shares(value, clips, self._reference(noise_reference)))
+                continue
             else:
                 low, high = cfg.clip_range if control == "clip" else cfg.noise_range
                 if control == "noise" and cfg.noise_scale == "paced":
@@ -115,6 +150,17 @@ class ActionCodec:
                 unit = (np.log(value) - np.log(low)) / max(np.log(high) - np.log(low), 1e-12)
             parts.append(np.clip(2.0 * unit - 1.0, -1.0, 1.0))
         return np.concatenate(parts).astype(np.float32)
+
+    def _encode_shares(self, noise: np.ndarray, clip: np.ndarray, pace: np.ndarray) -> np.ndarray:
+        cfg = self.config
+        total = np.sum(noise**-2.0)
+        factor = np.sqrt(np.sum(pace**-2.0) / total)
+        low, high = np.log(cfg.noise_range[0]), np.log(cfg.noise_range[1])
+        pace_entry = 2.0 * (np.log(factor) - low) / max(high - low, 1e-12) - 1.0
+        if len(self.group_names) == 1:
+            return np.clip(np.array([pace_entry]), -1.0, 1.0)
+        logits = np.log((noise**-2.0 / total) / (clip**2 / np.sum(clip**2))) / np.log(cfg.share_range)
+        return np.clip(np.concatenate([[pace_entry], logits - logits.mean()]), -1.0, 1.0)
 
     def _reference(self, noise_reference: np.ndarray | None) -> np.ndarray:
         if noise_reference is None:
