@@ -74,7 +74,8 @@ def finetune_online(env_id: str, controller: str = "sac", out: str | Path = "run
     ``out/privacy_report.json``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    env = FinalStateRecorder(dp_gym.make(env_id, **(env_overrides or {})))
+    env = FinalStateRecorder(dp_gym.make(env_id, noise_stream=f"finetune/{controller}/seed={seed}",
+                                         **(env_overrides or {})))
     unwrapped = env.unwrapped
     start = time.perf_counter()
     if controller in ONLINE_ALGOS:

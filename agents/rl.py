@@ -12,6 +12,7 @@ import importlib.resources
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from agents.checkpointing import AtomicCheckpoints, load_latest
 from dp_gym.envs import InstanceDistribution, ProxyEnv
 from dp_gym.evaluation import write_json
 from dp_gym.privacy import PrivacyBudget, PrivacyReport, compose
+from dp_gym.utils.files import atomic_write_text
 from dp_gym.utils.threads import configure_threads
 
 #: the shipped hyper-parameter files (``envs_configs/algos``, in the wheel as ``dp_gym.envs_configs.algos``)
@@ -181,11 +183,12 @@ def episode_privacy(config) -> PrivacyReport:
                          updates=config.max_updates, sample_rate=config.sample_rate)
 
 
-def private_training_privacy(config, timesteps: int, evaluations: int = 0) -> PrivacyReport:
-    """The composed privacy of training on the private environment for ``timesteps`` steps (and
-    ``evaluations`` evaluation episodes): at most ``timesteps + evaluations`` episodes, each with the
-    guarantee of :func:`episode_privacy` (see :func:`dp_gym.privacy.compose`)."""
-    episodes = timesteps + evaluations
+def private_training_privacy(config, steps: int, evaluations: int = 0) -> PrivacyReport:
+    """The composed privacy of ``steps`` training steps on the private environment (all of them,
+    in every process, including those redone after a resume) and ``evaluations`` evaluation
+    episodes: at most ``steps + evaluations`` episodes, each with the guarantee of
+    :func:`episode_privacy` (see :func:`dp_gym.privacy.compose`)."""
+    episodes = steps + evaluations
     return compose([episode_privacy(config)] * episodes, SCOPE_PRIVATE_TRAINING)
 
 
@@ -193,6 +196,29 @@ def proxy_training_privacy(config) -> PrivacyReport:
     """Training on public proxies spends nothing."""
     report = PrivacyReport.nothing(config.delta, SCOPE_PROXY_TRAINING)
     return report if config.privacy_valid else report.invalidated()
+
+
+class PrivateUse(BaseCallback):
+    """Counts what training spends on the private data: every environment step (each may end an
+    episode, so each is at most one more private episode) and every evaluation episode. The count
+    is written to ``path`` atomically after every step, so a crash loses none of it and a resume
+    adds to it (the steps redone after a resume are new private steps).
+    """
+
+    def __init__(self, path: Path, evaluation: EvalCallback):
+        super().__init__()
+        self.path, self.evaluation = Path(path), evaluation
+        saved = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.steps, self.evaluations_before = int(saved.get("steps", 0)), int(saved.get("evaluations", 0))
+
+    @property
+    def evaluations(self) -> int:
+        return self.evaluations_before + len(self.evaluation.evaluations_timesteps)
+
+    def _on_step(self) -> bool:
+        self.steps += self.training_env.num_envs
+        atomic_write_text(self.path, json.dumps({"steps": self.steps, "evaluations": self.evaluations}))
+        return True
 
 
 def train(env_id: str, algo: str = "sac", timesteps: int = 1000, seed: int = 0, out: str | Path = "runs/train",
@@ -235,16 +261,19 @@ def train(env_id: str, algo: str = "sac", timesteps: int = 1000, seed: int = 0, 
     kwargs.update(hyperparams or {})
     out = Path(out)
     env_overrides = dict(env_overrides or {})
+    stream = f"train/{algo}/seed={seed}"
     make_env = EnvFactory(env_id, env_overrides, secret_key, None if private_training else distribution,
-                          threads=1 if n_envs > 1 else None, monitor=n_envs == 1)
+                          threads=1 if n_envs > 1 else None, monitor=n_envs == 1, noise_stream=stream)
+    make_eval_env = EnvFactory(env_id, env_overrides, secret_key, None if private_training else distribution,
+                               threads=1 if n_envs > 1 else None, monitor=n_envs == 1, noise_stream=f"{stream}/eval")
     threads_before = torch.get_num_threads()
     if n_envs > 1:
         configure_threads(1)  # the learner's share of the cores while the environments compute
         env = VecMonitor(SubprocVecEnv([make_env] * n_envs))
-        eval_env = VecMonitor(DummyVecEnv([make_env]))
+        eval_env = VecMonitor(DummyVecEnv([make_eval_env]))
     else:
         env = make_env()
-        eval_env = make_env()  # built before the generators are seeded or restored: it draws from them
+        eval_env = make_eval_env()  # built before the generators are seeded or restored: it draws from them
     done_steps = 0
     if resume is not None:
         model, done_steps = load_latest(cls, Path(resume) / "checkpoints", env, report=report,
@@ -261,12 +290,14 @@ def train(env_id: str, algo: str = "sac", timesteps: int = 1000, seed: int = 0, 
     checkpoints = AtomicCheckpoints(out / "checkpoints", checkpoint_every)
     checkpoints._saved_at = done_steps if resume is not None else None
     eval_freq = max(1, eval_every // n_envs) if eval_every else max(timesteps, 1) + 1
-    callback = CallbackList([
-        logger, checkpoints,
-        EvalCallback(eval_env, n_eval_episodes=1, eval_freq=eval_freq, log_path=str(out / "eval"),
-                     best_model_save_path=str(out / "best"), deterministic=True),
-        *(callbacks or []),
-    ])
+    evaluation = EvalCallback(eval_env, n_eval_episodes=1, eval_freq=eval_freq, log_path=str(out / "eval"),
+                              best_model_save_path=str(out / "best"), deterministic=True)
+    if resume is None:
+        (out / "private_use.json").unlink(missing_ok=True)  # a new run starts from nothing
+    elif Path(resume).resolve() != out.resolve() and (Path(resume) / "private_use.json").exists():
+        shutil.copyfile(Path(resume) / "private_use.json", out / "private_use.json")
+    use = PrivateUse(out / "private_use.json", evaluation)
+    callback = CallbackList([logger, checkpoints, evaluation, use, *(callbacks or [])])
     remaining = max(timesteps - done_steps, 0)
     try:
         if remaining:
@@ -276,8 +307,7 @@ def train(env_id: str, algo: str = "sac", timesteps: int = 1000, seed: int = 0, 
         configure_threads(threads_before)
     model_path = out / "model.zip"
     model.save(model_path)
-    evaluations = timesteps // eval_every if eval_every else 0
-    privacy = (private_training_privacy(config, timesteps, evaluations) if private_training
+    privacy = (private_training_privacy(config, use.steps, use.evaluations) if private_training
                else proxy_training_privacy(config))
     if private_training and not config.privacy_valid:
         privacy = privacy.invalidated()
@@ -288,7 +318,7 @@ def train(env_id: str, algo: str = "sac", timesteps: int = 1000, seed: int = 0, 
         "hyperparams": {k: v for k, v in kwargs.items() if k != "policy_kwargs"},
         "actor_init": actor_init, "actor_init_std": actor_init_std if actor_init == "zero" else None,
         "privacy_valid": privacy.privacy_valid, "epsilon_scope": privacy.epsilon_scope,
-        "privacy": privacy.to_dict(history=False),
+        "privacy": privacy.to_dict(),  # with its history or Renyi bound: deployments compose it
         "training_episodes": logger.episodes if resume is None else None,
         "secret_key": "supplied" if first_eval.unwrapped.run.secret_key is not None else "none (fresh OS entropy)",
         "resumed_from_steps": done_steps if resume is not None else None}, out / "run.json")
@@ -301,17 +331,18 @@ class EnvFactory:
     """A picklable environment maker (for ``SubprocVecEnv``): the private env, or its public proxy."""
 
     def __init__(self, env_id: str, overrides: dict[str, Any], secret_key, proxy: InstanceDistribution | None,
-                 threads: int | None = None, monitor: bool = True):
+                 threads: int | None = None, monitor: bool = True, noise_stream: str = ""):
         self.env_id, self.overrides, self.secret_key, self.proxy = env_id, overrides, secret_key, proxy
-        self.threads, self.monitor = threads, monitor
+        self.threads, self.monitor, self.noise_stream = threads, monitor, noise_stream
 
     def __call__(self):
         if self.threads is not None:
             configure_threads(self.threads)
         if self.proxy is None:
-            env = dp_gym.make(self.env_id, secret_key=self.secret_key, **self.overrides)
+            env = dp_gym.make(self.env_id, secret_key=self.secret_key, noise_stream=self.noise_stream, **self.overrides)
         else:
-            env = ProxyEnv(dp_gym.config_of(self.env_id, **self.overrides), self.proxy, secret_key=self.secret_key)
+            env = ProxyEnv(dp_gym.config_of(self.env_id, **self.overrides), self.proxy, secret_key=self.secret_key,
+                           noise_stream=self.noise_stream)
         return Monitor(env) if self.monitor else env
 
 

@@ -120,6 +120,27 @@ def tune_learning_rate(env_id: str, clip: float, learning_rates: Sequence[float]
     return TuningResult(runs, made, delta)
 
 
+def tune_controller(env_id: str, name: str, grid: dict[str, dict[str, Any]], seed: int, overrides: dict[str, Any],
+                    report: Callable[[str], None] | None = None, private: bool = False,
+                    proxy: InstanceDistribution | None = None, episodes: int = 1,
+                    env_overrides: dict[str, dict[str, Any]] | None = None) -> TuningResult:
+    """Grid-search any registered heuristic: ``grid`` maps a label to its keyword arguments (and,
+    through ``env_overrides[label]``, to config overrides such as a learning rate); ``episodes``
+    runs per point on public proxies (or, with ``private``, on the private data). ``runs`` is keyed
+    by label."""
+    from agents.heuristics import make_controller
+
+    runs, made = {}, []
+    for label, kwargs in grid.items():
+        env = _environment(env_id, {**overrides, **(env_overrides or {}).get(label, {})}, private, proxy)
+        runs[label] = _grid_point(env, make_controller(name, env, **kwargs), seed, episodes, f"tune-{name} {label}")
+        env.close()
+        made.extend(runs[label])
+        if report:
+            report(f"  {name} {label}: val ppl {np.mean([r.final_val_ppl for r in runs[label]]):.2f}")
+    return TuningResult(runs, made, made[0].privacy.delta)
+
+
 def tuning_privacy(*tunings: TuningResult) -> PrivacyReport:
     """The composed privacy of every private run the tunings made (nothing, on public proxies)."""
     reports = [episode.privacy for tuning in tunings for episode in tuning.episodes]

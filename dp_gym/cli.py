@@ -115,7 +115,7 @@ AUDIT_CANARIES = {"n_canaries": 8, "canary_repeats": 4}
 
 def _compare_and_report(env_id, specs: dict[str, Any], seeds, out, overrides, reference="vanilla",
                         extra: dict | None = None, audit: bool = False, priors: dict[str, Any] | None = None,
-                        overrides_of: dict[str, dict] | None = None) -> list:
+                        overrides_of: dict[str, dict] | None = None, streams: dict[str, str] | None = None) -> list:
     """Run ``specs`` (name -> factory) on the environment, each with ``overrides`` plus its own
     ``overrides_of[name]`` (a tuned learning rate, say), and write the report. ``priors``: what each
     controller carries from training or tuning (see :func:`dp_gym.evaluation.rollout.end_to_end`)."""
@@ -137,7 +137,8 @@ def _compare_and_report(env_id, specs: dict[str, Any], seeds, out, overrides, re
         for key, group in groups.items():
             merged = {**overrides, **json.loads(key)}
             results += compare(group, lambda merged=merged: dp_gym.make(env_id, **merged), seeds,
-                               progress=lambda text: status.update(f"episode: {text}"), audit=audit, prior=priors)
+                               progress=lambda text: status.update(f"episode: {text}"), audit=audit, prior=priors,
+                               streams=streams)
     order = list(specs)
     results.sort(key=lambda r: order.index(r.controller))
     paths = write_report(results, out, reference=reference if reference in specs else None,
@@ -159,7 +160,8 @@ def cmd_evaluate(args) -> None:
     name = args.policy.split(":")[0]
     _compare_and_report(args.env, {name: controller_factory(args.policy)},
                         list(range(args.seed, args.seed + args.episodes)), args.out, args.env_overrides,
-                        priors=_priors(args.env, args.env_overrides, {name: args.policy}))
+                        priors=_priors(args.env, args.env_overrides, {name: args.policy}),
+                        streams={name: f"evaluate/{args.policy}"})
 
 
 def cmd_compare(args) -> None:
@@ -169,7 +171,8 @@ def cmd_compare(args) -> None:
         name = name if name not in specs else spec  # two of a kind: full spec
         specs[name], names[name] = controller_factory(spec), spec
     _compare_and_report(args.env, specs, list(range(args.seeds)), args.out, args.env_overrides, audit=args.audit,
-                        priors=_priors(args.env, args.env_overrides, names))
+                        priors=_priors(args.env, args.env_overrides, names),
+                        streams={name: f"compare/{spec}" for name, spec in names.items()})
 
 
 def cmd_tune_vanilla(args) -> None:

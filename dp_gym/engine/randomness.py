@@ -9,9 +9,12 @@ So every episode gets a fresh 256-bit secret from the operating system's CSPRNG 
 held in memory only: never logged, never pickled into a checkpoint. A reproducible run is possible
 only through a **secret key** that the user supplies and keeps (``secret_key=`` or the
 ``DP_GYM_SECRET_KEY`` environment variable): the episode secret is then
-``HMAC-SHA256(key, "episode/<public seed>/<stream>")``. Results record that a key was used, never
-the key. Whoever holds the key and the public seed can regenerate the noise, so keep the key as
-you keep the data.
+``HMAC-SHA256(key, "episode/<context>/<public seed>/<stream>")``, where the context is a digest of the
+run's whole configuration (so runs of other configs never share noise) and the stream names what
+runs the episode (the command, the controller, the grid point). Results record that a key was used,
+never the key. Whoever holds the key and the public seed can regenerate the noise, so keep the key
+as you keep the data; and never release two runs that share key, configuration, seed and stream
+but not their actions: their releases would share noise.
 
 From the episode secret, each update ``t`` and each use (``"sampling"``, ``"noise"``) gets its own
 generator, seeded with 64 bits of ``HMAC-SHA256(secret, "<use>/<t>")``: streams never overlap,
@@ -93,6 +96,7 @@ class EpisodeRandomness:
         stream: a label that tells apart episodes run with the same key and seed on the same data
             (the controllers of a comparison, the points of a grid): two episodes must never share
             noise, or their difference cancels it.
+        context: a digest of the run's configuration (see the module docstring).
         secure_mode: fresh OS entropy for every generator (see the module docstring).
         device: where the generators live (the noise is drawn on the model's device).
 
@@ -101,7 +105,7 @@ class EpisodeRandomness:
     """
 
     def __init__(self, key: SecretKey | None = None, public_seed: int | None = None, stream: str = "",
-                 secure_mode: bool = False, device: torch.device | str = "cpu"):
+                 secure_mode: bool = False, device: torch.device | str = "cpu", context: str = ""):
         if secure_mode and key is not None:
             raise ValueError("secure_mode draws from the OS CSPRNG and cannot be reproduced: drop the secret key "
                              f"(secret_key / ${SECRET_KEY_ENV}) or secure_mode")
@@ -110,7 +114,7 @@ class EpisodeRandomness:
         #: True when a key and a public seed make this episode's noise reproducible
         self.reproducible = key is not None and public_seed is not None
         if self.reproducible:
-            self._secret = key.derive(f"episode/{int(public_seed)}/{stream}")
+            self._secret = key.derive(f"episode/{context}/{int(public_seed)}/{stream}")
         else:
             self._secret = secrets.token_bytes(32)
 

@@ -160,7 +160,9 @@ class ActionCodec:
         if len(self.group_names) == 1:
             return np.clip(np.array([pace_entry]), -1.0, 1.0)
         logits = np.log((noise**-2.0 / total) / (clip**2 / np.sum(clip**2))) / np.log(cfg.share_range)
-        return np.clip(np.concatenate([[pace_entry], logits - logits.mean()]), -1.0, 1.0)
+        # shares are invariant to a common shift of the entries: centre them on their mid-range, which
+        # keeps every entry in [-1, 1] whenever any shift can
+        return np.clip(np.concatenate([[pace_entry], logits - (logits.max() + logits.min()) / 2]), -1.0, 1.0)
 
     def _reference(self, noise_reference: np.ndarray | None) -> np.ndarray:
         if noise_reference is None:

@@ -60,18 +60,20 @@ class DPFineTuneEnv(gym.Env):
         task: a task to use instead of the one the config names (the config's layouts still apply):
             a public proxy (``Task.proxy``) for training controllers without private data.
         secret_key: see above; never stored in the config, a checkpoint or a results file.
+        noise_stream: the stream of episodes whose reset names none (``dp-gym train`` names its own).
         **overrides: config fields to override.
     """
 
     metadata = {"render_modes": []}
 
     def __init__(self, config: EnvConfig | dict[str, Any] | None = None, *, task=None,
-                 secret_key: SecretKey | bytes | str | None = None, **overrides: Any):
+                 secret_key: SecretKey | bytes | str | None = None, noise_stream: str = "", **overrides: Any):
         if isinstance(config, EnvConfig):
             config = EnvConfig.from_dict(config.to_dict(), **overrides) if overrides else config
         else:
             config = EnvConfig.from_dict(config or {}, **overrides)
         self.config = self.base_config = validate_config(config)
+        self.default_noise_stream = str(noise_stream)
         self.task = task if task is not None else create_task(config.task, **config.task_arguments())
         self.run = FineTuningRun(self.task, config, secret_key=secret_key)
         self.group_names = self.run.group_names
@@ -159,8 +161,8 @@ class DPFineTuneEnv(gym.Env):
             raise ValueError(f"instance fields {unknown} are unknown; allowed: {list(INSTANCE_FIELDS)}")
         self.config = EnvConfig.from_dict({**self.base_config.to_dict(), **instance}) if instance else self.base_config
         self.observer.config = self.config
-        public_seed = int(seed) if seed is not None else int(self.np_random.integers(2**31 - 1))
-        self.run.reset(public_seed, str(options.get("noise_stream", "")), config=self.config)
+        public_seed = int(seed) if seed is not None else int(self.np_random.integers(2**63 - 1))
+        self.run.reset(public_seed, str(options.get("noise_stream", self.default_noise_stream)), config=self.config)
         self._pace = self.budget.pace(self.config.max_updates) if self._paced else None
         val_loss = self.run.base_val_loss
         observation = self.observer.initial(val_loss, self.run.expected_batch_size)
@@ -196,8 +198,8 @@ class DPFineTuneEnv(gym.Env):
                 if not math.isfinite(evaluated):
                     raise RunFailure(f"non-finite validation loss ({evaluated}) after {run.updates} update(s)", reports)
                 with self._timed("accounting"):
-                    epsilon = budget.epsilon_spent()
-                observation = self.observer.build(reports, episode["previous_update"], evaluated, val_before, epsilon,
+                    fraction = budget.fraction_spent()
+                observation = self.observer.build(reports, episode["previous_update"], evaluated, val_before, fraction,
                                                   run.updates, fit.noise_multiplier, run.expected_batch_size)
                 val_loss = evaluated
                 episode.update(previous_update=reports[-1].noisy_update, observation=observation, val_loss=val_loss,
@@ -308,6 +310,11 @@ class DPFineTuneEnv(gym.Env):
             mine, theirs = self.base_config.public_dict(), state["config"]
             fields = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
             raise ValueError(f"the checkpoint was written by an environment with another config (fields {fields})")
+        if not self.task.public_training_data:
+            changed = sorted(k for k, v in state["instance"].items() if getattr(self.base_config, k) != v)
+            if changed:
+                raise ValueError(f"checkpoint field instance changes {changed} of a private environment: a private "
+                                 "run resumes under its configured budget only")
         self.config = EnvConfig.from_dict({**self.base_config.to_dict(), **state["instance"]})
         self.observer.config = self.run.config = self.config
         self.run.load_state_dict(state["run"])

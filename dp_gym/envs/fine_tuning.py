@@ -9,6 +9,8 @@ secret key; never the public seed alone.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from typing import Any
 
 import numpy as np
@@ -22,6 +24,12 @@ from dp_gym.tasks import Task
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 assert set(OPTIMIZERS) == set(OPTIMIZER_NAMES), "the config's optimizer names and the torch classes must agree"
+
+
+def config_digest(config: EnvConfig) -> str:
+    """SHA-256 of the whole configuration (records included): the context of a keyed episode's
+    secret. Only ever an input of the secret's HMAC; never written anywhere."""
+    return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode()).hexdigest()
 
 
 class RunFailure(RuntimeError):
@@ -88,7 +96,8 @@ class FineTuningRun:
             loss_bound=c.loss_bound, secure_mode=c.secure_mode, oracle=c.observation == "oracle")
         self._module = self.updater.module
         self.budget = self.new_budget()
-        self.randomness = EpisodeRandomness(self.secret_key, seed, stream, secure_mode=c.secure_mode)
+        self.randomness = EpisodeRandomness(self.secret_key, seed, stream, secure_mode=c.secure_mode,
+                                            context=config_digest(c) if self.secret_key is not None else "")
         self.updates = 0
 
     @property
@@ -119,10 +128,10 @@ class FineTuningRun:
         reports: list[StepReport] = []
         for _ in range(updates):
             batch = self.task.train_batch(self.sampler.sample(self.randomness.generator("sampling", self.updates)))
-            report = self.updater.step(batch, clip, sigmas, prune, statistics=self.statistics,
-                                       generator=self.randomness.generator("noise", self.updates))
-            self.budget.record(z)
+            generator = self.randomness.generator("noise", self.updates)
+            self.budget.record(z)  # before the update: an update that fails halfway is still accounted
             self.updates += 1
+            report = self.updater.step(batch, clip, sigmas, prune, statistics=self.statistics, generator=generator)
             reports.append(report)
             self.check_finite(reports)
         return reports

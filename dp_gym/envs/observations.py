@@ -3,7 +3,7 @@
 Per group: ``log10`` noisy-gradient norm, privatized unclipped fraction (when released),
 ``log10`` clip, ``log10`` noise, prune ratio, ``log10`` update norm, cosine between the last
 noisy updates of successive steps. Global: public validation loss and its change, privatized
-training loss (when released), epsilon spent / budget, updates done / max, ``log10`` of the
+training loss (when released), the share of the budget spent, updates done / max, ``log10`` of the
 composed noise multiplier ``z`` of the last update, and the episode's budget: ``log10`` epsilon and
 ``log10`` expected batch size ``qN`` (public: one policy serves every budget). Oracle mode appends raw per-sample norm
 quantiles and the clean training loss (not private).
@@ -58,7 +58,7 @@ class ObservationBuilder:
         global_features = ["val_loss", "val_loss_change"]
         if config.loss_noise is not None:
             global_features.append("train_loss")
-        global_features += ["epsilon_fraction", "updates_fraction", "log_noise_multiplier", "log_epsilon_budget",
+        global_features += ["budget_fraction", "updates_fraction", "log_noise_multiplier", "log_epsilon_budget",
                             "log_expected_batch_size"]
         if config.observation == "oracle":
             global_features.append("oracle_clean_train_loss")
@@ -78,10 +78,11 @@ class ObservationBuilder:
                 "log_expected_batch_size": _log10(expected_batch_size)}
 
     def build(self, reports: list[StepReport], previous_update: dict[str, torch.Tensor] | None,
-              val_loss: float, val_loss_before: float, epsilon: float, updates: int,
+              val_loss: float, val_loss_before: float, budget_fraction: float, updates: int,
               noise_multiplier: float, expected_batch_size: float) -> np.ndarray:
-        """The observation after an interval: ``epsilon`` is the budget's spent epsilon,
-        ``noise_multiplier`` the composed ``z`` of the interval's updates.
+        """The observation after an interval: ``budget_fraction`` is the share of the budget spent
+        (``PrivacyBudget.fraction_spent``), ``noise_multiplier`` the composed ``z`` of the interval's
+        updates.
 
         Raises:
             NonFiniteObservation: naming the first entry that would be NaN.
@@ -106,7 +107,7 @@ class ObservationBuilder:
         values["val_loss_change"] = val_loss - val_loss_before
         if cfg.loss_noise is not None:
             values["train_loss"] = float(np.mean([r.train_loss for r in reports]))
-        values["epsilon_fraction"] = epsilon / cfg.epsilon
+        values["budget_fraction"] = budget_fraction
         values["updates_fraction"] = updates / cfg.max_updates
         values["log_noise_multiplier"] = _log10(noise_multiplier)
         values.update(self._budget_features(expected_batch_size))

@@ -100,16 +100,17 @@ class ProxyEnv(gym.Env):
         distribution: the instance distribution.
         secret_key: as for :class:`DPFineTuneEnv` (makes proxy episodes reproducible).
         cache: proxies kept built at once (one per corpus, size and seed).
+        noise_stream: the default noise stream of its episodes (see :class:`DPFineTuneEnv`).
     """
 
     metadata = {"render_modes": []}
 
     def __init__(self, config: EnvConfig, distribution: InstanceDistribution | None = None, secret_key=None,
-                 cache: int = 6):
+                 cache: int = 6, noise_stream: str = ""):
         self.config = validate_config(config)
         self.distribution = distribution or InstanceDistribution()
         self.task_class = resolve_task(config.task)
-        self.secret_key = secret_key
+        self.secret_key, self.noise_stream = secret_key, noise_stream
         self._cache: OrderedDict[tuple, DPFineTuneEnv] = OrderedDict()
         self._cache_size = max(1, cache)
         first = self.distribution.sample(np.random.default_rng(0), config)
@@ -128,7 +129,7 @@ class ProxyEnv(gym.Env):
             task_kwargs = {**task_kwargs, "max_length": self.distribution.max_length}
         task = self.task_class.proxy(task_kwargs, corpus=instance["corpus"],
                                      n_train=instance["n_train"], n_val=self.distribution.n_val, seed=instance["seed"])
-        env = DPFineTuneEnv(self.config, task=task, secret_key=self.secret_key)
+        env = DPFineTuneEnv(self.config, task=task, secret_key=self.secret_key, noise_stream=self.noise_stream)
         if hasattr(self, "current") and (env.observation_layout != self.current.observation_layout
                                          or env.action_layout != self.current.action_layout):
             raise ValueError(f"the proxy of instance {key} has other layouts than the others: proxies must keep the "
@@ -187,7 +188,7 @@ class ProxyEnv(gym.Env):
         self.instance = instance
         self.current = self._proxy(instance)
         budget = {key: instance[key] for key in ("epsilon", "sample_rate", "max_updates")}
-        episode_seed = int(self.np_random.integers(2**31 - 1))
+        episode_seed = int(self.np_random.integers(2**63 - 1))
         observation, info = self.current.reset(seed=episode_seed, options={**options, "instance": budget})
         return observation, {**info, "proxy_instance": dict(instance)}
 

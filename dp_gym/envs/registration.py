@@ -44,12 +44,13 @@ def config_dir() -> Path:
     return Path(str(importlib.resources.files(CONFIG_PACKAGE)))
 
 
-def make_registered(config_path: str, secret_key=None, **overrides: Any):
+def make_registered(config_path: str, secret_key=None, noise_stream: str = "", **overrides: Any):
     """Gymnasium entry point: build the environment of a YAML with overrides (and an optional
-    secret key, which is never part of the config)."""
+    secret key and default noise stream, which are never part of the config)."""
     from dp_gym.envs.dp_finetune_env import DPFineTuneEnv
 
-    return DPFineTuneEnv(EnvConfig.from_yaml(config_path, **overrides), secret_key=secret_key)
+    return DPFineTuneEnv(EnvConfig.from_yaml(config_path, **overrides), secret_key=secret_key,
+                         noise_stream=noise_stream)
 
 
 def make_from_config(path: str | Path, **overrides: Any):
@@ -142,6 +143,7 @@ def config_of(env: str, **overrides: Any) -> EnvConfig:
     spec = gym.spec(resolve_env_id(env))
     kwargs = dict(spec.kwargs)
     kwargs.pop("secret_key", None)
+    kwargs.pop("noise_stream", None)
     if "config_path" in kwargs:
         return validate_config(EnvConfig.from_yaml(kwargs.pop("config_path"), **kwargs, **overrides))
     base = kwargs.pop("config", None)
@@ -166,7 +168,7 @@ def make(env: str, **overrides: Any) -> gym.Env:
     from dp_gym.envs.dp_finetune_env import DPFineTuneEnv
 
     env_id = resolve_env_id(env)
-    config_overrides = {k: v for k, v in overrides.items() if k != "secret_key"}
+    config_overrides = {k: v for k, v in overrides.items() if k not in ("secret_key", "noise_stream")}
     steps = episode_steps(config_of(env_id, **config_overrides))
     made = gym.make(env_id, max_episode_steps=steps, **overrides)
     if not isinstance(made.unwrapped, DPFineTuneEnv):

@@ -20,6 +20,7 @@ import numpy as np
 from dp_gym.config import public_config
 from dp_gym.evaluation.attacks import ATTACK_COLUMNS
 from dp_gym.evaluation.rollout import EpisodeResult
+from dp_gym.privacy import compose
 
 #: columns ``compare(..., audit=True)`` adds: the attacks on the final model, then the audit's bound
 AUDIT_COLUMNS = (*ATTACK_COLUMNS, "epsilon_lower_bound")
@@ -123,8 +124,12 @@ def write_report(results: list[EpisodeResult], out: str | Path, reference: str |
         for result in results:
             writer.writerow(result.summary(columns))
     scopes = sorted({r.privacy.epsilon_scope for r in results})
+    # every episode here ran on the same private data: what releasing this whole file costs (an upper
+    # bound: a prior that several deployments carry is counted once per deployment)
+    everything = compose([r.privacy for r in results], "every episode in this file, composed")
     paths["json"].write_text(json.dumps(public_config({
         "privacy_valid": privacy_valid, "epsilon_scope": scopes[0] if len(scopes) == 1 else scopes,
+        "privacy_of_all_episodes": everything.to_dict(history=False),
         **(extra or {}), "summary": rows, "episodes": [r.to_dict() for r in results]}), indent=1))
     warning = "" if privacy_valid else "**privacy_valid: false** (oracle observations or a broken configuration)\n\n"
     paths["markdown"].write_text(warning + markdown_table(rows, reference) + "\n")

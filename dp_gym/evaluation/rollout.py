@@ -83,16 +83,17 @@ class EpisodeResult:
 
 
 def run_episode(controller, env, seed: int, name: str,
-                after: Callable[[Any], dict[str, Any]] | None = None) -> EpisodeResult:
+                after: Callable[[Any], dict[str, Any]] | None = None, stream: str | None = None) -> EpisodeResult:
     """One episode of ``controller`` on ``env`` from public seed ``seed``.
 
-    The episode's secret noise stream is labelled with ``name``, so controllers compared on the
-    same seeds with the same secret key never share noise (see ``reset``'s ``noise_stream``).
+    The episode's secret noise stream is labelled with ``stream`` (default ``name``), so controllers
+    compared on the same seeds with the same secret key never share noise (see ``reset``'s
+    ``noise_stream``).
     ``after(env)``, if given, runs on the final state (before any reset) and fills ``attacks``.
     """
     unwrapped = env.unwrapped
     start = time.perf_counter()
-    observation, info = env.reset(seed=seed, options={"noise_stream": name})
+    observation, info = env.reset(seed=seed, options={"noise_stream": name if stream is None else stream})
     base_ppl = info["val_metric"]
     trajectory = [{"updates": 0, "epsilon": 0.0, "val_ppl": base_ppl}]
     episode_start, state, steps, done = np.array([True]), None, 0, False
@@ -134,12 +135,14 @@ def end_to_end(episode: PrivacyReport, prior: PrivacyReport | None) -> PrivacyRe
 
 def compare(controllers: dict[str, Callable[[Any], Any]], make_env: Callable[[], Any], seeds: Sequence[int],
             progress: Callable[[str], None] | None = None, audit: bool = False,
-            audit_canaries: int = 256, prior: dict[str, PrivacyReport | None] | None = None) -> list[EpisodeResult]:
+            audit_canaries: int = 256, prior: dict[str, PrivacyReport | None] | None = None,
+            streams: dict[str, str] | None = None) -> list[EpisodeResult]:
     """Run every controller on every seed. ``controllers`` maps a name to ``factory(env)``.
 
     ``prior`` maps a controller's name to what it carries from training or tuning (a
     :class:`PrivacyReport`; missing or None: unknown); each episode's report then covers it end to
-    end (:func:`end_to_end`).
+    end (:func:`end_to_end`). ``streams`` maps a name to its noise stream (default: the name; give
+    the full controller spec when two runs may share a name but not their parameters).
 
     With ``audit``, each episode's final model is attacked (canary exposure, membership inference;
     :func:`dp_gym.evaluation.privacy_attacks`), and each controller gets one extra training run, the
@@ -161,7 +164,7 @@ def compare(controllers: dict[str, Callable[[Any], Any]], make_env: Callable[[],
         for seed in seeds:
             if progress:
                 progress(f"{name}, seed {seed}")
-            result = run_episode(controller, env, seed, name, after=after)
+            result = run_episode(controller, env, seed, name, after=after, stream=(streams or {}).get(name))
             result.privacy = end_to_end(result.privacy, (prior or {}).get(name))
             mine.append(result)
         if audit:

@@ -192,12 +192,13 @@ class PrivacyBudget:
             return self._filter_spent + updates * self._filter_step_rdp(noise_multiplier) <= self.filter_budget
         return self.ledger.epsilon_if(noise_multiplier, self.sample_rate, updates) <= self.epsilon
 
-    def smallest_noise_multiplier(self, updates: int, rel_tol: float = 1e-4) -> float | None:
+    def smallest_noise_multiplier(self, updates: int, rel_tol: float = 1e-4, above: float = 0.0) -> float | None:
         """The smallest ``z`` (within ``rel_tol``, always on the feasible side) for which ``updates``
-        more updates fit; None when even ``MAX_NOISE_MULTIPLIER`` does not fit."""
+        more updates fit; None when even ``MAX_NOISE_MULTIPLIER`` does not fit. ``above``: a ``z``
+        known not to fit, where the search starts (PRV's numerics blow up at tiny ``z``)."""
         if not self.fits(MAX_NOISE_MULTIPLIER, updates):
             return None
-        low, high = MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER
+        low, high = max(MIN_NOISE_MULTIPLIER, above), MAX_NOISE_MULTIPLIER
         if self.fits(low, updates):
             return low
         while high / low > 1.0 + rel_tol:  # invariant: fits(high) and not fits(low); epsilon falls with z
@@ -219,7 +220,7 @@ class PrivacyBudget:
         z = self.composed_noise_multiplier(sigmas)
         if self.fits(z, updates):
             return Fit(sigmas, z, projected=False, feasible=True)
-        target = self.smallest_noise_multiplier(updates) if project else None
+        target = self.smallest_noise_multiplier(updates, above=z) if project else None
         if target is None:
             return Fit(sigmas, z, projected=False, feasible=False)
         if z == 0.0:  # no noise asked: start from equal noise
@@ -229,10 +230,6 @@ class PrivacyBudget:
         except ValueError:  # the statistics alone cannot fit: nothing may run
             return Fit(sigmas, z, projected=False, feasible=False)
         return Fit(raised, self.composed_noise_multiplier(raised), projected=True, feasible=True)
-
-    def can_afford(self, updates: int) -> bool:
-        """Whether any noise (up to ``MAX_NOISE_MULTIPLIER``) pays for ``updates`` more updates."""
-        return self.fits(MAX_NOISE_MULTIPLIER, updates)
 
     # ------------------------------------------------------------------ recording
     def record(self, noise_multiplier: float, updates: int = 1) -> None:
@@ -277,12 +274,26 @@ class PrivacyBudget:
         if self.adaptive:
             return self.epsilon
         history = self.ledger.to_dict()
+        missing = self.max_updates - self.ledger.steps
+        if missing > 0:
+            # a run that stopped early may have stopped because of its data (a NaN): account the
+            # planned schedule (the last noise to the end), never more than the budget it kept to
+            noise, rate, _ = self.ledger.history[-1]
+            history = {**history, "history": history["history"] + [[noise, rate, missing]]}
         candidates = [PrivacyLedger.from_dict({**history, "accountant": "rdp"}).epsilon()]
         try:
             candidates.append(PrivacyLedger.from_dict({**history, "accountant": "prv"}).epsilon())
         except Exception:  # noqa: BLE001 - PRV's numerics can fail at extreme parameters; RDP stays valid
             pass
-        return float(min(candidates))
+        return float(min([*candidates, self.epsilon] if missing > 0 else candidates))
+
+    def fraction_spent(self) -> float:
+        """The share of the budget spent, in [0, 1]: of the filter's RDP budget for adaptive noise
+        (linear in the updates, unlike the converted epsilon, which starts at a large offset), of
+        epsilon otherwise."""
+        if self.adaptive:
+            return min(self._filter_spent / self.filter_budget, 1.0)
+        return min(self.ledger.epsilon() / self.epsilon, 1.0)
 
     def report(self) -> PrivacyReport:
         """The run's privacy, for results files (scope: this one run)."""
@@ -292,9 +303,18 @@ class PrivacyBudget:
         return PrivacyReport(
             epsilon=guarantee, delta=self.delta, epsilon_budget=self.epsilon,
             epsilon_spent=spent, accounting=self.rule, adaptive=self.adaptive,
-            updates=self.ledger.steps, sample_rate=self.sample_rate,
-            history=[list(entry) for entry in self.ledger.history], filter_order=self.filter_order,
-            filter_rdp=self.filter_budget)
+            updates=self.ledger.steps, sample_rate=self.sample_rate, history=self._planned_history(),
+            filter_order=self.filter_order, filter_rdp=self.filter_budget)
+
+    def _planned_history(self) -> list[list[float]]:
+        """The history, padded to ``max_updates`` with the last noise for a fixed-noise run that
+        stopped early (as :meth:`epsilon_guarantee` accounts it); such a report then no longer
+        adds up to its updates, so :func:`dp_gym.privacy.compose` only composes its epsilon."""
+        history = [list(entry) for entry in self.ledger.history]
+        missing = self.max_updates - self.ledger.steps
+        if not self.adaptive and history and missing > 0:
+            history.append([history[-1][0], history[-1][1], missing])
+        return history
 
     def _filter_step_rdp(self, noise_multiplier: float) -> float:
         """RDP of one update at the filter order (cached: searches ask for the same z repeatedly)."""

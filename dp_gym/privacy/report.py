@@ -74,6 +74,16 @@ class PrivacyReport:
         return cls(**data)
 
 
+def _kind(report: PrivacyReport) -> str:
+    """How a report can be composed: ``"history"`` (fixed noise, its history accounts every update),
+    ``"filter"`` (a Rényi bound at one order), or ``"opaque"`` (only its (epsilon, delta))."""
+    if report.filter_order is not None and report.filter_rdp is not None:
+        return "filter"
+    if not report.adaptive and report.history and sum(int(entry[2]) for entry in report.history) == report.updates:
+        return "history"
+    return "opaque"
+
+
 def compose(reports: list[PrivacyReport], scope: str) -> PrivacyReport:
     """The privacy of several runs on the same private data, released together.
 
@@ -81,15 +91,20 @@ def compose(reports: list[PrivacyReport], scope: str) -> PrivacyReport:
     episodes); each run may be chosen from the earlier runs' results. Runs on public data
     (``private_episodes == 0``) spend nothing and are left out. Two bounds, the smaller reported:
 
-    * Rényi composition at one order: when every adaptive run shares its filter order ``alpha``,
-      the set is ``(alpha, sum of the filter budgets + the fixed-noise runs' RDP at alpha)``-RDP
-      (RDP composes additively under adaptive composition, Mironov 2017, Proposition 1), converted
-      at ``delta`` as in :mod:`dp_gym.privacy.rdp`; when all runs have fixed noise, the merged
-      history is accounted over all orders;
-    * basic composition: epsilons and deltas add (Dwork et al. 2006), valid for any mix.
+    * Rényi composition (RDP composes additively under adaptive composition, Mironov 2017,
+      Proposition 1): when every run's report is a fixed-noise history that accounts all its updates,
+      the merged history over all orders; when the others are such histories and every Rényi-bounded
+      run (a filter, or an earlier composition at one order) shares one order ``alpha``, the sum of
+      their bounds at ``alpha``; converted at ``delta`` as in :mod:`dp_gym.privacy.rdp`;
+    * basic composition: epsilons and deltas add (Dwork et al. 2006), valid for any mix, and the
+      only one used when a report carries neither a complete history nor a Rényi bound.
+
+    The result can be composed again (it keeps the merged history, or the bound at ``alpha``).
+
+    Reports of different deltas (an earlier basic composition, say) compose by basic composition.
 
     Raises:
-        ValueError: for an empty list, or reports of different deltas.
+        ValueError: for an empty list.
     """
     from dp_gym.privacy.ledger import PrivacyLedger
     from dp_gym.privacy.rdp import epsilon_at_order, sampled_gaussian_rdp
@@ -100,32 +115,35 @@ def compose(reports: list[PrivacyReport], scope: str) -> PrivacyReport:
     if not private:
         nothing = PrivacyReport.nothing(reports[0].delta, scope)
         return nothing if all(r.privacy_valid for r in reports) else nothing.invalidated()
-    reports = private  # runs on public data spend nothing
-    if len({r.delta for r in reports}) != 1:
-        raise ValueError(f"compose needs reports of one delta, got {sorted({r.delta for r in reports})}")
-    delta = reports[0].delta
-    basic = compose_basic(reports, scope)
-    spending = [r for r in reports if r.updates > 0]
-    orders = {r.filter_order for r in spending if r.adaptive}
-    candidate, rule = None, None
-    if spending and not orders:
+    reports = [r for r in private if r.updates > 0 or r.epsilon > 0]  # runs on public data spend nothing
+    basic = compose_basic(private, scope)
+    if len({r.delta for r in private}) != 1:  # the Rényi bounds convert at one delta
+        return basic
+    delta = private[0].delta
+    kinds = [_kind(r) for r in reports]
+    orders = {r.filter_order for r, kind in zip(reports, kinds, strict=True) if kind == "filter"}
+    history: list[list[float]] = []
+    candidate = rule = order = rdp_total = None
+    if reports and "opaque" not in kinds and not orders:
         ledger = PrivacyLedger(delta)
-        for report in spending:
+        for report in reports:
             for noise, rate, steps in report.history:
                 ledger.record(noise, rate, int(steps))
-        candidate, rule = ledger.epsilon(), "rdp composition"
-    elif len(orders) == 1:
+        candidate, rule, history = ledger.epsilon(), "rdp composition", [list(e) for e in ledger.history]
+    elif reports and "opaque" not in kinds and len(orders) == 1:
         (order,) = orders
-        total = sum(r.filter_rdp for r in spending if r.adaptive)
-        total += sum(float(sampled_gaussian_rdp(noise, rate, [order])[0]) * steps
-                     for r in spending if not r.adaptive for noise, rate, steps in r.history)
-        candidate, rule = epsilon_at_order(total, order, delta), f"rdp composition at alpha={order:g}"
+        rdp_total = sum(r.filter_rdp for r, kind in zip(reports, kinds, strict=True) if kind == "filter")
+        rdp_total += sum(float(sampled_gaussian_rdp(noise, rate, [order])[0]) * steps
+                         for r, kind in zip(reports, kinds, strict=True) if kind == "history"
+                         for noise, rate, steps in r.history)
+        candidate, rule = epsilon_at_order(rdp_total, order, delta), f"rdp composition at alpha={order:g}"
     if candidate is None or candidate >= basic.epsilon:
         return basic
     return PrivacyReport(
         epsilon=float(candidate), delta=delta, epsilon_budget=None, epsilon_spent=basic.epsilon_spent,
-        accounting=rule, adaptive=basic.adaptive, updates=basic.updates, sample_rate=basic.sample_rate,
-        privacy_valid=basic.privacy_valid, epsilon_scope=scope, private_episodes=basic.private_episodes)
+        accounting=rule, adaptive=order is not None, updates=basic.updates, sample_rate=basic.sample_rate,
+        privacy_valid=basic.privacy_valid, epsilon_scope=scope, private_episodes=basic.private_episodes,
+        history=history, filter_order=order, filter_rdp=rdp_total)
 
 
 def compose_basic(reports: list[PrivacyReport], scope: str) -> PrivacyReport:

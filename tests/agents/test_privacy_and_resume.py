@@ -172,3 +172,13 @@ def test_a_deployment_reports_what_its_controller_carries_end_to_end(tmp_path):
     # trained on private data: 3 training episodes (worst case, one per step) plus the deployment, composed
     assert private["private_episodes"] == 4 and private["epsilon"] > proxy["epsilon"]
     assert "composed" in private["epsilon_scope"] and private["epsilon_budget"] is None
+
+
+def test_private_training_counts_every_step_that_ran_and_every_evaluation(tmp_path):
+    # PPO collects whole rollouts: asked for 6 steps with rollouts of 4, it runs 8; evaluations run too
+    train("dp_gym/TinyTextFlat-v0", "ppo", timesteps=6, out=tmp_path, env_overrides=SMALL, progress_bar=False,
+          hyperparams={"n_steps": 4, "batch_size": 4}, private_training=True, eval_every=4)
+    run = json.loads((tmp_path / "run.json").read_text())
+    use = json.loads((tmp_path / "private_use.json").read_text())
+    assert use["steps"] == 8 and use["evaluations"] == 2
+    assert run["privacy"]["private_episodes"] == 10

@@ -74,7 +74,7 @@ def test_layouts_name_every_entry():
     assert env.action_layout == [f"{c}/{g}" for c in ("clip", "noise", "prune") for g in groups]
     assert env.action_space.shape == (3 * len(groups),)
     assert len(env.observation_layout) == env.observation_space.shape[0] == len(set(env.observation_layout))
-    assert {"val_loss", "epsilon_fraction", "log_noise_multiplier", f"update_cosine/{groups[0]}"} <= set(env.observation_layout)
+    assert {"val_loss", "budget_fraction", "log_noise_multiplier", f"update_cosine/{groups[0]}"} <= set(env.observation_layout)
 
 
 def test_clip_only_has_one_entry_per_group_and_calibrated_noise():

@@ -165,3 +165,22 @@ def test_a_nan_validation_loss_or_reward_never_reaches_the_controller(monkeypatc
     env.reset(seed=0)
     _, reward, terminated, _, info = env.step(np.zeros(env.action_space.shape, dtype=np.float32))
     assert terminated and reward == env.config.failure_reward and "reward function returned nan" in info["failure"]
+
+
+def test_with_a_key_runs_of_other_configs_never_share_noise():
+    a = DPFineTuneEnv(SMALL, secret_key=KEY)
+    b = DPFineTuneEnv({**SMALL, "learning_rate": 0.001}, secret_key=KEY)
+    for env in (a, b):
+        env.reset(seed=4, options={"noise_stream": "same"})
+    assert not torch.equal(torch.randn(8, generator=a.run.randomness.generator("noise", 0)),
+                           torch.randn(8, generator=b.run.randomness.generator("noise", 0)))
+
+
+def test_a_private_checkpoint_cannot_change_its_budget():
+    env = DPFineTuneEnv(SMALL)
+    env.reset(seed=0)
+    env.step(np.zeros(env.action_space.shape, dtype=np.float32))
+    state = env.state_dict()
+    state["instance"]["epsilon"] = 8.0
+    with pytest.raises(ValueError, match=r"checkpoint field instance changes \['epsilon'\] of a private environment"):
+        DPFineTuneEnv(SMALL).load_state_dict(state)

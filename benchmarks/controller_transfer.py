@@ -1,0 +1,154 @@
+"""Controllers trained or tuned on public proxies, deployed once per seed on the private data.
+
+The honest protocol (issue: controllers that learn and transfer). For every environment:
+
+1. SAC is trained on public proxy instances (``ProxyEnv``: public corpora, epsilon 1 to 8) for
+   ``--timesteps`` steps, starting at action 0 (on the recommended ids, proxy-tuned DP-SGD);
+2. every baseline is tuned on the same proxies with the same number of episodes SAC trained on:
+   ``vanilla`` (plain DP-SGD at the env's action-0 clip; the learning rate), ``decay`` (a linear clip
+   schedule; its start and end factors), ``adaptive_quantile`` (Andrew et al.; untuned defaults);
+3. each controller runs **once** per seed on the private environment, at each ``--epsilons``: that
+   deployment is its only private episode, and its reported epsilon is end to end.
+
+Aggregates (``dp_gym.evaluation.aggregate``): per (env, epsilon) cell, the IQM of each controller's
+relative final perplexity against the best baseline of that cell (lower is better) with a 95%
+stratified-bootstrap interval, the probability that SAC improves on it, and the updates SAC needs to
+reach the best baseline's final perplexity. The composed epsilon of the old protocol (the same SAC
+trained on the private data instead) is shown next to it.
+
+    python benchmarks/controller_transfer.py [--envs dp_gym/TinyTextFlatSchedule-v0] [--epsilons 1 3 8]
+        [--seeds 10] [--timesteps 1000] [--out runs/bench/transfer]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+import dp_gym
+from agents.heuristics import make_controller
+from agents.rl import load_policy, private_training_privacy, train
+from agents.tuning import tune_controller
+from dp_gym.envs import InstanceDistribution
+from dp_gym.evaluation import compare, write_json
+from dp_gym.evaluation.aggregate import probability_of_improvement, stratified_bootstrap
+from dp_gym.privacy import PrivacyReport
+from dp_gym.utils.quiet import quiet_libraries
+from dp_gym.utils.threads import configure_threads
+
+BASELINES = ("vanilla", "decay", "adaptive_quantile")
+
+
+def tune_baselines(env_id: str, episodes: int, proxy: InstanceDistribution, report) -> dict:
+    """Each tuned baseline's best grid point, with the same total number of proxy episodes."""
+    config = dp_gym.config_of(env_id)
+    clip = float(np.sqrt(config.clip_range[0] * config.clip_range[1]))  # the action-0 clip
+    rates = {f"lr={rate:g}": rate for rate in (config.learning_rate / 2, config.learning_rate, config.learning_rate * 2)}
+    per_point = max(1, episodes // 3)
+    vanilla = tune_controller(env_id, "vanilla", {label: {"clip": clip} for label in rates}, 0, {}, report,
+                              proxy=proxy, episodes=per_point,
+                              env_overrides={label: {"learning_rate": rate} for label, rate in rates.items()})
+    decays = {"1.5->0.5": (1.5, 0.5), "2->0.5": (2.0, 0.5), "1->0.25": (1.0, 0.25)}
+    decay = tune_controller(env_id, "decay", {label: {"clip": clip, "clip_start": a, "clip_end": b, "noise_start": 1.0,
+                                                      "noise_end": 1.0} for label, (a, b) in decays.items()},
+                            0, {}, report, proxy=proxy, episodes=per_point)
+    best_rate = rates[vanilla.best]
+    start, end = decays[decay.best]
+    return {"vanilla": ({"clip": clip}, {"learning_rate": best_rate}),
+            "decay": ({"clip": clip, "clip_start": start, "clip_end": end, "noise_start": 1.0, "noise_end": 1.0}, {}),
+            "adaptive_quantile": ({}, {})}
+
+
+def heuristic(name: str, kwargs: dict):
+    return lambda env: make_controller(name, env, **kwargs)
+
+
+def trained(model: Path):
+    return lambda env: load_policy(f"sac:{model}")
+
+
+def deploy(env_id: str, overrides: dict, name: str, factory, seeds) -> list:
+    """One private deployment per seed; the controller was trained or tuned on public proxies only."""
+    public = PrivacyReport.nothing(dp_gym.config_of(env_id).delta, "trained or tuned on public proxies")
+    return compare({name: factory}, lambda: dp_gym.make(env_id, **overrides), seeds, prior={name: public})
+
+
+def aggregate(results, env_id: str, epsilon: float) -> list[dict]:
+    """One row per controller of one cell."""
+    by = {}
+    for result in results:
+        by.setdefault(result.controller, {})[result.seed] = result
+    means = {name: np.mean([r.final_val_ppl for r in runs.values()]) for name, runs in by.items() if name in BASELINES}
+    best = min(means, key=means.get)
+    rows = []
+    for name, runs in by.items():
+        relative = np.array([runs[s].final_val_ppl / by[best][s].final_val_ppl - 1 for s in sorted(runs)])
+        point, low, high = stratified_bootstrap({f"{env_id}@{epsilon}": relative})
+        reach = [runs[s].updates_to_reach(by[best][s].final_val_ppl) for s in sorted(runs)]
+        reached = [x for x in reach if x is not None]
+        rows.append({"env": env_id, "epsilon": epsilon, "controller": name, "best_baseline": best,
+                     "iqm_relative": point, "ci_low": low, "ci_high": high,
+                     "mean_ppl": float(np.mean([r.final_val_ppl for r in runs.values()])),
+                     "p_improvement": probability_of_improvement(
+                         {"cell": np.array([r.final_val_ppl for r in runs.values()])},
+                         {"cell": np.array([r.final_val_ppl for r in by[best].values()])}),
+                     "updates_to_best_baseline": float(np.mean(reached)) if reached else None,
+                     "reached": f"{len(reached)}/{len(reach)}",
+                     "epsilon_end_to_end": max(r.privacy.epsilon for r in runs.values()),
+                     "private_episodes": max(r.privacy.private_episodes for r in runs.values()),
+                     "relative": relative.tolist()})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--envs", nargs="+", default=["dp_gym/TinyTextFlatSchedule-v0"])
+    parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 3.0, 8.0])
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--timesteps", type=int, default=1000)
+    parser.add_argument("--n-envs", type=int, default=2)
+    parser.add_argument("--out", default="runs/bench/transfer")
+    args = parser.parse_args()
+    quiet_libraries()
+    configure_threads()
+    out = Path(args.out)
+    proxy = InstanceDistribution()
+    rows = []
+    for env_id in args.envs:
+        print(f"== {env_id}: SAC on proxies for {args.timesteps} steps")
+        model = train(env_id, "sac", args.timesteps, 0, out / env_id.replace("/", "_") / "sac", progress_bar=False,
+                      checkpoint_every=args.timesteps, actor_init="zero", proxy=proxy, n_envs=args.n_envs)
+        episodes = args.timesteps // dp_gym.make(env_id).spec.max_episode_steps
+        print(f"== tuning the baselines on the same proxies ({episodes} episodes each)")
+        tuned = tune_baselines(env_id, episodes, proxy, print)
+        for epsilon in args.epsilons:
+            print(f"== deploying on the private data at epsilon {epsilon:g}, {args.seeds} seeds")
+            seeds = range(1000, 1000 + args.seeds)
+            results = []
+            for name, (kwargs, overrides) in tuned.items():
+                results += deploy(env_id, {"epsilon": epsilon, **overrides}, name, heuristic(name, kwargs), seeds)
+            results += deploy(env_id, {"epsilon": epsilon}, "sac", trained(model), seeds)
+            cell = aggregate(results, env_id, epsilon)
+            old = private_training_privacy(dp_gym.config_of(env_id, epsilon=epsilon), args.timesteps).epsilon
+            for row in cell:
+                row["old_protocol_epsilon"] = old if row["controller"] == "sac" else None
+            rows += cell
+            write_json({"rows": rows, "tuned": {k: v for k, v in tuned.items()}, "args": vars(args)},
+                       out / "transfer.json")
+    print("\n| env | epsilon | controller | IQM relative ppl vs best baseline [95% CI] | mean ppl | P(improvement) | "
+          "updates to reach best baseline | epsilon end to end (private episodes) | old protocol epsilon |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        reach = "-" if r["updates_to_best_baseline"] is None else f"{r['updates_to_best_baseline']:.0f} ({r['reached']})"
+        old = "-" if r["old_protocol_epsilon"] is None else f"{r['old_protocol_epsilon']:.1f}"
+        print(f"| {r['env']} | {r['epsilon']:g} | {r['controller']} | {100 * r['iqm_relative']:+.1f}% "
+              f"[{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}] | {r['mean_ppl']:.2f} | {r['p_improvement']:.2f} | "
+              f"{reach} | {r['epsilon_end_to_end']:.3f} ({r['private_episodes']}) | {old} |")
+    print(f"\n(best baseline per cell; tuned values: {json.dumps({k: v for k, v in tuned.items()})})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+import numpy as np
+import pytest
+
+from dp_gym.evaluation.aggregate import iqm, probability_of_improvement, stratified_bootstrap
+
+
+def test_iqm_is_the_mean_of_the_middle_half():
+    assert iqm(np.array([100.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, -100.0])) == pytest.approx(3.5)
+
+
+def test_the_interval_covers_the_point_and_narrows_with_more_runs():
+    rng = np.random.default_rng(1)
+    few = {"a": rng.normal(0, 1, 5), "b": rng.normal(1, 1, 5)}
+    many = {"a": rng.normal(0, 1, 200), "b": rng.normal(1, 1, 200)}
+    point, low, high = stratified_bootstrap(few, reps=500)
+    assert low <= point <= high
+    _, low_many, high_many = stratified_bootstrap(many, reps=500)
+    assert high_many - low_many < high - low
+    with pytest.raises(ValueError, match="at least one run"):
+        stratified_bootstrap({"a": np.array([])})
+
+
+def test_probability_of_improvement():
+    lower = {"t": np.array([1.0, 2.0])}
+    assert probability_of_improvement(lower, {"t": np.array([3.0, 4.0])}) == 1.0
+    assert probability_of_improvement(lower, {"t": np.array([1.0, 2.0])}) == 0.5
+    assert probability_of_improvement({"t": np.array([5.0])}, {"t": np.array([3.0]), "u": np.array([1.0])}) == 0.0
