@@ -9,7 +9,7 @@ from dp_gym.privacy import PrivacyBudget, PrivacyReport, compose, compose_basic
 DELTA = 1e-5
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def episode(kind: str, epsilon: float = 3.0) -> PrivacyReport:
     budget = PrivacyBudget(epsilon, DELTA, 0.05, 40, 1, adaptive=kind == "adaptive")
     budget.record(budget.calibrated_noise_multiplier, 40)
