@@ -52,8 +52,8 @@ class DPFineTuneEnv(gym.Env):
 
     **Secret randomness.** The noise and the Poisson batches never derive from the public seed
     alone: each episode draws fresh OS entropy, unless a secret key (``secret_key=`` or
-    ``$DP_GYM_SECRET_KEY``) makes ``(key, seed, noise_stream)`` reproducible. ``reset(seed=...)``
-    seeds only public randomness: the next episodes' public seeds.
+    ``$DP_GYM_SECRET_KEY``) makes ``(key, config, seed, noise_stream)`` reproducible.
+    ``reset(seed=...)`` seeds only public randomness: the next episodes' public seeds.
 
     Args:
         config: an :class:`EnvConfig`, a mapping, or None for the defaults.
