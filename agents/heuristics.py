@@ -126,25 +126,55 @@ class AdaptiveQuantileController(Controller):
                 "learning_rate": self.eta}
 
 
-class DecayController(Controller):
+class ScheduleController(Controller):
+    r"""A piecewise-linear schedule over the episode's progress ``t`` (``updates_fraction``): with
+    knots at ``t_k = k / (K - 1)``, the clip is ``C * c(t)`` and the noise ``sigma_vanilla * n(t)``,
+    where ``c`` and ``n`` interpolate ``clip_knots`` and ``noise_knots`` linearly. All knots at 1 is
+    plain DP-SGD. ``sigma_vanilla`` is re-calibrated on the remaining budget at every step, so
+    ``n(t) < 1`` early is paid for by more noise later; the env's projection catches any excess.
+    The search space of the Optuna baseline (:func:`agents.tuning.tune_schedule`)."""
+
+    name = "schedule"
+
+    def __init__(self, env: DPFineTuneEnv, clip: float = 0.5, clip_knots=(1.0, 1.0), noise_knots=(1.0, 1.0)):
+        super().__init__(env)
+        self.clip = float(clip)
+        self.clip_knots = self._knots(clip_knots, "clip_knots")
+        self.noise_knots = self._knots(noise_knots, "noise_knots")
+
+    @staticmethod
+    def _knots(values, field: str) -> np.ndarray:
+        knots = np.atleast_1d(np.asarray(values, dtype=np.float64))
+        if knots.ndim != 1 or knots.size == 0 or not np.all(np.isfinite(knots)) or np.any(knots <= 0):
+            raise ValueError(f"{field} must be finite factors > 0, got {values!r}")
+        return knots
+
+    @staticmethod
+    def _at(knots: np.ndarray, progress: float) -> float:
+        if len(knots) == 1:
+            return float(knots[0])
+        return float(np.interp(progress, np.linspace(0.0, 1.0, len(knots)), knots))
+
+    def act(self, observation, env_index):
+        progress = float(np.clip(self.feature(observation, "updates_fraction"), 0.0, 1.0))
+        clip = self.clip * self._at(self.clip_knots, progress)
+        noise = self.sigmas * self._at(self.noise_knots, progress)
+        return self.encode(clip, noise, 0.0)
+
+    def describe(self):
+        return {"controller": self.name, "clip": self.clip, "clip_knots": self.clip_knots.tolist(),
+                "noise_knots": self.noise_knots.tolist()}
+
+
+class DecayController(ScheduleController):
     """"Dynamic DP-SGD": clip and noise decay linearly from ``start`` to ``end`` times their
-    vanilla values over the episode (read from ``updates_fraction``). The noise profile is scaled
-    so the whole schedule spends about the budget; the env's projection catches any excess."""
+    vanilla values over the episode (the two-knot :class:`ScheduleController`)."""
 
     name = "decay"
 
     def __init__(self, env: DPFineTuneEnv, clip: float = 0.5, clip_start: float = 1.5, clip_end: float = 0.5,
                  noise_start: float = 1.3, noise_end: float = 0.8):
-        super().__init__(env)
-        self.clip = float(clip)
-        self.clip_start, self.clip_end = clip_start, clip_end
-        self.noise_start, self.noise_end = noise_start, noise_end
-
-    def act(self, observation, env_index):
-        progress = float(np.clip(self.feature(observation, "updates_fraction"), 0.0, 1.0))
-        clip = self.clip * (self.clip_start + (self.clip_end - self.clip_start) * progress)
-        noise = self.sigmas * (self.noise_start + (self.noise_end - self.noise_start) * progress)
-        return self.encode(clip, noise, 0.0)
+        super().__init__(env, clip, (clip_start, clip_end), (noise_start, noise_end))
 
 
 class RandomController(Controller):
@@ -178,5 +208,6 @@ def make_controller(name: str, env, **kwargs: Any) -> Controller:
     return CONTROLLERS.get(name)(getattr(env, "unwrapped", env), **kwargs)
 
 
-for _cls in (VanillaController, DualPrivController, AdaptiveQuantileController, DecayController, RandomController):
+for _cls in (VanillaController, DualPrivController, AdaptiveQuantileController, ScheduleController, DecayController,
+             RandomController):
     register_controller(_cls.name, _cls)

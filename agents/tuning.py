@@ -1,4 +1,5 @@
-"""Tuning the baselines: plain DP-SGD's clip, then its learning rate, on public proxies by default.
+"""Tuning the baselines on public proxies by default: plain DP-SGD's clip, then its learning rate
+(grids); any heuristic's parameters (a grid); a piecewise-linear clip/noise schedule (Optuna).
 
 On **public proxies** (:class:`dp_gym.envs.ProxyEnv`; the default) a grid point is scored over a
 few proxy episodes, every grid point on the same instances; no private data is touched, so the
@@ -33,12 +34,14 @@ class TuningResult:
     """The runs behind each grid value and its score (mean log-perplexity change, lower is better).
 
     ``episodes``: the runs this tuning made (a run reused from an earlier tuning is in ``runs`` but
-    not here, so composing tunings counts each private run once).
+    not here, so composing tunings counts each private run once). ``params``: the controller's
+    keyword arguments of each key of ``runs`` (searches that are not a grid of plain values).
     """
 
-    runs: dict[float, list[EpisodeResult]]
+    runs: dict[Any, list[EpisodeResult]]
     episodes: list[EpisodeResult] = field(default_factory=list)
     delta: float = 1e-5
+    params: dict[Any, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def scores(self) -> dict[float, float]:
@@ -139,6 +142,62 @@ def tune_controller(env_id: str, name: str, grid: dict[str, dict[str, Any]], see
         if report:
             report(f"  {name} {label}: val ppl {np.mean([r.final_val_ppl for r in runs[label]]):.2f}")
     return TuningResult(runs, made, made[0].privacy.delta)
+
+
+SCHEDULE_CLIP_RANGE = (0.25, 4.0)
+SCHEDULE_NOISE_RANGE = (0.7, 1.4)
+
+
+def tune_schedule(env_id: str, trials: int, seed: int, overrides: dict[str, Any], clip: float | None = None,
+                  knots: int = 3, report: Callable[[str], None] | None = None, private: bool = False,
+                  proxy: InstanceDistribution | None = None, episodes: int = 1) -> TuningResult:
+    """Black-box search of a piecewise-linear clip and noise-pace schedule with Optuna's TPE sampler.
+
+    Each of ``trials`` trials proposes ``knots`` clip factors in ``SCHEDULE_CLIP_RANGE`` and as many
+    noise factors in ``SCHEDULE_NOISE_RANGE`` (log-uniform) for :class:`agents.heuristics.ScheduleController`
+    at base clip ``clip`` (default: the env's action-0 clip, the geometric mean of ``clip_range``)
+    and scores them over ``episodes`` episodes, the same instances for every trial (public proxies by
+    default; with ``private``, private runs whose composition :func:`tuning_privacy` reports). The
+    first trial is plain DP-SGD (all factors 1), so the search never ends below it on its own
+    instances. The sampler is seeded with the public ``seed``: it sees only scores on public data
+    (or, with ``private``, the composed runs are accounted). ``runs`` is keyed by trial number.
+    """
+    try:
+        import optuna
+    except ImportError:
+        raise ImportError("the Optuna schedule baseline needs optuna: pip install 'dp-gym[tune]'") from None
+    import dp_gym
+    from agents.heuristics import make_controller
+
+    if trials < 1 or knots < 1:
+        raise ValueError(f"trials and knots must be >= 1, got trials={trials}, knots={knots}")
+    config = dp_gym.config_of(env_id, **overrides)
+    clip = float(np.sqrt(config.clip_range[0] * config.clip_range[1])) if clip is None else float(clip)
+    env = _environment(env_id, overrides, private, proxy)
+    runs, made, params = {}, [], {}
+
+    def objective(trial) -> float:
+        kwargs = {"clip": clip,
+                  "clip_knots": [trial.suggest_float(f"clip_{k}", *SCHEDULE_CLIP_RANGE, log=True) for k in range(knots)],
+                  "noise_knots": [trial.suggest_float(f"noise_{k}", *SCHEDULE_NOISE_RANGE, log=True)
+                                  for k in range(knots)]}
+        results = _grid_point(env, make_controller("schedule", env, **kwargs), seed, episodes,
+                              f"tune-schedule trial {trial.number}")
+        runs[trial.number], params[trial.number] = results, kwargs
+        made.extend(results)
+        score = float(np.mean([np.log(r.final_val_ppl / r.base_val_ppl) for r in results]))
+        if report:
+            report(f"  schedule trial {trial.number}: clip x{'/'.join(f'{c:.2f}' for c in kwargs['clip_knots'])} "
+                   f"noise x{'/'.join(f'{n:.2f}' for n in kwargs['noise_knots'])}: val ppl "
+                   f"{np.mean([r.final_val_ppl for r in results]):.2f}")
+        return score if np.isfinite(score) else float("inf")
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed))
+    study.enqueue_trial({**{f"clip_{k}": 1.0 for k in range(knots)}, **{f"noise_{k}": 1.0 for k in range(knots)}})
+    study.optimize(objective, n_trials=trials)
+    env.close()
+    return TuningResult(runs, made, made[0].privacy.delta, params)
 
 
 def tuning_privacy(*tunings: TuningResult) -> PrivacyReport:

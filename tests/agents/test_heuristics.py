@@ -89,3 +89,40 @@ def test_vanilla_on_a_paced_env_is_factor_one_and_matches_calibrated_noise():
     _, _, _, _, info = env.step(action)
     np.testing.assert_allclose(info["noise"], env.unwrapped.calibrated_group_noise(), rtol=1e-6)
     np.testing.assert_allclose(info["clip"], 0.1, rtol=1e-6)
+
+
+def _at_progress(controller, env, progress: float) -> dict:
+    observation = np.zeros(env.observation_space.shape)
+    observation[controller.layout["updates_fraction"]] = progress
+    return env.unwrapped.decode_action(controller.predict(observation)[0])
+
+
+def test_schedule_interpolates_its_knots_over_the_episode(env):
+    controller = make_controller("schedule", env, clip=0.2, clip_knots=[2.0, 1.0, 0.5], noise_knots=[1.0, 1.0, 1.0])
+    first = env.unwrapped.group_names[0]
+    for progress, factor in ((0.0, 2.0), (0.25, 1.5), (0.5, 1.0), (1.0, 0.5)):
+        assert _at_progress(controller, env, progress)[first]["clip"] == pytest.approx(0.2 * factor, rel=1e-5)
+
+
+def test_decay_is_the_two_knot_schedule(env):
+    decay = make_controller("decay", env, clip=0.2, clip_start=1.5, clip_end=0.5, noise_start=1.0, noise_end=1.0)
+    schedule = make_controller("schedule", env, clip=0.2, clip_knots=[1.5, 0.5], noise_knots=[1.0, 1.0])
+    for progress in (0.0, 0.3, 1.0):
+        assert _at_progress(decay, env, progress) == _at_progress(schedule, env, progress)
+
+
+@pytest.mark.parametrize("knots", [[], [1.0, 0.0], [1.0, float("nan")]])
+def test_schedule_refuses_bad_knots_naming_the_field(env, knots):
+    with pytest.raises(ValueError, match="clip_knots"):
+        make_controller("schedule", env, clip_knots=knots)
+
+
+def test_optuna_schedule_search_starts_at_plain_dp_sgd_and_keeps_every_trial():
+    from agents.tuning import tune_schedule, tuning_privacy
+
+    tuned = tune_schedule("dp_gym/TinyText-v0", 3, 0, SMALL, knots=2, private=True)
+    assert sorted(tuned.runs) == [0, 1, 2] and len(tuned.episodes) == 3
+    assert tuned.params[0]["clip_knots"] == [1.0, 1.0] and tuned.params[0]["noise_knots"] == [1.0, 1.0]
+    assert any(tuned.params[k]["clip_knots"] != [1.0, 1.0] for k in (1, 2))  # TPE proposes other schedules
+    assert tuned.best == min(tuned.scores, key=tuned.scores.get)
+    assert tuning_privacy(tuned).private_episodes == 3  # private trials are accounted
