@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import median_ms, memory_in_child, opacus_flat_step, peak_memory_mib  # noqa: E402
 
 from dp_gym.engine import DPUpdater, ParameterGroups  # noqa: E402
+from dp_gym.models.local import load_local  # noqa: E402
 from dp_gym.models.tiny_lm import TinyLMConfig, build_tiny_lm, ensure_tiny_lm  # noqa: E402
 from dp_gym.tasks.text import per_token_losses  # noqa: E402
 
@@ -43,7 +44,7 @@ def models():
     from transformers import AutoModelForCausalLM
 
     tiny_path = ensure_tiny_lm()
-    yield "tiny (3x96)", lambda: AutoModelForCausalLM.from_pretrained(tiny_path)
+    yield "tiny (3x96)", lambda: load_local(AutoModelForCausalLM, tiny_path)
     larger = TinyLMConfig(vocab_size=1024, n_layer=6, n_embd=256, n_head=8, n_positions=128)
     yield "gpt2 6x256", lambda: build_tiny_lm(larger)
     untied = TinyLMConfig(vocab_size=1024, n_layer=6, n_embd=256, n_head=8, n_positions=128, tie_word_embeddings=False)

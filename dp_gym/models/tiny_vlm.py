@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from dp_gym.data.scenes import COLOURS, PUBLIC_PRETRAINING_SEED, SHAPES, Scene, make_scenes
+from dp_gym.models.local import load_local, load_local_tokenizer
 from dp_gym.models.tiny_lm import TinyLMConfig, cache_dir, ensure_tiny_lm, gpt2_config, save_to_cache
 
 IMAGE_TOKEN = "<image>"
@@ -136,7 +137,7 @@ def _copy_language_model(llava, lm_path: Path) -> None:
     """Load the tiny LM into the LLaVA's language model and head (the ``<image>`` row: mean embedding)."""
     from transformers import AutoModelForCausalLM
 
-    source = AutoModelForCausalLM.from_pretrained(lm_path)
+    source = load_local(AutoModelForCausalLM, lm_path)
     state = {k.removeprefix("transformer."): v for k, v in source.state_dict().items() if k.startswith("transformer.")}
     embedding = state.pop("wte.weight")
     target = llava.model.language_model
@@ -155,15 +156,13 @@ def ensure_tiny_vlm(config: TinyVLMConfig | None = None, root: Path | None = Non
     ``LlavaForConditionalGeneration.from_pretrained(folder)`` and
     ``AutoTokenizer.from_pretrained(folder)`` load it.
     """
-    from transformers import AutoTokenizer
-
     config = config or TinyVLMConfig()
     root = Path(root) if root is not None else cache_dir()
     target = root / f"tiny-vlm-{config.cache_key()}"
     if (target / "config.json").exists():
         return target
     lm_path = ensure_tiny_lm(config.lm, root=root)
-    tokenizer = AutoTokenizer.from_pretrained(lm_path)
+    tokenizer = load_local_tokenizer(lm_path)
     tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
     model = build_tiny_vlm(config, vocab_size=len(tokenizer))
     if tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) != model.config.image_token_id:

@@ -13,6 +13,7 @@ from torch import nn
 
 from dp_gym.data.clinical_notes import clinical_notes, make_canaries, private_train_records
 from dp_gym.data.proxy_corpora import PROXY_CORPORA
+from dp_gym.models.local import load_local, load_local_tokenizer
 from dp_gym.models.tiny_lm import TinyLMConfig, ensure_tiny_lm
 from dp_gym.tasks.base import Batch, EncodedTrainSplit, Task, register_task, trim_padding
 
@@ -69,14 +70,12 @@ class TextTask(EncodedTrainSplit, Task):
         val_records: list[str] | None = None,
         public_train_records: list[str] | None = None,
     ):
-        from transformers import AutoTokenizer
-
         if n_train < 1 or n_val < 1:
             raise ValueError(f"n_train and n_val must be >= 1, got {n_train} and {n_val}")
         if max_length < 2:
             raise ValueError(f"max_length must be >= 2, got {max_length}")
         self.model_path = ensure_tiny_lm(TinyLMConfig(**(tiny or {}))) if model == "tiny" else Path(model)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self.tokenizer = load_local_tokenizer(self.model_path)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.max_length = max_length
@@ -153,7 +152,7 @@ class TextTask(EncodedTrainSplit, Task):
     def build_model(self) -> nn.Module:
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(self.model_path)
+        model = load_local(AutoModelForCausalLM, self.model_path)
         model.train()
         return model
 

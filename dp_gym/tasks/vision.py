@@ -31,6 +31,7 @@ from torch import nn
 from dp_gym.config import parse_token_pruning as parse_config_token_pruning
 from dp_gym.data.digits import digit_splits
 from dp_gym.data.scenes import PRIVATE_SEED, PUBLIC_VALIDATION_SEED, make_scenes
+from dp_gym.models.local import load_local, load_local_tokenizer
 from dp_gym.models.tiny_vlm import TinyLMConfig, TinyVLMConfig, ensure_tiny_vlm, images_to_pixels
 from dp_gym.models.token_pruning import (
     check_rule,
@@ -83,7 +84,7 @@ class VisionLanguageTask(EncodedTrainSplit, Task):
         train_vision: bool = False,
         cache_vision_features: bool = True,
     ):
-        from transformers import AutoConfig, AutoTokenizer
+        from transformers import AutoConfig
 
         if dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {list(DATASETS)}, got {dataset!r}")
@@ -97,10 +98,10 @@ class VisionLanguageTask(EncodedTrainSplit, Task):
             self.model_path = ensure_tiny_vlm(TinyVLMConfig(**tiny))
         else:
             self.model_path = Path(model)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self.tokenizer = load_local_tokenizer(self.model_path)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model_config = AutoConfig.from_pretrained(self.model_path)
+        self.model_config = load_local(AutoConfig, self.model_path)
         vision = self.model_config.vision_config
         self.image_size = vision.image_size
         self.dataset, self.seed, self.train_vision = dataset, seed, train_vision
@@ -151,8 +152,8 @@ class VisionLanguageTask(EncodedTrainSplit, Task):
         from transformers import LlavaForConditionalGeneration
 
         # eager attention in the vision tower: the cls_attention rule reads its probabilities
-        model = LlavaForConditionalGeneration.from_pretrained(
-            self.model_path, attn_implementation={"vision_config": "eager", "text_config": "sdpa", "": "sdpa"}
+        model = load_local(
+            LlavaForConditionalGeneration, self.model_path, attn_implementation={"vision_config": "eager", "text_config": "sdpa", "": "sdpa"}
         )
         for parameter in model.model.vision_tower.parameters():
             parameter.requires_grad_(self.train_vision)
