@@ -1,9 +1,10 @@
 """Training RL controllers with Stable-Baselines3 (SAC by default; TD3, PPO, A2C, TQC).
 
 Hyper-parameters come from ``envs_configs/algos/<algo>.yaml`` in the RL Baselines3 Zoo format
-(top-level keys are env ids, with a ``default`` entry dp-gym falls back to), so
-``python -m rl_zoo3.train --algo sac --env dp_gym/TinyText-v0 --gym-packages dp_gym`` reads the
-same files.
+(top-level keys are env ids, deployment and public-proxy ids, with a ``default`` entry dp-gym
+falls back to). RL Zoo reads the same files when told to (without ``-conf`` it uses its own):
+``python -m rl_zoo3.train --algo sac --env dp_gym/TinyTextFlatScheduleProxy-v0 --gym-packages dp_gym
+-conf "$(dp-gym algos --path sac)"`` (a proxy id: public data only).
 """
 
 from __future__ import annotations

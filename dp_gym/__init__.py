@@ -1,6 +1,8 @@
 """dp-gym: differentially private fine-tuning of language models as a Gymnasium environment.
 
-Importing the package registers the ``dp_gym/...`` environment ids with Gymnasium.
+Importing the package registers the ``dp_gym/...`` environment ids with Gymnasium, and for each
+whose task has a public proxy a ``...Proxy-v0`` id (public data only: for RL libraries that train
+on an id, such as RL Zoo).
 """
 
 from dp_gym.config import ConfigError, EnvConfig
@@ -9,6 +11,7 @@ from dp_gym.envs import (
     config_of,
     import_gym_packages,
     list_envs,
+    list_proxy_envs,
     make,
     make_from_config,
     register_builtin_envs,
@@ -29,6 +32,7 @@ __all__ = [
     "EnvConfig",
     "Task",
     "list_envs",
+    "list_proxy_envs",
     "make",
     "make_from_config",
     "config_of",

@@ -88,9 +88,49 @@ def register_config(path: str | Path, force: bool = False) -> str:
     return env_id
 
 
+#: public-proxy ids: proxy id -> the deployment id it is a proxy of
+PROXY_IDS: dict[str, str] = {}
+
+
+def proxy_id(env_id: str) -> str:
+    """``dp_gym/TinyTextFlat-v0`` -> ``dp_gym/TinyTextFlatProxy-v0``."""
+    name, dash, version = env_id.rpartition("-v")
+    return f"{name}Proxy{dash}{version}" if dash else f"{env_id}Proxy"
+
+
+def make_proxy(of: str, proxy: dict[str, Any] | None = None, secret_key=None, **overrides: Any):
+    """Gymnasium entry point of a proxy id: :class:`dp_gym.envs.ProxyEnv` of the deployment id ``of``
+    (with config ``overrides``) on instances drawn from ``proxy`` (an ``InstanceDistribution`` as a
+    dict). Its episodes use public data only, so an RL library may train on them freely."""
+    from dp_gym.envs.proxy import InstanceDistribution, ProxyEnv
+
+    return ProxyEnv(config_of(of, **overrides), InstanceDistribution.from_dict(proxy), secret_key=secret_key)
+
+
+def register_proxy(env_id: str) -> str | None:
+    """Register ``proxy_id(env_id)`` for a preset whose task has a public proxy; returns the id
+    (None when the task has none). RL libraries that only take an id (RL Zoo, RLlib) train on it."""
+    from dp_gym.tasks import Task, resolve_task
+
+    path = PRESETS.get(env_id)[0]
+    task = resolve_task((yaml.safe_load(Path(path).read_text()) or {}).get("task", "text"))
+    if getattr(task.proxy, "__func__", None) is Task.proxy.__func__:
+        return None
+    proxy = proxy_id(env_id)
+    gym.register(id=proxy, entry_point="dp_gym.envs.registration:make_proxy", kwargs={"of": env_id},
+                 max_episode_steps=gym.spec(env_id).max_episode_steps)
+    PROXY_IDS[proxy] = env_id
+    return proxy
+
+
 def register_builtin_envs() -> None:
     for path in sorted(config_dir().glob("*.yaml")):
-        register_config(path)
+        register_proxy(register_config(path))
+
+
+def list_proxy_envs() -> dict[str, str]:
+    """The registered public-proxy ids, each with the deployment id it is a proxy of."""
+    return dict(PROXY_IDS)
 
 
 def list_envs() -> dict[str, str]:
@@ -141,6 +181,9 @@ def config_of(env: str, **overrides: Any) -> EnvConfig:
         ValueError: when the id's entry point is not configured like a dp-gym environment.
     """
     spec = gym.spec(resolve_env_id(env))
+    if spec.id in PROXY_IDS:
+        raise ValueError(f"{spec.id} is the public-proxy id of {PROXY_IDS[spec.id]}: dp-gym's commands take the "
+                         "deployment id (they train and tune on its proxies by default)")
     kwargs = dict(spec.kwargs)
     kwargs.pop("secret_key", None)
     kwargs.pop("noise_stream", None)
