@@ -7,7 +7,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.dp-gym-installed
 
-.PHONY: setup demo test test-slow bench lint clean
+.PHONY: setup demo test test-slow bench lint clean pretrained
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,18 @@ test: setup
 
 test-slow: setup
 	$(PY) -m pytest -m slow -q
+
+# The shipped controller (`sac:pretrained`): SAC trained on public proxies only, seed 0. Proxy episodes
+# touch no private data, so their noise may be public: the published key below makes the run
+# reproducible. Never use a published key on private data.
+PRETRAINED_ENV := dp_gym/TinyTextFlatSchedule-v0
+PRETRAINED_DIR := agents/pretrained/sac/TinyTextFlatSchedule-v0
+pretrained: setup
+	DP_GYM_SECRET_KEY=dp-gym-public-proxy-key-0 $(VENV)/bin/dp-gym train --env $(PRETRAINED_ENV) --algo sac \
+		--timesteps 1000 --seed 0 --n-envs 2 --actor-init zero --checkpoint-every 1000 --no-progress \
+		--out runs/pretrained/sac
+	mkdir -p $(PRETRAINED_DIR)
+	cp runs/pretrained/sac/model.zip runs/pretrained/sac/run.json $(PRETRAINED_DIR)/
 
 bench: setup
 	$(PY) benchmarks/dp_step.py

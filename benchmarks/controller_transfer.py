@@ -3,10 +3,14 @@
 The honest protocol (issue: controllers that learn and transfer). For every environment:
 
 1. SAC is trained on public proxy instances (``ProxyEnv``: public corpora, epsilon 1 to 8) for
-   ``--timesteps`` steps, starting at action 0 (on the recommended ids, proxy-tuned DP-SGD);
+   ``--timesteps`` steps, starting at action 0 (on the recommended ids, proxy-tuned DP-SGD), or
+   ``--sac-model`` is loaded (``pretrained``: the shipped controller, trained that way by
+   ``make pretrained``);
 2. every baseline is tuned on the same proxies with the same number of episodes SAC trained on:
    ``vanilla`` (plain DP-SGD at the env's action-0 clip; the learning rate), ``decay`` (a linear clip
-   schedule; its start and end factors), ``adaptive_quantile`` (Andrew et al.; untuned defaults);
+   schedule; its start and end factors), ``schedule`` (Optuna's TPE over a 3-knot piecewise-linear
+   clip and noise-pace schedule, one episode per trial), ``adaptive_quantile`` (Andrew et al.;
+   untuned defaults);
 3. each controller runs **once** per seed on the private environment, at each ``--epsilons``: that
    deployment is its only private episode, and its reported epsilon is end to end.
 
@@ -16,22 +20,27 @@ stratified-bootstrap interval, the probability that SAC improves on it, and the 
 reach the best baseline's final perplexity. The composed epsilon of the old protocol (the same SAC
 trained on the private data instead) is shown next to it.
 
+Deployments run in ``--workers`` processes with one torch thread each (the results do not depend
+on it: each deployment has its own secret noise).
+
     python benchmarks/controller_transfer.py [--envs dp_gym/TinyTextFlatSchedule-v0] [--epsilons 1 3 8]
-        [--seeds 10] [--timesteps 1000] [--out runs/bench/transfer]
+        [--seeds 10] [--timesteps 1000] [--sac-model pretrained] [--workers 2] [--out runs/bench/transfer]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 import dp_gym
 from agents.heuristics import make_controller
+from agents.pretrained import pretrained_model
 from agents.rl import load_policy, private_training_privacy, train
-from agents.tuning import tune_controller
+from agents.tuning import tune_controller, tune_schedule
 from dp_gym.envs import InstanceDistribution
 from dp_gym.evaluation import compare, write_json
 from dp_gym.evaluation.aggregate import probability_of_improvement, stratified_bootstrap
@@ -39,7 +48,7 @@ from dp_gym.privacy import PrivacyReport
 from dp_gym.utils.quiet import quiet_libraries
 from dp_gym.utils.threads import configure_threads
 
-BASELINES = ("vanilla", "decay", "adaptive_quantile")
+BASELINES = ("vanilla", "decay", "schedule", "adaptive_quantile")
 
 
 def tune_baselines(env_id: str, episodes: int, proxy: InstanceDistribution, report) -> dict:
@@ -55,25 +64,25 @@ def tune_baselines(env_id: str, episodes: int, proxy: InstanceDistribution, repo
     decay = tune_controller(env_id, "decay", {label: {"clip": clip, "clip_start": a, "clip_end": b, "noise_start": 1.0,
                                                       "noise_end": 1.0} for label, (a, b) in decays.items()},
                             0, {}, report, proxy=proxy, episodes=per_point)
+    schedule = tune_schedule(env_id, episodes, 0, {}, clip=clip, report=report, proxy=proxy)
     best_rate = rates[vanilla.best]
     start, end = decays[decay.best]
     return {"vanilla": ({"clip": clip}, {"learning_rate": best_rate}),
             "decay": ({"clip": clip, "clip_start": start, "clip_end": end, "noise_start": 1.0, "noise_end": 1.0}, {}),
+            "schedule": (schedule.params[schedule.best], {}),
             "adaptive_quantile": ({}, {})}
 
 
-def heuristic(name: str, kwargs: dict):
-    return lambda env: make_controller(name, env, **kwargs)
-
-
-def trained(model: Path):
-    return lambda env: load_policy(f"sac:{model}")
-
-
-def deploy(env_id: str, overrides: dict, name: str, factory, seeds) -> list:
-    """One private deployment per seed; the controller was trained or tuned on public proxies only."""
+def deploy(env_id: str, overrides: dict, name: str, kwargs: dict, model: str | None, seeds) -> list:
+    """One private deployment per seed of the heuristic ``name(**kwargs)``, or of the SB3 model
+    ``model``; the controller was trained or tuned on public proxies only. Runs in a worker process."""
+    configure_threads(1)
+    quiet_libraries()
+    factory = ((lambda env: load_policy(f"sac:{model}")) if model else
+               (lambda env: make_controller(name, env, **kwargs)))
     public = PrivacyReport.nothing(dp_gym.config_of(env_id).delta, "trained or tuned on public proxies")
-    return compare({name: factory}, lambda: dp_gym.make(env_id, **overrides), seeds, prior={name: public})
+    return compare({name: factory}, lambda: dp_gym.make(env_id, **overrides), seeds, prior={name: public},
+                   streams={name: f"transfer/{name}"})
 
 
 def aggregate(results, env_id: str, epsilon: float) -> list[dict]:
@@ -110,6 +119,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--timesteps", type=int, default=1000)
     parser.add_argument("--n-envs", type=int, default=2)
+    parser.add_argument("--sac-model", default=None,
+                        help="a trained SAC model.zip, or 'pretrained' (the shipped one); default: train it here")
+    parser.add_argument("--workers", type=int, default=2, help="deployment processes, one torch thread each")
     parser.add_argument("--out", default="runs/bench/transfer")
     args = parser.parse_args()
     quiet_libraries()
@@ -118,21 +130,30 @@ def main() -> None:
     proxy = InstanceDistribution()
     rows = []
     for env_id in args.envs:
-        print(f"== {env_id}: SAC on proxies for {args.timesteps} steps")
-        model = train(env_id, "sac", args.timesteps, 0, out / env_id.replace("/", "_") / "sac", progress_bar=False,
-                      checkpoint_every=args.timesteps, actor_init="zero", proxy=proxy, n_envs=args.n_envs)
-        episodes = args.timesteps // dp_gym.make(env_id).spec.max_episode_steps
+        if args.sac_model:
+            model = pretrained_model("sac", env_id) if args.sac_model == "pretrained" else Path(args.sac_model)
+            trained_for = json.loads((model.parent / "run.json").read_text())["timesteps"]
+            print(f"== {env_id}: SAC from {model} ({trained_for} steps on proxies)")
+        else:
+            print(f"== {env_id}: SAC on proxies for {args.timesteps} steps")
+            model = train(env_id, "sac", args.timesteps, 0, out / env_id.replace("/", "_") / "sac", progress_bar=False,
+                          checkpoint_every=args.timesteps, actor_init="zero", proxy=proxy, n_envs=args.n_envs)
+            trained_for = args.timesteps
+        episodes = trained_for // dp_gym.make(env_id).spec.max_episode_steps
         print(f"== tuning the baselines on the same proxies ({episodes} episodes each)")
         tuned = tune_baselines(env_id, episodes, proxy, print)
         for epsilon in args.epsilons:
             print(f"== deploying on the private data at epsilon {epsilon:g}, {args.seeds} seeds")
-            seeds = range(1000, 1000 + args.seeds)
-            results = []
-            for name, (kwargs, overrides) in tuned.items():
-                results += deploy(env_id, {"epsilon": epsilon, **overrides}, name, heuristic(name, kwargs), seeds)
-            results += deploy(env_id, {"epsilon": epsilon}, "sac", trained(model), seeds)
+            seeds = list(range(1000, 1000 + args.seeds))
+            chunks = [seeds[i:i + 5] for i in range(0, len(seeds), 5)]  # balances the workers
+            controllers = [(name, kwargs, overrides, None) for name, (kwargs, overrides) in tuned.items()]
+            controllers.append(("sac", {}, {}, str(model)))
+            jobs = [(env_id, {"epsilon": epsilon, **overrides}, name, kwargs, path, chunk)
+                    for name, kwargs, overrides, path in controllers for chunk in chunks]
+            with ProcessPoolExecutor(args.workers) as pool:
+                results = [r for chunk in pool.map(deploy, *zip(*jobs, strict=True)) for r in chunk]
             cell = aggregate(results, env_id, epsilon)
-            old = private_training_privacy(dp_gym.config_of(env_id, epsilon=epsilon), args.timesteps).epsilon
+            old = private_training_privacy(dp_gym.config_of(env_id, epsilon=epsilon), trained_for).epsilon
             for row in cell:
                 row["old_protocol_epsilon"] = old if row["controller"] == "sac" else None
             rows += cell

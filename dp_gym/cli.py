@@ -1,4 +1,5 @@
-"""The ``dp-gym`` command line: ``envs | train | evaluate | compare | tune-vanilla | finetune | audit | demo``.
+"""The ``dp-gym`` command line: ``envs | algos | train | evaluate | compare | tune-vanilla | finetune | audit |
+demo``.
 
 Every command validates its arguments and fails with one clear line and a non-zero exit.
 """
@@ -50,15 +51,27 @@ def _overrides(text: str | None) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------- controllers
-def controller_factory(spec: str):
-    """``"vanilla"``, ``"adaptive_quantile:initial_clip=0.3"``, ``"sac:PATH"`` -> factory(env)."""
+def _policy_path(algo: str, rest: str, env_id: str | None) -> str:
+    """The model file of ``algo:rest``: a path, or ``pretrained`` (the one shipped for ``env_id``)."""
+    if rest == "pretrained":
+        from agents.pretrained import pretrained_model
+
+        return str(pretrained_model(algo, env_id))
+    return rest
+
+
+def controller_factory(spec: str, env_id: str | None = None):
+    """``"vanilla"``, ``"adaptive_quantile:initial_clip=0.3"``, ``"schedule:clip_knots=2/1/0.5"`` (a list
+    of numbers separated by ``/``), ``"sac:PATH"``, ``"sac:pretrained"`` -> factory(env)."""
     from agents.heuristics import CONTROLLERS, make_controller, registered_controllers
     from agents.rl import algorithms, load_policy
 
     name, _, rest = spec.partition(":")
     if name in algorithms():
         if not rest:
-            raise ValueError(f"controller {spec!r}: give the model file, e.g. {name}:runs/train/model.zip")
+            raise ValueError(f"controller {spec!r}: give the model file, e.g. {name}:runs/train/model.zip, or "
+                             f"{name}:pretrained")
+        rest = _policy_path(name, rest, env_id)
         if not Path(rest).exists():
             raise FileNotFoundError(f"controller {spec!r}: policy file {rest} does not exist")
         return lambda env: load_policy(f"{name}:{rest}")
@@ -71,11 +84,15 @@ def controller_factory(spec: str):
     kwargs = {}
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
-        kwargs[key] = float(value)
+        try:
+            numbers = [float(part) for part in value.split("/")]
+        except ValueError:
+            raise ValueError(f"controller {spec!r}: {key}={value!r} is not a number (or numbers separated by /)") from None
+        kwargs[key] = numbers if "/" in value else numbers[0]
     return lambda env: make_controller(name, env, **kwargs)
 
 
-def controller_prior(spec: str, delta: float):
+def controller_prior(spec: str, delta: float, env_id: str | None = None):
     """What the controller ``spec`` carries into a deployment: a trained model's ``run.json`` report,
     nothing for a heuristic with its default parameters, None (unknown) for a heuristic whose
     parameters came from elsewhere (they may have been tuned on the private data)."""
@@ -84,7 +101,7 @@ def controller_prior(spec: str, delta: float):
 
     name, _, rest = spec.partition(":")
     if name in algorithms():
-        return training_privacy_of(rest)
+        return training_privacy_of(_policy_path(name, rest, env_id))
     if not rest:
         return PrivacyReport.nothing(delta, "a heuristic with its default parameters: no private data before")
     return None
@@ -96,6 +113,23 @@ def cmd_envs(args) -> None:
 
     for env_id, description in dp_gym.list_envs().items():
         console.print(f"[bold]{env_id}[/]  {description}")
+    console.print("\npublic proxies (public data only: train on these with RL libraries that take an id, e.g. RL Zoo):")
+    for proxy, env_id in dp_gym.list_proxy_envs().items():
+        console.print(f"[bold]{proxy}[/]  public proxies of {env_id}")
+
+
+def cmd_algos(args) -> None:
+    """The shipped RL Zoo hyper-parameter files (``-conf`` of ``python -m rl_zoo3.train``)."""
+    from agents.rl import ALGOS_DIR
+
+    files = {path.stem: path for path in sorted(ALGOS_DIR.glob("*.yaml"))}
+    if args.path:
+        if args.path not in files:
+            raise ValueError(f"no hyper-parameter file for {args.path!r}; shipped: {', '.join(files)}")
+        print(files[args.path])
+        return
+    for algo, path in files.items():
+        console.print(f"[bold]{algo}[/]  {path}", soft_wrap=True)
 
 
 def cmd_train(args) -> None:
@@ -153,12 +187,12 @@ def _priors(env_id: str, overrides: dict, names_to_specs: dict[str, str]) -> dic
     import dp_gym
 
     delta = dp_gym.config_of(env_id, **overrides).delta
-    return {name: controller_prior(spec, delta) for name, spec in names_to_specs.items()}
+    return {name: controller_prior(spec, delta, env_id) for name, spec in names_to_specs.items()}
 
 
 def cmd_evaluate(args) -> None:
     name = args.policy.split(":")[0]
-    _compare_and_report(args.env, {name: controller_factory(args.policy)},
+    _compare_and_report(args.env, {name: controller_factory(args.policy, args.env)},
                         list(range(args.seed, args.seed + args.episodes)), args.out, args.env_overrides,
                         priors=_priors(args.env, args.env_overrides, {name: args.policy}),
                         streams={name: f"evaluate/{args.policy}"})
@@ -169,7 +203,7 @@ def cmd_compare(args) -> None:
     for spec in args.controllers:
         name = spec.split(":")[0]
         name = name if name not in specs else spec  # two of a kind: full spec
-        specs[name], names[name] = controller_factory(spec), spec
+        specs[name], names[name] = controller_factory(spec, args.env), spec
     _compare_and_report(args.env, specs, list(range(args.seeds)), args.out, args.env_overrides, audit=args.audit,
                         priors=_priors(args.env, args.env_overrides, names),
                         streams={name: f"compare/{spec}" for name, spec in names.items()})
@@ -228,7 +262,7 @@ def cmd_audit(args) -> None:
         from dp_gym.evaluation import one_run_audit
 
         config = dp_gym.config_of(args.env, **args.env_overrides)
-        policy = None if args.controller == "vanilla" else controller_factory(args.controller)
+        policy = None if args.controller == "vanilla" else controller_factory(args.controller, args.env)
         with console.status(f"one-run audit of {args.env} ({args.canaries} canaries)"):
             result = one_run_audit(config, policy, n_canaries=args.canaries, seed=args.seed, broken=args.broken)
         report = result.to_dict() | {"env_id": args.env, "controller": args.controller}
@@ -241,6 +275,7 @@ def cmd_audit(args) -> None:
         from transformers import AutoModelForCausalLM
 
         from dp_gym.evaluation import privacy_attacks
+        from dp_gym.models.local import load_local
         from dp_gym.tasks import create_task
 
         if bool(args.model) == bool(args.run):
@@ -257,11 +292,9 @@ def cmd_audit(args) -> None:
                 raise ValueError(f"{run} was fine-tuned on records of your own, which no results file holds; attack it "
                                  "with --model DIR --env ... --env-overrides giving the records again")
             out = out or run / "audit.json"
-        if not (Path(model_dir) / "config.json").exists():
-            raise FileNotFoundError(f"{model_dir} is not a saved model folder (no config.json)")
         config = dp_gym.config_of(env_id, **overrides)
         task = create_task(config.task, **config.task_arguments())
-        model = AutoModelForCausalLM.from_pretrained(model_dir)
+        model = load_local(AutoModelForCausalLM, model_dir)
         with console.status("attacking the model"):
             report = privacy_attacks(model, task, n_candidates=args.candidates, seed=args.seed)
         report = {"env_id": env_id, "model": str(model_dir), **report}
@@ -275,43 +308,60 @@ def cmd_audit(args) -> None:
         console.print(f"written: {out}")
 
 
-DEMO_ENV = "dp_gym/TinyTextFlat-v0"
+DEMO_ENV = "dp_gym/TinyTextFlatSchedule-v0"
 
 
 def cmd_demo(args) -> None:
-    """The main job, the honest protocol: tune the baseline and train SAC on public proxies, then
-    deploy each controller once per seed on the private environment."""
+    """The main job, the honest protocol: tune the baselines and train (or load the shipped) SAC on
+    public proxies, then deploy each controller once per seed on the private environment."""
+    from agents.heuristics import make_controller
+    from agents.pretrained import pretrained_model
     from agents.rl import train, training_privacy_of
-    from agents.tuning import tune_learning_rate, tune_vanilla, tuning_privacy
+    from agents.tuning import tune_learning_rate, tune_schedule, tune_vanilla, tuning_privacy
     from dp_gym.envs import InstanceDistribution
 
     out = Path(args.out)
     proxy = InstanceDistribution()
     console.rule(f"[bold]dp-gym demo[/]: {DEMO_ENV}, epsilon 3, delta 1e-5")
-    console.print(f"1/3 tuning plain DP-SGD (clip, then learning rate) on public proxies: {args.episodes} episodes "
-                  "per grid point, no private data")
+    console.print(f"1/3 tuning the baselines on public proxies, no private data: plain DP-SGD (clip, then learning "
+                  f"rate; {args.episodes} episodes per grid point), then a clip/noise schedule ({args.trials} Optuna "
+                  "trials)")
     clips = tune_vanilla(DEMO_ENV, args.clips, 0, {}, report=console.print, proxy=proxy, episodes=args.episodes)
     rates = tune_learning_rate(DEMO_ENV, clips.best, args.learning_rates, 0, {}, report=console.print,
                                episode_at_env_rate=clips.runs[clips.best], proxy=proxy, episodes=args.episodes)
-    console.print(f"   tuned: clip {clips.best:g}, learning rate {rates.best:g}")
-    console.print(f"2/3 training SAC on public proxies for {args.timesteps} steps ({args.n_envs} environments)")
-    model = train(DEMO_ENV, "sac", args.timesteps, args.seed, out / "sac", progress_bar=not args.no_progress,
-                  checkpoint_every=max(args.timesteps // 4, 1), proxy=proxy, n_envs=args.n_envs,
-                  report=lambda line: console.print(line, markup=False))
+    schedule = tune_schedule(DEMO_ENV, args.trials, 0, {}, report=console.print, proxy=proxy)
+    schedule_spec = "schedule:" + ",".join(
+        f"{key}={'/'.join(f'{v:.3g}' for v in value) if isinstance(value, list) else f'{value:.3g}'}"
+        for key, value in schedule.params[schedule.best].items())
+    console.print(f"   tuned: vanilla clip {clips.best:g}, learning rate {rates.best:g}; {schedule_spec}")
+    if args.train_sac:
+        console.print(f"2/3 training SAC on public proxies for {args.timesteps} steps ({args.n_envs} environments)")
+        model = train(DEMO_ENV, "sac", args.timesteps, args.seed, out / "sac", progress_bar=not args.no_progress,
+                      checkpoint_every=max(args.timesteps // 4, 1), proxy=proxy, n_envs=args.n_envs,
+                      actor_init="zero", report=lambda line: console.print(line, markup=False))
+    else:
+        model = pretrained_model("sac", DEMO_ENV)
+        console.print(f"2/3 loading the shipped SAC (trained on public proxies only by `make pretrained`; "
+                      f"--train-sac trains one here): {model}")
     console.print(f"3/3 deploying each controller once per seed on the private data ({args.seeds} seeds)")
     specs = {"vanilla": controller_factory(f"vanilla:clip={clips.best}"),
              "adaptive_quantile": controller_factory("adaptive_quantile"),
+             "schedule": lambda env: make_controller("schedule", env, **schedule.params[schedule.best]),
              "sac": controller_factory(f"sac:{model}")}
     priors = {"vanilla": tuning_privacy(clips, rates), "adaptive_quantile": controller_prior("adaptive_quantile", 1e-5),
-              "sac": training_privacy_of(model)}
+              "schedule": tuning_privacy(schedule), "sac": training_privacy_of(model)}
     _compare_and_report(DEMO_ENV, specs, list(range(100, 100 + args.seeds)), out, {}, priors=priors,
                         overrides_of={"vanilla": {"learning_rate": rates.best}},
                         extra={"vanilla_clip": clips.best, "vanilla_learning_rate": rates.best,
-                               "tuning_scores": {"clip": clips.scores, "learning_rate": rates.scores},
-                               "proxy": proxy.to_dict(), "sac_timesteps": args.timesteps})
+                               "schedule": schedule.params[schedule.best],
+                               "tuning_scores": {"clip": clips.scores, "learning_rate": rates.scores,
+                                                 "schedule": schedule.scores},
+                               "proxy": proxy.to_dict(), "sac_model": str(model)})
     console.print("every deployment above is the only private episode of its controller (private episodes: 1); "
                   "its epsilon is end to end")
-    console.print(f"TensorBoard: tensorboard --logdir {out / 'sac' / 'tb'}; plots and tables in {out}/")
+    if args.train_sac:
+        console.print(f"TensorBoard: tensorboard --logdir {out / 'sac' / 'tb'}")
+    console.print(f"plots and tables in {out}/")
 
 
 # ---------------------------------------------------------------------------------- parser
@@ -325,7 +375,10 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, help: str):
         return commands.add_parser(name, help=help, description=help, formatter_class=formatter)
 
-    command("envs", "list dp-gym's registered environment ids")
+    command("envs", "list dp-gym's registered environment ids (and their public-proxy ids)")
+    algos = command("algos", "list the shipped RL Zoo hyper-parameter files, or print one's path")
+    algos.add_argument("--path", metavar="ALGO", default=None,
+                       help="print only this algorithm's file path (for rl_zoo3's -conf)")
 
     def common(parser, out, env=True):
         if env:
@@ -362,13 +415,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = command("evaluate", "evaluate one controller")
     common(evaluate, "runs/evaluate")
-    evaluate.add_argument("--policy", required=True, help="a heuristic name, 'module:Factory' or ALGO:PATH")
+    evaluate.add_argument("--policy", required=True, help="a heuristic name, 'module:Factory', ALGO:PATH or ALGO:pretrained")
     evaluate.add_argument("--episodes", type=_positive_int, default=3, help="episodes, seeds --seed, --seed + 1, ...")
 
     comparison = command("compare", "compare controllers on the same budget")
     common(comparison, "runs/compare")
     comparison.add_argument("--controllers", nargs="+", required=True,
-                            help="heuristic names (name:key=value,...), 'module:Factory' or ALGO:PATH")
+                            help="heuristic names (name:key=value,...), 'module:Factory', ALGO:PATH or"
+                                 " ALGO:pretrained (shipped for the env)")
     comparison.add_argument("--seeds", type=_positive_int, default=5, help="episodes per controller, seeds 0..N-1")
     comparison.add_argument("--audit", action="store_true",
                             help="attack every final model and audit each controller's epsilon in one run")
@@ -403,18 +457,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo = command("demo", "the main job on the offline default: tune and train on public proxies, deploy once on "
                    "the private data")
     common(demo, "runs/demo", env=False)
-    demo.add_argument("--timesteps", type=_positive_int, default=1000, help="SAC training steps (on proxies)")
+    demo.add_argument("--train-sac", action="store_true", help="train SAC here instead of loading the shipped one")
+    demo.add_argument("--timesteps", type=_positive_int, default=1000, help="with --train-sac: SAC training steps")
     demo.add_argument("--n-envs", type=_positive_int, default=2, help="proxy environments in parallel for SAC")
     demo.add_argument("--seeds", type=_positive_int, default=2, help="private deployments per controller")
     demo.add_argument("--clips", type=_positive_float, nargs="+", default=[0.05, 0.2], help="vanilla clip grid")
-    demo.add_argument("--learning-rates", type=_positive_float, nargs="+", default=[0.0025, 0.005, 0.01],
+    demo.add_argument("--learning-rates", type=_positive_float, nargs="+", default=[0.00125, 0.0025, 0.005],
                       help="vanilla learning-rate grid (at the best clip)")
+    demo.add_argument("--trials", type=_positive_int, default=8, help="Optuna trials of the schedule baseline")
     demo.add_argument("--episodes", type=_positive_int, default=2, help="proxy episodes per grid point")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
-COMMANDS = {"envs": cmd_envs, "train": cmd_train, "evaluate": cmd_evaluate, "compare": cmd_compare,
+COMMANDS = {"envs": cmd_envs, "algos": cmd_algos, "train": cmd_train, "evaluate": cmd_evaluate, "compare": cmd_compare,
             "tune-vanilla": cmd_tune_vanilla, "finetune": cmd_finetune, "audit": cmd_audit, "demo": cmd_demo}
 
 

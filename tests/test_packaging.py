@@ -1,4 +1,5 @@
-"""The wheel carries every module and every environment YAML (a wheel install registers every id)."""
+"""The wheel carries every module, every environment YAML (a wheel install registers every id) and the
+shipped controllers."""
 
 import subprocess
 import sys
@@ -18,3 +19,5 @@ def test_the_wheel_carries_every_module_and_every_yaml(tmp_path):
     assert modules and modules <= names, sorted(modules - names)
     yamls = {"dp_gym/" + str(p.relative_to(ROOT)) for p in ROOT.glob("envs_configs/**/*.yaml")}
     assert len(yamls) >= 13 and yamls <= names, sorted(yamls - names)
+    shipped = {str(p.relative_to(ROOT)) for p in ROOT.glob("agents/pretrained/*/*/*") if p.suffix in (".zip", ".json")}
+    assert shipped and shipped <= names, sorted(shipped - names)

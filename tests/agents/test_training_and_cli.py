@@ -67,9 +67,10 @@ def test_zoo_hyperparameter_files_parse_and_construct(tmp_path):
     assert {f.stem for f in files} >= {"sac", "td3", "ppo", "a2c", "tqc"}
     for path in files:
         table = yaml.safe_load(path.read_text())
-        assert "default" in table and set(dp_gym.list_envs()) <= set(table), f"{path}: every registered id has an entry"
+        ids = {*dp_gym.list_envs(), *dp_gym.list_proxy_envs()}
+        assert "default" in table and ids <= set(table), f"{path}: every registered id has an entry"
         for key, entry in table.items():
-            assert key == "default" or key in dp_gym.list_envs(), f"{path}: {key}"
+            assert key == "default" or key in ids, f"{path}: {key}"
             assert {"n_timesteps", "policy"} <= set(entry), f"{path}: zoo needs n_timesteps and policy"
         kwargs, zoo = load_hyperparams(path.stem, "dp_gym/TinyText-v0")
         model = algorithm(path.stem)(zoo["policy"], env, **kwargs)
@@ -123,6 +124,21 @@ def test_compare_writes_csv_json_png_one_row_per_controller_and_seed(tmp_path):
     for png in ("ppl_vs_epsilon.png", "controls_over_episode.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| vanilla |" in (tmp_path / "results.md").read_text()
+
+
+def test_the_shipped_pretrained_sac_deploys_once_and_carries_nothing(tmp_path):
+    from agents.pretrained import available
+
+    assert "dp_gym/TinyTextFlatSchedule-v0" in available()["sac"]
+    small = json.dumps({"task_kwargs": {"n_train": 64, "n_val": 8}, "max_updates": 8})
+    code = main(["compare", "--env", "dp_gym/TinyTextFlatSchedule-v0", "--controllers", "sac:pretrained",
+                 "schedule:clip=0.1,clip_knots=2/1/0.5", "--seeds", "1", "--env-overrides", small,
+                 "--out", str(tmp_path)])
+    assert code == 0
+    data = json.loads((tmp_path / "results.json").read_text())
+    sac = next(e for e in data["episodes"] if e["controller"] == "sac")
+    assert sac["privacy"]["private_episodes"] == 1 and sac["privacy"]["epsilon_scope"].startswith("end to end")
+    assert sac["updates"] == 8 and sac["privacy"]["epsilon"] <= 3.0
 
 
 @pytest.mark.parametrize("where", ["proxies", "private"])
@@ -180,10 +196,13 @@ def test_oracle_runs_say_so_in_every_file(tmp_path):
     (["train", "--actor-init", "baseline"], "invalid choice: 'baseline'"),
     (["evaluate", "--policy", "sac:/no/such/model.zip"], "policy file /no/such/model.zip does not exist"),
     (["compare", "--controllers", "unicorn"], "unknown controller 'unicorn'"),
+    (["train", "--env", "dp_gym/TinyTextFlatProxy-v0"], "is the public-proxy id of dp_gym/TinyTextFlat-v0"),
+    (["compare", "--controllers", "sac:pretrained"], "no pretrained sac controller for 'dp_gym/TinyText-v0'"),
+    (["compare", "--controllers", "schedule:clip_knots=2/x"], "clip_knots='2/x' is not a number"),
     (["compare", "--controllers", "vanilla", "--env-overrides", "{not json"], "must be a JSON object"),
     (["audit"], "give exactly one of --model DIR"),
     (["audit", "--run", "/no/such/run"], "/no/such/run/privacy_report.json does not exist"),
-    (["audit", "--model", "/no/such/model"], "/no/such/model is not a saved model folder"),
+    (["audit", "--model", "/no/such/model"], "model path '/no/such/model' is not a local folder"),
     (["audit", "--one-run", "--broken", "everything"], "invalid choice: 'everything'"),
 ])
 def test_bad_cli_input_is_one_clear_line_and_nonzero_exit(arguments, message, capsys):
@@ -231,3 +250,23 @@ def test_one_run_audit_from_the_cli(tmp_path):
                  json.dumps(overrides), "--out", str(tmp_path / "audit.json")]) == 0
     report = json.loads((tmp_path / "audit.json").read_text())
     assert report["broken"] == "no_noise" and report["privacy_valid"] is False and report["canaries"] == 32
+
+
+@pytest.mark.slow
+def test_training_on_proxies_in_parallel_is_reproducible_with_a_key(tmp_path, monkeypatch):
+    """What `make pretrained` relies on: with a (public, proxy-only) key and a seed, SAC trained on
+    proxies in 2 processes is the same policy twice."""
+    import torch
+
+    monkeypatch.setenv("DP_GYM_SECRET_KEY", "a-public-key-for-proxy-episodes")
+    hyperparams = {"learning_starts": 8, "batch_size": 8, "buffer_size": 200}
+    proxy = {"train_sizes": [32], "n_val": 4, "max_updates": [8]}
+    policies = []
+    for run in ("a", "b"):
+        path = train("dp_gym/TinyTextFlatSchedule-v0", "sac", 24, 3, tmp_path / run, progress_bar=False,
+                     checkpoint_every=24, hyperparams=hyperparams, actor_init="zero", proxy=proxy, n_envs=2,
+                     env_overrides={"updates_per_step": 2}, report=lambda line: None)
+        policies.append(load_policy(f"sac:{path}").policy.state_dict())
+    assert policies[0].keys() == policies[1].keys()
+    for name, tensor in policies[0].items():
+        assert torch.equal(tensor, policies[1][name]), name
