@@ -204,7 +204,10 @@ def cmd_compare(args) -> None:
         name = spec.split(":")[0]
         name = name if name not in specs else spec  # two of a kind: full spec
         specs[name], names[name] = controller_factory(spec, args.env), spec
+    if args.baseline is not None and args.baseline not in specs:
+        raise ValueError(f"--baseline {args.baseline!r} is not one of the controllers compared: {', '.join(specs)}")
     _compare_and_report(args.env, specs, list(range(args.seeds)), args.out, args.env_overrides, audit=args.audit,
+                        reference=args.baseline or "vanilla",
                         priors=_priors(args.env, args.env_overrides, names),
                         streams={name: f"compare/{spec}" for name, spec in names.items()})
 
@@ -424,6 +427,10 @@ def build_parser() -> argparse.ArgumentParser:
                             help="heuristic names (name:key=value,...), 'module:Factory', ALGO:PATH or"
                                  " ALGO:pretrained (shipped for the env)")
     comparison.add_argument("--seeds", type=_positive_int, default=5, help="episodes per controller, seeds 0..N-1")
+    comparison.add_argument("--baseline", default=None,
+                            help="the controller every row is compared with (probability of improvement, updates "
+                                 "to reach its perplexity), a name as it appears in the table; default: vanilla when "
+                                 "it runs")
     comparison.add_argument("--audit", action="store_true",
                             help="attack every final model and audit each controller's epsilon in one run")
 

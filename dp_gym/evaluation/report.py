@@ -26,11 +26,12 @@ from dp_gym.privacy import compose
 AUDIT_COLUMNS = (*ATTACK_COLUMNS, "epsilon_lower_bound")
 
 
-def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95% Student-t confidence interval (0 for one value)."""
+def mean_ci95(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and the half-width of its 95% Student-t confidence interval (None for one value: no
+    interval can be given)."""
     values = np.asarray(values, dtype=float)
     if len(values) < 2:
-        return float(values.mean()), 0.0
+        return float(values.mean()), None
     from scipy import stats
 
     half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
@@ -38,17 +39,30 @@ def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
 
 
 def summarize(results: list[EpisodeResult], reference: str | None = "vanilla") -> list[dict[str, Any]]:
-    """One row per controller: final perplexity mean +- 95% CI, epsilon (proven and spent), updates
-    to reach the reference's final perplexity (same seed), wall time."""
+    """One row per controller: final perplexity mean +- 95% t-interval, its interquartile mean with
+    a 95% stratified-bootstrap interval (Agarwal et al., 2021: robust to the odd diverged run), the
+    probability of improvement over the reference (``P(ppl < ppl_ref)`` over all pairs of runs),
+    epsilon (proven and spent), updates to reach the reference's final perplexity (same seed), wall
+    time."""
+    from dp_gym.evaluation.aggregate import probability_of_improvement, stratified_bootstrap
+
     by_seed_reference = {r.seed: r.final_val_ppl for r in results if r.controller == reference}
+    reference_ppl = np.array([r.final_val_ppl for r in results if r.controller == reference])
     rows = []
     for name in dict.fromkeys(r.controller for r in results):
         mine = [r for r in results if r.controller == name]
-        ppl, ppl_ci = mean_ci95([r.final_val_ppl for r in mine])
+        values = np.array([r.final_val_ppl for r in mine])
+        ppl, ppl_ci = mean_ci95(values)
+        finite = values[np.isfinite(values)]
+        iqm, iqm_low, iqm_high = stratified_bootstrap({"env": finite}) if len(finite) else (None, None, None)
+        improves = (probability_of_improvement({"env": values}, {"env": reference_ppl})
+                    if len(reference_ppl) and name != reference else None)
         reach = [r.updates_to_reach(by_seed_reference[r.seed]) for r in mine if r.seed in by_seed_reference]
         reached = [x for x in reach if x is not None]
         rows.append({
             "controller": name, "episodes": len(mine), "final_val_ppl": ppl, "final_val_ppl_ci95": ppl_ci,
+            "final_val_ppl_iqm": iqm, "final_val_ppl_iqm_ci95": None if len(finite) < 2 else [iqm_low, iqm_high],
+            "p_improvement": improves,
             "epsilon": max(r.epsilon for r in mine),
             "epsilon_spent": float(np.mean([r.privacy.epsilon_spent for r in mine])),
             "epsilon_budget": mine[0].privacy.epsilon_budget, "delta": mine[0].privacy.delta,
@@ -76,19 +90,31 @@ def markdown_table(rows: list[dict[str, Any]], reference: str | None = "vanilla"
     rule; ``private episodes`` counts the private runs in scope ("1": the deployment alone)."""
     metric = rows[0].get("metric_name", "perplexity") if rows else "perplexity"
     metric = "ppl" if metric == "perplexity" else metric
-    header = (f"| controller | final val {metric} (mean +- 95% CI) | epsilon (spent) / budget | private episodes | "
-              f"updates to reach {reference or 'reference'}'s {metric} | wall time (s) | privacy valid |")
+    compared = reference is not None and any(row["controller"] == reference for row in rows)
+    columns = ["controller", f"final val {metric} (mean +- 95% CI)", "IQM [95% bootstrap CI]"]
+    columns += [f"P(better than {reference})"] if compared else []
+    columns += ["epsilon (spent) / budget", "private episodes"]
+    columns += [f"updates to reach {reference}'s {metric}"] if compared else []
+    columns += ["wall time (s)", "privacy valid"]
+    aligns = ["---"] + ["---:"] * (len(columns) - 2) + [":---:"]
     audited = any("epsilon_lower_bound" in row for row in rows)
     if audited:
-        header += " exposure (bits) | MIA AUC loss / ref | TPR@1%FPR ref | audited epsilon lower bound |"
-    lines = [header, "|---|---:|---:|---:|---:|---:|:---:|" + ("---:|---:|---:|---:|" if audited else "")]
+        columns += ["exposure (bits)", "MIA AUC loss / ref", "TPR@1%FPR ref", "audited epsilon lower bound"]
+        aligns += ["---:"] * 4
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join(aligns) + "|"]
     for row in rows:
         reach = "-" if row["updates_to_reference"] is None else f"{row['updates_to_reference']:.0f} ({row['reached_reference']})"
         budget = "-" if row["epsilon_budget"] is None else f"{row['epsilon_budget']:g}"
-        line = (f"| {row['controller']} | {row['final_val_ppl']:.2f} +- {row['final_val_ppl_ci95']:.2f} | "
-                f"{row['epsilon']:.3f} ({row['epsilon_spent']:.3f}) / {budget} | {row['private_episodes']} | {reach} | "
-                f"{row['wall_time_s']:.1f} | "
-                f"{'yes' if row['privacy_valid'] else 'NO'} |")
+        ci = "n/a" if row["final_val_ppl_ci95"] is None else f"{row['final_val_ppl_ci95']:.2f}"
+        iqm_ci = row["final_val_ppl_iqm_ci95"]
+        iqm = ("-" if row["final_val_ppl_iqm"] is None else f"{row['final_val_ppl_iqm']:.2f}"
+               + (" [n/a]" if iqm_ci is None else f" [{iqm_ci[0]:.2f}, {iqm_ci[1]:.2f}]"))
+        cells = [row["controller"], f"{row['final_val_ppl']:.2f} +- {ci}", iqm]
+        cells += [_fmt(row["p_improvement"])] if compared else []
+        cells += [f"{row['epsilon']:.3f} ({row['epsilon_spent']:.3f}) / {budget}", str(row["private_episodes"])]
+        cells += [reach] if compared else []
+        cells += [f"{row['wall_time_s']:.1f}", "yes" if row["privacy_valid"] else "NO"]
+        line = "| " + " | ".join(cells) + " |"
         if audited:
             line += (f" {_fmt(row.get('exposure_mean'))} | {_fmt(row.get('mia_loss_auc'), 3)} / "
                      f"{_fmt(row.get('mia_reference_auc'), 3)} | {_fmt(row.get('mia_reference_tpr_at_1pct_fpr'), 3)} | "

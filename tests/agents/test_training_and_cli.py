@@ -270,3 +270,24 @@ def test_training_on_proxies_in_parallel_is_reproducible_with_a_key(tmp_path, mo
     assert policies[0].keys() == policies[1].keys()
     for name, tensor in policies[0].items():
         assert torch.equal(tensor, policies[1][name]), name
+
+
+def test_compare_reports_iqm_and_improvement_against_the_named_baseline(tmp_path):
+    code = main(["compare", "--controllers", "vanilla", "decay", "--baseline", "decay", "--seeds", "2",
+                 "--env-overrides", json.dumps(SMALL), "--out", str(tmp_path)])
+    assert code == 0
+    data = json.loads((tmp_path / "results.json").read_text())
+    rows = {row["controller"]: row for row in data["summary"]}
+    low, high = rows["vanilla"]["final_val_ppl_iqm_ci95"]
+    assert low <= rows["vanilla"]["final_val_ppl_iqm"] <= high
+    ppl = {e["seed"]: e["final_val_ppl"] for e in data["episodes"] if e["controller"] == "vanilla"}
+    ref = [e["final_val_ppl"] for e in data["episodes"] if e["controller"] == "decay"]
+    expected = sum((x < y) + 0.5 * (x == y) for x in ppl.values() for y in ref) / 4
+    assert rows["vanilla"]["p_improvement"] == pytest.approx(expected) and rows["decay"]["p_improvement"] is None
+    table = (tmp_path / "results.md").read_text()
+    assert "P(better than decay)" in table and "updates to reach decay's ppl" in table
+    assert main(["compare", "--controllers", "decay", "--seeds", "1", "--env-overrides", json.dumps(SMALL),
+                 "--out", str(tmp_path / "one")]) == 0
+    table = (tmp_path / "one" / "results.md").read_text()  # one run: no interval; no vanilla: no comparison
+    assert "+- n/a" in table and "[n/a]" in table and "updates to reach" not in table and "P(better" not in table
+    assert main(["compare", "--controllers", "decay", "--baseline", "vanilla", "--seeds", "1"]) == 2
