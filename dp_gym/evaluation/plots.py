@@ -1,4 +1,5 @@
-"""PNG plots of episode results: utility against epsilon spent, and the controls over an episode."""
+"""PNG plots of episode results: utility against epsilon spent, the controls over an episode, and
+performance profiles of the final perplexity."""
 
 from __future__ import annotations
 
@@ -63,5 +64,40 @@ def plot_controls(results: list[EpisodeResult], path: Path, privacy_valid: bool)
                     + ("" if privacy_valid else " - privacy_valid: false"), fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return Path(path)
+
+
+def performance_profile(values: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    r"""The run-score distribution of lower-is-better scores (Agarwal et al., 2021):
+    :math:`F(\tau) = \frac{1}{n} \sum_i [x_i \le \tau]` at each threshold."""
+    values = np.asarray(values, dtype=float)[:, None]
+    return np.mean(values <= np.asarray(thresholds, dtype=float)[None, :], axis=0)
+
+
+def plot_performance_profiles(results: list[EpisodeResult], path: Path, privacy_valid: bool, reps: int = 1000) -> Path:
+    """Each controller's performance profile of final perplexity (the fraction of its runs at or below
+    each perplexity; higher and further left is better), with a 95% bootstrap band over its runs."""
+    plt = _pyplot()
+    names = list(dict.fromkeys(r.controller for r in results))
+    finals = {name: np.array([r.final_val_ppl for r in results if r.controller == name]) for name in names}
+    pooled = np.concatenate([v[np.isfinite(v)] for v in finals.values()])
+    thresholds = np.geomspace(max(pooled.min(), 1e-9) * 0.98, pooled.max() * 1.02, 200) if len(pooled) else np.ones(1)
+    rng = np.random.default_rng(0)  # resamples released results only: public randomness
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for index, name in enumerate(names):
+        values = finals[name]
+        axis.step(thresholds, performance_profile(values, thresholds), where="post", color=f"C{index}", label=name)
+        if len(values) > 1:
+            boots = np.stack([performance_profile(rng.choice(values, len(values)), thresholds) for _ in range(reps)])
+            low, high = np.percentile(boots, [2.5, 97.5], axis=0)
+            axis.fill_between(thresholds, low, high, step="post", color=f"C{index}", alpha=0.15)
+    axis.set_xscale("log")
+    axis.set_xlabel("final public validation perplexity tau")
+    axis.set_ylabel("fraction of runs with perplexity <= tau")
+    axis.set_title("performance profiles" + ("" if privacy_valid else " (privacy_valid: false)"))
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
     plt.close(figure)
     return Path(path)

@@ -129,12 +129,12 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 
 def write_report(results: list[EpisodeResult], out: str | Path, reference: str | None = "vanilla",
                  extra: dict[str, Any] | None = None, plots: bool = True) -> dict[str, Path]:
-    """``results.csv``, ``results.json``, ``results.md`` and two PNG plots under ``out``.
+    """``results.csv``, ``results.json``, ``results.md`` and three PNG plots under ``out``.
 
     ``extra`` (the env id, its overrides, tuned values, ...) goes into the JSON after
     :func:`dp_gym.config.public_config` removes any record list from it.
     """
-    from dp_gym.evaluation.plots import plot_controls, plot_ppl_vs_epsilon
+    from dp_gym.evaluation.plots import plot_controls, plot_performance_profiles, plot_ppl_vs_epsilon
 
     if not results:
         raise ValueError("write_report needs at least one episode result")
@@ -162,6 +162,8 @@ def write_report(results: list[EpisodeResult], out: str | Path, reference: str |
     if plots:
         paths["ppl_vs_epsilon"] = plot_ppl_vs_epsilon(results, out / "ppl_vs_epsilon.png", privacy_valid)
         paths["controls"] = plot_controls(results, out / "controls_over_episode.png", privacy_valid)
+        paths["performance_profiles"] = plot_performance_profiles(results, out / "performance_profiles.png",
+                                                                  privacy_valid)
     return paths
 
 

@@ -121,7 +121,7 @@ def test_compare_writes_csv_json_png_one_row_per_controller_and_seed(tmp_path):
     assert data["epsilon_scope"].startswith("end to end")  # default heuristics: the deployment is all there is
     episode = data["episodes"][0]["privacy"]
     assert episode["accounting"].startswith("rdp-filter@alpha=") and episode["epsilon"] == 3.0
-    for png in ("ppl_vs_epsilon.png", "controls_over_episode.png"):
+    for png in ("ppl_vs_epsilon.png", "controls_over_episode.png", "performance_profiles.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| vanilla |" in (tmp_path / "results.md").read_text()
 

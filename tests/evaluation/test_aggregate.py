@@ -25,3 +25,10 @@ def test_probability_of_improvement():
     assert probability_of_improvement(lower, {"t": np.array([3.0, 4.0])}) == 1.0
     assert probability_of_improvement(lower, {"t": np.array([1.0, 2.0])}) == 0.5
     assert probability_of_improvement({"t": np.array([5.0])}, {"t": np.array([3.0]), "u": np.array([1.0])}) == 0.0
+
+
+def test_a_performance_profile_is_the_fraction_of_runs_at_or_below_each_threshold():
+    from dp_gym.evaluation.plots import performance_profile
+
+    profile = performance_profile(np.array([30.0, 40.0, 50.0, 60.0]), np.array([20.0, 40.0, 45.0, 60.0, 70.0]))
+    np.testing.assert_allclose(profile, [0.0, 0.5, 0.5, 1.0, 1.0])
