@@ -9,6 +9,7 @@ falls back to). RL Zoo reads the same files when told to (without ``-conf`` it u
 
 from __future__ import annotations
 
+import csv
 import importlib.resources
 import json
 import math
@@ -124,15 +125,41 @@ def start_at_action_zero(model: BaseAlgorithm, std: float = 0.1) -> None:
             raise ValueError(f"cannot start {type(model).__name__}'s policy at action 0")
 
 
+#: the learning-curve file of a training run: one row per finished episode
+EPISODES_CSV = "episodes.csv"
+EPISODE_COLUMNS = ("timesteps", "env", "final_val_metric", "epsilon", "epsilon_budget", "failure")
+
+
 class DPInfoLogger(BaseCallback):
     """Per-step TensorBoard scalars: epsilon spent, the composed noise multiplier, validation
-    perplexity, per-group controls (of the first environment); counts finished episodes."""
+    perplexity, per-group controls (of the first environment); counts finished episodes. Every
+    finished episode (of every environment) is a learning-curve point: TensorBoard's
+    ``episode/final_val_metric`` and ``episode/epsilon``, and a row of ``episodes_csv`` (appended,
+    so a resumed run continues its file)."""
 
-    def __init__(self, group_names: list[str]):
+    def __init__(self, group_names: list[str], episodes_csv: Path | None = None):
         super().__init__()
         self.group_names = group_names
         self.episodes = 0
         self.failures = 0
+        self.episodes_csv = episodes_csv
+
+    def _episode_finished(self, env_index: int, info: dict[str, Any]) -> None:
+        row = {"timesteps": self.num_timesteps, "env": env_index, "final_val_metric": info.get("val_metric"),
+               "epsilon": info.get("epsilon"), "epsilon_budget": info.get("epsilon_budget"),
+               "failure": info.get("failure", "")}
+        if row["final_val_metric"] is not None and np.isfinite(row["final_val_metric"]):
+            self.logger.record_mean("episode/final_val_metric", float(row["final_val_metric"]))
+        if row["epsilon"] is not None:
+            self.logger.record_mean("episode/epsilon", float(row["epsilon"]))
+        if self.episodes_csv is not None:
+            self.episodes_csv.parent.mkdir(parents=True, exist_ok=True)
+            new = not self.episodes_csv.exists()
+            with self.episodes_csv.open("a", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=EPISODE_COLUMNS)
+                if new:
+                    writer.writeheader()
+                writer.writerow(row)
 
     def _on_step(self) -> bool:
         info = self.locals["infos"][0]
@@ -150,10 +177,11 @@ class DPInfoLogger(BaseCallback):
             if control in info:
                 for group, value in zip(self.group_names, np.atleast_1d(info[control]), strict=True):
                     record(f"{control}/{group}", float(value))
-        for done, step_info in zip(self.locals["dones"], self.locals["infos"], strict=True):
+        for index, (done, step_info) in enumerate(zip(self.locals["dones"], self.locals["infos"], strict=True)):
             if done:
                 self.episodes += 1
                 self.failures += "failure" in step_info
+                self._episode_finished(index, step_info)
         self.logger.dump(self.num_timesteps)
         return True
 
@@ -287,7 +315,7 @@ def train(env_id: str, algo: str = "sac", timesteps: int = 1000, seed: int = 0, 
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     first_eval = eval_env.envs[0] if hasattr(eval_env, "envs") else eval_env
     group_names = first_eval.unwrapped.group_names
-    logger = DPInfoLogger(group_names)
+    logger = DPInfoLogger(group_names, out / EPISODES_CSV)
     checkpoints = AtomicCheckpoints(out / "checkpoints", checkpoint_every)
     checkpoints._saved_at = done_steps if resume is not None else None
     eval_freq = max(1, eval_every // n_envs) if eval_every else max(timesteps, 1) + 1

@@ -1,5 +1,5 @@
-"""The ``dp-gym`` command line: ``envs | algos | train | evaluate | compare | tune-vanilla | finetune | audit |
-demo``.
+"""The ``dp-gym`` command line: ``envs | algos | train | plot | evaluate | compare | tune-vanilla | finetune |
+audit | demo``.
 
 Every command validates its arguments and fails with one clear line and a non-zero exit.
 """
@@ -188,6 +188,26 @@ def _priors(env_id: str, overrides: dict, names_to_specs: dict[str, str]) -> dic
 
     delta = dp_gym.config_of(env_id, **overrides).delta
     return {name: controller_prior(spec, delta, env_id) for name, spec in names_to_specs.items()}
+
+
+def cmd_plot(args) -> None:
+    """Learning curves of training runs (their ``episodes.csv``), one colour per label."""
+    import csv
+
+    from dp_gym.evaluation.plots import plot_learning_curves
+
+    runs: dict[str, list] = {}
+    for folder in map(Path, args.runs):
+        table = folder / "episodes.csv"
+        if not table.exists():
+            raise FileNotFoundError(f"{table} does not exist (is {folder} a `dp-gym train` output?)")
+        rows = [row for row in csv.DictReader(table.open()) if row["final_val_metric"] not in ("", "nan", "inf")]
+        run = json.loads((folder / "run.json").read_text()) if (folder / "run.json").exists() else {}
+        label = folder.name if args.label == "folder" else f"{run.get('algo', '?')} on {run.get('training_data', '?')}"
+        runs.setdefault(label, []).append(([float(r["timesteps"]) for r in rows],
+                                           [float(r["final_val_metric"]) for r in rows]))
+    path = plot_learning_curves(runs, Path(args.out), window=args.window)
+    console.print(f"written: {path}")
 
 
 def cmd_evaluate(args) -> None:
@@ -416,6 +436,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--actor-init-std", type=_positive_float, default=0.1,
                        help="initial exploration std with --actor-init zero")
 
+    plot = command("plot", "learning curves of training runs (final validation perplexity of each episode)")
+    plot.add_argument("runs", nargs="+", help="`dp-gym train` output folders")
+    plot.add_argument("--out", default="learning_curves.png", help="the PNG to write")
+    plot.add_argument("--window", type=_positive_int, default=5, help="episodes in the moving mean")
+    plot.add_argument("--label", choices=["run", "folder"], default="run",
+                      help="run: one curve (mean and 95%% interval) per algorithm and training data; folder: one per folder")
+
     evaluate = command("evaluate", "evaluate one controller")
     common(evaluate, "runs/evaluate")
     evaluate.add_argument("--policy", required=True, help="a heuristic name, 'module:Factory', ALGO:PATH or ALGO:pretrained")
@@ -477,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"envs": cmd_envs, "algos": cmd_algos, "train": cmd_train, "evaluate": cmd_evaluate, "compare": cmd_compare,
+COMMANDS = {"envs": cmd_envs, "algos": cmd_algos, "plot": cmd_plot, "train": cmd_train, "evaluate": cmd_evaluate, "compare": cmd_compare,
             "tune-vanilla": cmd_tune_vanilla, "finetune": cmd_finetune, "audit": cmd_audit, "demo": cmd_demo}
 
 

@@ -101,3 +101,44 @@ def plot_performance_profiles(results: list[EpisodeResult], path: Path, privacy_
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return Path(path)
+
+
+def smoothed(values: np.ndarray, window: int) -> np.ndarray:
+    """The trailing mean over ``window`` points (fewer at the start)."""
+    values = np.asarray(values, dtype=float)
+    sums = np.cumsum(np.insert(values, 0, 0.0))
+    counts = np.minimum(np.arange(1, len(values) + 1), window)
+    return (sums[1:] - sums[np.arange(1, len(values) + 1) - counts]) / counts
+
+
+def plot_learning_curves(runs: dict[str, list[tuple[np.ndarray, np.ndarray]]], path: Path, window: int = 5,
+                         metric: str = "final public validation perplexity") -> Path:
+    """Learning curves of training runs: for each label, its runs' ``(timesteps, final metric of each
+    finished episode)``, smoothed over ``window`` episodes; with several runs per label, their mean
+    on a common grid and a 95% t-interval band across runs."""
+    from scipy import stats
+
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for index, (label, curves) in enumerate(runs.items()):
+        curves = [(np.asarray(x, float), smoothed(y, window)) for x, y in curves if len(x)]
+        if not curves:
+            continue
+        if len(curves) == 1:
+            axis.plot(*curves[0], color=f"C{index}", label=label)
+            continue
+        grid = np.linspace(max(x[0] for x, _ in curves), min(x[-1] for x, _ in curves), 100)
+        stacked = np.stack([np.interp(grid, x, y) for x, y in curves])
+        mean = stacked.mean(axis=0)
+        half = stats.t.ppf(0.975, len(curves) - 1) * stacked.std(axis=0, ddof=1) / np.sqrt(len(curves))
+        axis.plot(grid, mean, color=f"C{index}", label=f"{label} ({len(curves)} runs)")
+        axis.fill_between(grid, mean - half, mean + half, color=f"C{index}", alpha=0.2)
+    axis.set_xlabel("training timesteps")
+    axis.set_ylabel(f"{metric} (mean of {window} episodes)")
+    axis.set_yscale("log")
+    axis.set_title("learning curves")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return Path(path)

@@ -38,6 +38,10 @@ def test_train_writes_tensorboard_epsilon_and_a_loadable_model_and_resumes(tmp_p
     assert run["training_data"] == "public proxies" and run["privacy"]["private_episodes"] == 0
     assert run["privacy"]["epsilon"] == 0.0
     assert "dp/val_ppl" in logged and any(tag.startswith("clip/") for tag in logged)
+    curve = (tmp_path / "episodes.csv").read_text().strip().splitlines()  # one learning-curve point an episode
+    assert curve[0].startswith("timesteps,env,final_val_metric") and len(curve) - 1 == run["training_episodes"] >= 2
+    ends = [int(row.split(",")[0]) for row in curve[1:]]
+    assert ends == sorted(ends) and ends[-1] <= 8 and len(logged["episode/final_val_metric"]) >= 1
     model = load_policy(f"sac:{model_path}")
     env = dp_gym.make("dp_gym/TinyText-v0", **SMALL)
     action, _ = model.predict(env.reset(seed=0)[0], deterministic=True)
@@ -54,6 +58,10 @@ def test_train_writes_tensorboard_epsilon_and_a_loadable_model_and_resumes(tmp_p
     # every transition is in the checkpoint: none is lost at a checkpoint boundary
     resumed.load_replay_buffer(tmp_path / "checkpoints" / "step_12" / "replay_buffer.pkl")
     assert resumed.replay_buffer.size() == 12
+    assert len((tmp_path / "episodes.csv").read_text().strip().splitlines()) > len(curve)  # the resumed run appends
+    assert main(["plot", str(tmp_path), str(tmp_path), "--out", str(tmp_path / "curves.png")]) == 0
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["plot", str(tmp_path / "checkpoints")]) == 2  # not a training run: one clear line
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
