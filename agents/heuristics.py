@@ -129,10 +129,12 @@ class AdaptiveQuantileController(Controller):
 class ScheduleController(Controller):
     r"""A piecewise-linear schedule over the episode's progress ``t`` (``updates_fraction``): with
     knots at ``t_k = k / (K - 1)``, the clip is ``C * c(t)`` and the noise ``sigma_vanilla * n(t)``,
-    where ``c`` and ``n`` interpolate ``clip_knots`` and ``noise_knots`` linearly. All knots at 1 is
-    plain DP-SGD. ``sigma_vanilla`` is re-calibrated on the remaining budget at every step, so
-    ``n(t) < 1`` early is paid for by more noise later; the env's projection catches any excess.
-    The search space of the Optuna baseline (:func:`agents.tuning.tune_schedule`)."""
+    where ``c`` and ``n`` interpolate ``clip_knots`` and ``noise_knots`` linearly and
+    ``sigma_vanilla`` is plain DP-SGD's noise for the whole episode (fixed at reset). All knots at 1
+    is plain DP-SGD. The requested noise is absolute: a schedule that spends early (``n < 1``) and
+    would overspend later is held to the budget by the env's projection (it raises the noise), and
+    an env's action range clips what it cannot express (on a paced env, the factor against the
+    current pace). The search space of the Optuna baseline (:func:`agents.tuning.tune_schedule`)."""
 
     name = "schedule"
 

@@ -130,6 +130,20 @@ EPISODES_CSV = "episodes.csv"
 EPISODE_COLUMNS = ("timesteps", "env", "final_val_metric", "epsilon", "epsilon_budget", "failure")
 
 
+def _continue_learning_curve(source: Path, target: Path, done_steps: int) -> None:
+    """The learning curve of a resumed run: the rows up to its checkpoint (the episodes after it run
+    again), from the folder it resumes."""
+    rows = []
+    if source.exists():
+        with source.open(newline="") as handle:
+            rows = [row for row in csv.DictReader(handle) if int(row["timesteps"]) <= done_steps]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=EPISODE_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 class DPInfoLogger(BaseCallback):
     """Per-step TensorBoard scalars: epsilon spent, the composed noise multiplier, validation
     perplexity, per-group controls (of the first environment); counts finished episodes. Every
@@ -323,8 +337,11 @@ def train(env_id: str, algo: str = "sac", timesteps: int = 1000, seed: int = 0, 
                               best_model_save_path=str(out / "best"), deterministic=True)
     if resume is None:
         (out / "private_use.json").unlink(missing_ok=True)  # a new run starts from nothing
-    elif Path(resume).resolve() != out.resolve() and (Path(resume) / "private_use.json").exists():
-        shutil.copyfile(Path(resume) / "private_use.json", out / "private_use.json")
+        (out / EPISODES_CSV).unlink(missing_ok=True)
+    else:
+        if Path(resume).resolve() != out.resolve() and (Path(resume) / "private_use.json").exists():
+            shutil.copyfile(Path(resume) / "private_use.json", out / "private_use.json")
+        _continue_learning_curve(Path(resume) / EPISODES_CSV, out / EPISODES_CSV, done_steps)
     use = PrivateUse(out / "private_use.json", evaluation)
     callback = CallbackList([logger, checkpoints, evaluation, use, *(callbacks or [])])
     remaining = max(timesteps - done_steps, 0)

@@ -44,9 +44,13 @@ class TuningResult:
     params: dict[Any, dict[str, Any]] = field(default_factory=dict)
 
     @property
-    def scores(self) -> dict[float, float]:
-        return {value: float(np.mean([np.log(r.final_val_ppl / r.base_val_ppl) for r in runs]))
-                for value, runs in self.runs.items()}
+    def scores(self) -> dict[Any, float]:
+        """Mean log-perplexity change of each grid point; a point with a diverged run scores +inf."""
+        scores = {}
+        for value, runs in self.runs.items():
+            score = float(np.mean([np.log(r.final_val_ppl / r.base_val_ppl) for r in runs]))
+            scores[value] = score if np.isfinite(score) else float("inf")
+        return scores
 
     @property
     def best(self) -> float:
@@ -181,16 +185,18 @@ def tune_schedule(env_id: str, trials: int, seed: int, overrides: dict[str, Any]
                   "clip_knots": [trial.suggest_float(f"clip_{k}", *SCHEDULE_CLIP_RANGE, log=True) for k in range(knots)],
                   "noise_knots": [trial.suggest_float(f"noise_{k}", *SCHEDULE_NOISE_RANGE, log=True)
                                   for k in range(knots)]}
-        results = _grid_point(env, make_controller("schedule", env, **kwargs), seed, episodes,
-                              f"tune-schedule trial {trial.number}")
+        label = (f"tune-schedule trial {trial.number} clip={clip:g} "  # the stream: tells any two schedules apart
+                 f"c={'/'.join(f'{c:.6g}' for c in kwargs['clip_knots'])} "
+                 f"n={'/'.join(f'{n:.6g}' for n in kwargs['noise_knots'])}")
+        results = _grid_point(env, make_controller("schedule", env, **kwargs), seed, episodes, label)
         runs[trial.number], params[trial.number] = results, kwargs
         made.extend(results)
-        score = float(np.mean([np.log(r.final_val_ppl / r.base_val_ppl) for r in results]))
+        score = TuningResult({0: results}).scores[0]
         if report:
             report(f"  schedule trial {trial.number}: clip x{'/'.join(f'{c:.2f}' for c in kwargs['clip_knots'])} "
                    f"noise x{'/'.join(f'{n:.2f}' for n in kwargs['noise_knots'])}: val ppl "
                    f"{np.mean([r.final_val_ppl for r in results]):.2f}")
-        return score if np.isfinite(score) else float("inf")
+        return score
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed))

@@ -30,7 +30,9 @@ on it: each deployment has its own secret noise).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -39,7 +41,7 @@ import numpy as np
 import dp_gym
 from agents.heuristics import make_controller
 from agents.pretrained import pretrained_model
-from agents.rl import load_policy, private_training_privacy, train
+from agents.rl import load_policy, private_training_privacy, train, training_privacy_of
 from agents.tuning import tune_controller, tune_schedule
 from dp_gym.envs import InstanceDistribution
 from dp_gym.evaluation import compare, write_json
@@ -80,9 +82,14 @@ def deploy(env_id: str, overrides: dict, name: str, kwargs: dict, model: str | N
     quiet_libraries()
     factory = ((lambda env: load_policy(f"sac:{model}")) if model else
                (lambda env: make_controller(name, env, **kwargs)))
-    public = PrivacyReport.nothing(dp_gym.config_of(env_id).delta, "trained or tuned on public proxies")
-    return compare({name: factory}, lambda: dp_gym.make(env_id, **overrides), seeds, prior={name: public},
-                   streams={name: f"transfer/{name}"})
+    # tuned on proxies here, or trained on whatever the model's run.json says (None: unknown)
+    prior = (training_privacy_of(model) if model else
+             PrivacyReport.nothing(dp_gym.config_of(env_id).delta, "tuned on public proxies"))
+    # with a secret key, the stream names everything that decides the actions
+    stream = (f"transfer/sac@{hashlib.sha256(Path(model).read_bytes()).hexdigest()[:16]}" if model else
+              f"transfer/{name}:{json.dumps({**kwargs, **overrides}, sort_keys=True)}")
+    return compare({name: factory}, lambda: dp_gym.make(env_id, **overrides), seeds, prior={name: prior},
+                   streams={name: stream})
 
 
 def aggregate(results, env_id: str, epsilon: float) -> list[dict]:
@@ -132,6 +139,9 @@ def main() -> None:
     for env_id in args.envs:
         if args.sac_model:
             model = pretrained_model("sac", env_id) if args.sac_model == "pretrained" else Path(args.sac_model)
+            if not (model.parent / "run.json").exists():
+                raise SystemExit(f"{model.parent / 'run.json'} does not exist: the benchmark needs to know how "
+                                 "the model was trained (a `dp-gym train` output)")
             trained_for = json.loads((model.parent / "run.json").read_text())["timesteps"]
             print(f"== {env_id}: SAC from {model} ({trained_for} steps on proxies)")
         else:
@@ -150,7 +160,7 @@ def main() -> None:
             controllers.append(("sac", {}, {}, str(model)))
             jobs = [(env_id, {"epsilon": epsilon, **overrides}, name, kwargs, path, chunk)
                     for name, kwargs, overrides, path in controllers for chunk in chunks]
-            with ProcessPoolExecutor(args.workers) as pool:
+            with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
                 results = [r for chunk in pool.map(deploy, *zip(*jobs, strict=True)) for r in chunk]
             cell = aggregate(results, env_id, epsilon)
             old = private_training_privacy(dp_gym.config_of(env_id, epsilon=epsilon), trained_for).epsilon

@@ -92,6 +92,22 @@ def controller_factory(spec: str, env_id: str | None = None):
     return lambda env: make_controller(name, env, **kwargs)
 
 
+def noise_stream(command: str, spec: str, env_id: str | None = None) -> str:
+    """The noise stream of a deployment of controller ``spec`` by ``command``: with a secret key,
+    two runs share noise only when they share the stream, so it names everything that decides the
+    actions: the spec and, for a trained model, a digest of its file (a retrained model at the same
+    path is another controller)."""
+    import hashlib
+
+    from agents.rl import algorithms
+
+    name, _, rest = spec.partition(":")
+    if name in algorithms() and rest:
+        digest = hashlib.sha256(Path(_policy_path(name, rest, env_id)).read_bytes()).hexdigest()[:16]
+        return f"{command}/{spec}@{digest}"
+    return f"{command}/{spec}"
+
+
 def controller_prior(spec: str, delta: float, env_id: str | None = None):
     """What the controller ``spec`` carries into a deployment: a trained model's ``run.json`` report,
     nothing for a heuristic with its default parameters, None (unknown) for a heuristic whose
@@ -201,9 +217,15 @@ def cmd_plot(args) -> None:
         table = folder / "episodes.csv"
         if not table.exists():
             raise FileNotFoundError(f"{table} does not exist (is {folder} a `dp-gym train` output?)")
-        rows = [row for row in csv.DictReader(table.open()) if row["final_val_metric"] not in ("", "nan", "inf")]
+        with table.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            if not {"timesteps", "final_val_metric"} <= set(reader.fieldnames or ()):
+                raise ValueError(f"{table} has no timesteps and final_val_metric columns")
+            rows = [row for row in reader if row["final_val_metric"] not in ("", "nan", "inf")]
+        rows.sort(key=lambda row: float(row["timesteps"]))
         run = json.loads((folder / "run.json").read_text()) if (folder / "run.json").exists() else {}
-        label = folder.name if args.label == "folder" else f"{run.get('algo', '?')} on {run.get('training_data', '?')}"
+        label = (folder.name if args.label == "folder" else
+                 f"{run.get('algo', '?')} on {run.get('env_id', '?')} ({run.get('training_data', '?')})")
         runs.setdefault(label, []).append(([float(r["timesteps"]) for r in rows],
                                            [float(r["final_val_metric"]) for r in rows]))
     path = plot_learning_curves(runs, Path(args.out), window=args.window)
@@ -215,7 +237,7 @@ def cmd_evaluate(args) -> None:
     _compare_and_report(args.env, {name: controller_factory(args.policy, args.env)},
                         list(range(args.seed, args.seed + args.episodes)), args.out, args.env_overrides,
                         priors=_priors(args.env, args.env_overrides, {name: args.policy}),
-                        streams={name: f"evaluate/{args.policy}"})
+                        streams={name: noise_stream("evaluate", args.policy, args.env)})
 
 
 def cmd_compare(args) -> None:
@@ -229,7 +251,7 @@ def cmd_compare(args) -> None:
     _compare_and_report(args.env, specs, list(range(args.seeds)), args.out, args.env_overrides, audit=args.audit,
                         reference=args.baseline or "vanilla",
                         priors=_priors(args.env, args.env_overrides, names),
-                        streams={name: f"compare/{spec}" for name, spec in names.items()})
+                        streams={name: noise_stream("compare", spec, args.env) for name, spec in names.items()})
 
 
 def cmd_tune_vanilla(args) -> None:
@@ -352,10 +374,16 @@ def cmd_demo(args) -> None:
     clips = tune_vanilla(DEMO_ENV, args.clips, 0, {}, report=console.print, proxy=proxy, episodes=args.episodes)
     rates = tune_learning_rate(DEMO_ENV, clips.best, args.learning_rates, 0, {}, report=console.print,
                                episode_at_env_rate=clips.runs[clips.best], proxy=proxy, episodes=args.episodes)
-    schedule = tune_schedule(DEMO_ENV, args.trials, 0, {}, report=console.print, proxy=proxy)
-    schedule_spec = "schedule:" + ",".join(
+    try:
+        schedule = tune_schedule(DEMO_ENV, args.trials, 0, {}, report=console.print, proxy=proxy,
+                                 episodes=args.episodes)
+    except ImportError as error:  # optuna is the `tune` extra
+        schedule = None
+        console.print(f"   skipping the schedule baseline: {error}")
+    schedule_params = schedule.params[schedule.best] if schedule else None
+    schedule_spec = "none" if schedule is None else "schedule:" + ",".join(
         f"{key}={'/'.join(f'{v:.3g}' for v in value) if isinstance(value, list) else f'{value:.3g}'}"
-        for key, value in schedule.params[schedule.best].items())
+        for key, value in schedule_params.items())
     console.print(f"   tuned: vanilla clip {clips.best:g}, learning rate {rates.best:g}; {schedule_spec}")
     if args.train_sac:
         console.print(f"2/3 training SAC on public proxies for {args.timesteps} steps ({args.n_envs} environments)")
@@ -369,16 +397,24 @@ def cmd_demo(args) -> None:
     console.print(f"3/3 deploying each controller once per seed on the private data ({args.seeds} seeds)")
     specs = {"vanilla": controller_factory(f"vanilla:clip={clips.best}"),
              "adaptive_quantile": controller_factory("adaptive_quantile"),
-             "schedule": lambda env: make_controller("schedule", env, **schedule.params[schedule.best]),
+             "schedule": lambda env: make_controller("schedule", env, **schedule_params),
              "sac": controller_factory(f"sac:{model}")}
     priors = {"vanilla": tuning_privacy(clips, rates), "adaptive_quantile": controller_prior("adaptive_quantile", 1e-5),
-              "schedule": tuning_privacy(schedule), "sac": training_privacy_of(model)}
+              "schedule": tuning_privacy(schedule) if schedule else None, "sac": training_privacy_of(model)}
+    # with a secret key, the stream names everything that decides a controller's actions
+    streams = {"vanilla": f"demo/vanilla:clip={clips.best!r},lr={rates.best!r}",
+               "adaptive_quantile": "demo/adaptive_quantile",
+               "schedule": f"demo/schedule:{json.dumps(schedule_params, sort_keys=True)}",
+               "sac": noise_stream("demo", f"sac:{model}")}
+    if schedule is None:
+        for table in (specs, priors, streams):
+            table.pop("schedule")
     _compare_and_report(DEMO_ENV, specs, list(range(100, 100 + args.seeds)), out, {}, priors=priors,
-                        overrides_of={"vanilla": {"learning_rate": rates.best}},
+                        overrides_of={"vanilla": {"learning_rate": rates.best}}, streams=streams,
                         extra={"vanilla_clip": clips.best, "vanilla_learning_rate": rates.best,
-                               "schedule": schedule.params[schedule.best],
+                               "schedule": schedule_params,
                                "tuning_scores": {"clip": clips.scores, "learning_rate": rates.scores,
-                                                 "schedule": schedule.scores},
+                                                 "schedule": schedule.scores if schedule else None},
                                "proxy": proxy.to_dict(), "sac_model": str(model)})
     console.print("every deployment above is the only private episode of its controller (private episodes: 1); "
                   "its epsilon is end to end")
@@ -441,7 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--out", default="learning_curves.png", help="the PNG to write")
     plot.add_argument("--window", type=_positive_int, default=5, help="episodes in the moving mean")
     plot.add_argument("--label", choices=["run", "folder"], default="run",
-                      help="run: one curve (mean and 95%% interval) per algorithm and training data; folder: one per folder")
+                      help="run: one curve (mean and 95%% interval) per algorithm, env and training data; folder: one "
+                           "per folder")
 
     evaluate = command("evaluate", "evaluate one controller")
     common(evaluate, "runs/evaluate")
@@ -498,7 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--clips", type=_positive_float, nargs="+", default=[0.05, 0.2], help="vanilla clip grid")
     demo.add_argument("--learning-rates", type=_positive_float, nargs="+", default=[0.00125, 0.0025, 0.005],
                       help="vanilla learning-rate grid (at the best clip)")
-    demo.add_argument("--trials", type=_positive_int, default=8, help="Optuna trials of the schedule baseline")
+    demo.add_argument("--trials", type=_positive_int, default=6,
+                      help="Optuna trials of the schedule baseline (each --episodes proxy episodes)")
     demo.add_argument("--episodes", type=_positive_int, default=2, help="proxy episodes per grid point")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -523,7 +561,7 @@ def main(argv: list[str] | None = None) -> int:
             dp_gym.import_gym_packages(args.gym_packages)
             args.env = dp_gym.resolve_env_id(args.env)
         COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, ImportError) as error:
         print(f"dp-gym {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

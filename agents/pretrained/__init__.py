@@ -8,6 +8,7 @@ command and a fixed seed.
 
 from __future__ import annotations
 
+import json
 from importlib import resources
 from pathlib import Path
 
@@ -16,11 +17,17 @@ def _root() -> Path:
     return Path(str(resources.files(__name__)))
 
 
+def _shipped() -> dict[tuple[str, str], Path]:
+    """``(algo, env id) -> model.zip``; the env id is the one the model was trained for (its run.json)."""
+    return {(model.parent.parent.name, json.loads((model.parent / "run.json").read_text())["env_id"]): model
+            for model in sorted(_root().glob("*/*/model.zip"))}
+
+
 def available() -> dict[str, list[str]]:
     """``{algo: [env ids]}`` of the shipped controllers."""
     found: dict[str, list[str]] = {}
-    for model in sorted(_root().glob("*/*/model.zip")):
-        found.setdefault(model.parent.parent.name, []).append(f"dp_gym/{model.parent.name}")
+    for algo, env_id in _shipped():
+        found.setdefault(algo, []).append(env_id)
     return found
 
 
@@ -30,9 +37,8 @@ def pretrained_model(algo: str, env_id: str | None) -> Path:
     Raises:
         FileNotFoundError: one line naming the environment and what does ship.
     """
-    name = (env_id or "").split("/")[-1]
-    path = _root() / algo / name / "model.zip"
-    if not name or not path.exists():
+    path = _shipped().get((algo, env_id or ""))
+    if path is None:
         raise FileNotFoundError(f"no pretrained {algo} controller for {env_id!r}; shipped: {available() or 'none'} "
                                 f"(train one: dp-gym train --env ...)")
     return path

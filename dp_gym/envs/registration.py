@@ -117,8 +117,8 @@ def register_proxy(env_id: str) -> str | None:
     if getattr(task.proxy, "__func__", None) is Task.proxy.__func__:
         return None
     proxy = proxy_id(env_id)
-    gym.register(id=proxy, entry_point="dp_gym.envs.registration:make_proxy", kwargs={"of": env_id},
-                 max_episode_steps=gym.spec(env_id).max_episode_steps)
+    # no TimeLimit: instances may have other episode lengths, and every episode truncates itself
+    gym.register(id=proxy, entry_point="dp_gym.envs.registration:make_proxy", kwargs={"of": env_id})
     PROXY_IDS[proxy] = env_id
     return proxy
 

@@ -43,7 +43,9 @@ def stratified_bootstrap(scores: Scores, statistic: Callable[[np.ndarray], float
     draws = np.array([statistic(np.concatenate([s[rng.integers(0, len(s), len(s))] for s in strata]))
                       for _ in range(reps)])
     tail = (1 - confidence) / 2
-    return float(point), float(np.quantile(draws, tail)), float(np.quantile(draws, 1 - tail))
+    # outward rounding of the quantiles: never narrower, and exact with infinite (diverged) scores
+    return (float(point), float(np.quantile(draws, tail, method="lower")),
+            float(np.quantile(draws, 1 - tail, method="higher")))
 
 
 def probability_of_improvement(lower: Scores, other: Scores) -> float:

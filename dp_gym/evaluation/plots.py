@@ -114,8 +114,8 @@ def smoothed(values: np.ndarray, window: int) -> np.ndarray:
 def plot_learning_curves(runs: dict[str, list[tuple[np.ndarray, np.ndarray]]], path: Path, window: int = 5,
                          metric: str = "final public validation perplexity") -> Path:
     """Learning curves of training runs: for each label, its runs' ``(timesteps, final metric of each
-    finished episode)``, smoothed over ``window`` episodes; with several runs per label, their mean
-    on a common grid and a 95% t-interval band across runs."""
+    finished episode)`` (increasing timesteps), smoothed over ``window`` episodes; with several runs
+    per label, their mean on the timesteps they share and a 95% t-interval band across runs."""
     from scipy import stats
 
     plt = _pyplot()
@@ -124,10 +124,13 @@ def plot_learning_curves(runs: dict[str, list[tuple[np.ndarray, np.ndarray]]], p
         curves = [(np.asarray(x, float), smoothed(y, window)) for x, y in curves if len(x)]
         if not curves:
             continue
-        if len(curves) == 1:
-            axis.plot(*curves[0], color=f"C{index}", label=label)
+        start, end = max(x[0] for x, _ in curves), min(x[-1] for x, _ in curves)
+        if len(curves) == 1 or start >= end:  # one run, or runs that share no timesteps: each on its own
+            for k, curve in enumerate(curves):
+                axis.plot(*curve, color=f"C{index}", alpha=1.0 if len(curves) == 1 else 0.6,
+                          label=label if k == 0 else None)
             continue
-        grid = np.linspace(max(x[0] for x, _ in curves), min(x[-1] for x, _ in curves), 100)
+        grid = np.linspace(start, end, 100)
         stacked = np.stack([np.interp(grid, x, y) for x, y in curves])
         mean = stacked.mean(axis=0)
         half = stats.t.ppf(0.975, len(curves) - 1) * stacked.std(axis=0, ddof=1) / np.sqrt(len(curves))

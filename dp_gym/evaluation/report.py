@@ -46,22 +46,25 @@ def summarize(results: list[EpisodeResult], reference: str | None = "vanilla") -
     time."""
     from dp_gym.evaluation.aggregate import probability_of_improvement, stratified_bootstrap
 
+    def worst_if_diverged(values) -> np.ndarray:  # a diverged (NaN) run ranks below every finite one
+        values = np.asarray(values, dtype=float)
+        return np.where(np.isnan(values), np.inf, values)
+
     by_seed_reference = {r.seed: r.final_val_ppl for r in results if r.controller == reference}
-    reference_ppl = np.array([r.final_val_ppl for r in results if r.controller == reference])
+    reference_ppl = worst_if_diverged([r.final_val_ppl for r in results if r.controller == reference])
     rows = []
     for name in dict.fromkeys(r.controller for r in results):
         mine = [r for r in results if r.controller == name]
-        values = np.array([r.final_val_ppl for r in mine])
+        values = worst_if_diverged([r.final_val_ppl for r in mine])
         ppl, ppl_ci = mean_ci95(values)
-        finite = values[np.isfinite(values)]
-        iqm, iqm_low, iqm_high = stratified_bootstrap({"env": finite}) if len(finite) else (None, None, None)
+        iqm, iqm_low, iqm_high = stratified_bootstrap({"env": values})
         improves = (probability_of_improvement({"env": values}, {"env": reference_ppl})
                     if len(reference_ppl) and name != reference else None)
         reach = [r.updates_to_reach(by_seed_reference[r.seed]) for r in mine if r.seed in by_seed_reference]
         reached = [x for x in reach if x is not None]
         rows.append({
             "controller": name, "episodes": len(mine), "final_val_ppl": ppl, "final_val_ppl_ci95": ppl_ci,
-            "final_val_ppl_iqm": iqm, "final_val_ppl_iqm_ci95": None if len(finite) < 2 else [iqm_low, iqm_high],
+            "final_val_ppl_iqm": iqm, "final_val_ppl_iqm_ci95": None if len(values) < 2 else [iqm_low, iqm_high],
             "p_improvement": improves,
             "epsilon": max(r.epsilon for r in mine),
             "epsilon_spent": float(np.mean([r.privacy.epsilon_spent for r in mine])),
@@ -107,8 +110,7 @@ def markdown_table(rows: list[dict[str, Any]], reference: str | None = "vanilla"
         budget = "-" if row["epsilon_budget"] is None else f"{row['epsilon_budget']:g}"
         ci = "n/a" if row["final_val_ppl_ci95"] is None else f"{row['final_val_ppl_ci95']:.2f}"
         iqm_ci = row["final_val_ppl_iqm_ci95"]
-        iqm = ("-" if row["final_val_ppl_iqm"] is None else f"{row['final_val_ppl_iqm']:.2f}"
-               + (" [n/a]" if iqm_ci is None else f" [{iqm_ci[0]:.2f}, {iqm_ci[1]:.2f}]"))
+        iqm = f"{row['final_val_ppl_iqm']:.2f}" + (" [n/a]" if iqm_ci is None else f" [{iqm_ci[0]:.2f}, {iqm_ci[1]:.2f}]")
         cells = [row["controller"], f"{row['final_val_ppl']:.2f} +- {ci}", iqm]
         cells += [_fmt(row["p_improvement"])] if compared else []
         cells += [f"{row['epsilon']:.3f} ({row['epsilon_spent']:.3f}) / {budget}", str(row["private_episodes"])]

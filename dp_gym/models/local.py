@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 #: files of which a loadable tokenizer folder has at least one
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model",
+                   "spiece.model", "sentencepiece.bpe.model")
 
 
 class ModelPathError(FileNotFoundError):

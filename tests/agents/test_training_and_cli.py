@@ -58,7 +58,10 @@ def test_train_writes_tensorboard_epsilon_and_a_loadable_model_and_resumes(tmp_p
     # every transition is in the checkpoint: none is lost at a checkpoint boundary
     resumed.load_replay_buffer(tmp_path / "checkpoints" / "step_12" / "replay_buffer.pkl")
     assert resumed.replay_buffer.size() == 12
-    assert len((tmp_path / "episodes.csv").read_text().strip().splitlines()) > len(curve)  # the resumed run appends
+    resumed_curve = (tmp_path / "episodes.csv").read_text().strip().splitlines()
+    assert len(resumed_curve) > len(curve) and resumed_curve[: len(curve)] == curve  # the resumed run continues it
+    ends = [int(row.split(",")[0]) for row in resumed_curve[1:]]
+    assert ends == sorted(ends) and ends[-1] <= 12
     assert main(["plot", str(tmp_path), str(tmp_path), "--out", str(tmp_path / "curves.png")]) == 0
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["plot", str(tmp_path / "checkpoints")]) == 2  # not a training run: one clear line
