@@ -42,6 +42,15 @@ WRAPPER_STATE = {
 }
 
 
+def _state_names(layer) -> tuple[str, ...]:
+    """The episode attributes of a wrapper, found by its class or a base class (so a subclass such as
+    RL Zoo's patched TimeLimit keeps its counter)."""
+    for cls in type(layer).__mro__:
+        if cls.__name__ in WRAPPER_STATE:
+            return WRAPPER_STATE[cls.__name__]
+    return ()
+
+
 def _wrappers(env) -> list:
     chain = []
     while env is not None:
@@ -52,8 +61,7 @@ def _wrappers(env) -> list:
 
 def environment_state(env) -> dict[str, Any]:
     """The episode in progress: the dp-gym environment's state and the wrappers' counters."""
-    wrappers = [{name: getattr(layer, name) for name in WRAPPER_STATE.get(type(layer).__name__, ())}
-                for layer in _wrappers(env)]
+    wrappers = [{name: getattr(layer, name) for name in _state_names(layer)} for layer in _wrappers(env)]
     return {"env": env.unwrapped.state_dict(), "wrappers": wrappers}
 
 

@@ -19,6 +19,21 @@ def _pyplot():
     return plt
 
 
+def _finish(figure, axis, path: Path, xlabel: str, ylabel: str, title: str, xscale: str = "linear",
+            yscale: str = "linear") -> Path:
+    """Label one-axis figure ``figure``, write it to ``path`` and close it."""
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.set_xscale(xscale)
+    axis.set_yscale(yscale)
+    axis.set_title(title)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    _pyplot().close(figure)
+    return Path(path)
+
+
 def plot_ppl_vs_epsilon(results: list[EpisodeResult], path: Path, privacy_valid: bool) -> Path:
     """Public validation perplexity against epsilon spent, one line per episode, a colour per controller."""
     plt = _pyplot()
@@ -28,15 +43,8 @@ def plot_ppl_vs_epsilon(results: list[EpisodeResult], path: Path, privacy_valid:
             xs = [p["epsilon"] for p in result.trajectory]
             ys = [p["val_ppl"] for p in result.trajectory]
             axis.plot(xs, ys, color=f"C{index}", alpha=0.8, label=name if k == 0 else None)
-    axis.set_xlabel("epsilon spent")
-    axis.set_ylabel("public validation perplexity")
-    axis.set_yscale("log")
-    axis.set_title("utility vs privacy spent" + ("" if privacy_valid else " (privacy_valid: false)"))
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return Path(path)
+    return _finish(figure, axis, path, "epsilon spent", "public validation perplexity",
+                   "utility vs privacy spent" + ("" if privacy_valid else " (privacy_valid: false)"), yscale="log")
 
 
 def plot_controls(results: list[EpisodeResult], path: Path, privacy_valid: bool) -> Path:
@@ -92,15 +100,8 @@ def plot_performance_profiles(results: list[EpisodeResult], path: Path, privacy_
             boots = np.stack([performance_profile(rng.choice(values, len(values)), thresholds) for _ in range(reps)])
             low, high = np.percentile(boots, [2.5, 97.5], axis=0)
             axis.fill_between(thresholds, low, high, step="post", color=f"C{index}", alpha=0.15)
-    axis.set_xscale("log")
-    axis.set_xlabel("final public validation perplexity tau")
-    axis.set_ylabel("fraction of runs with perplexity <= tau")
-    axis.set_title("performance profiles" + ("" if privacy_valid else " (privacy_valid: false)"))
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return Path(path)
+    return _finish(figure, axis, path, "final public validation perplexity tau", "fraction of runs with perplexity <= tau",
+                   "performance profiles" + ("" if privacy_valid else " (privacy_valid: false)"), xscale="log")
 
 
 def smoothed(values: np.ndarray, window: int) -> np.ndarray:
@@ -136,12 +137,5 @@ def plot_learning_curves(runs: dict[str, list[tuple[np.ndarray, np.ndarray]]], p
         half = stats.t.ppf(0.975, len(curves) - 1) * stacked.std(axis=0, ddof=1) / np.sqrt(len(curves))
         axis.plot(grid, mean, color=f"C{index}", label=f"{label} ({len(curves)} runs)")
         axis.fill_between(grid, mean - half, mean + half, color=f"C{index}", alpha=0.2)
-    axis.set_xlabel("training timesteps")
-    axis.set_ylabel(f"{metric} (mean of {window} episodes)")
-    axis.set_yscale("log")
-    axis.set_title("learning curves")
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return Path(path)
+    return _finish(figure, axis, path, "training timesteps", f"{metric} (mean of {window} episodes)",
+                   "learning curves", yscale="log")

@@ -1,6 +1,7 @@
 """RL Baselines3 Zoo trains on a public-proxy id with the shipped hyper-parameter file, as a user
 types it, and its `enjoy` runs the saved model (needs the `zoo` extra)."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -9,7 +10,8 @@ import pytest
 
 from dp_gym.cli import main
 
-pytest.importorskip("rl_zoo3")
+# rl_zoo3 runs in subprocesses only: importing it here would patch Gymnasium's TimeLimit for every test
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("rl_zoo3") is None, reason="needs the zoo extra")
 
 ENV = "dp_gym/TinyTextFlatScheduleProxy-v0"
 TINY = ["--env-kwargs", "proxy:{'train_sizes':[32],'n_val':4,'max_updates':[8]}", "updates_per_step:2"]
