@@ -155,7 +155,7 @@ SCHEDULE_NOISE_RANGE = (0.7, 1.4)
 def tune_schedule(env_id: str, trials: int, seed: int, overrides: dict[str, Any], clip: float | None = None,
                   knots: int = 3, report: Callable[[str], None] | None = None, private: bool = False,
                   proxy: InstanceDistribution | None = None, episodes: int = 1) -> TuningResult:
-    """Black-box search of a piecewise-linear clip and noise-pace schedule with Optuna's TPE sampler.
+    """Black-box search of a piecewise-linear clip and noise schedule with Optuna's TPE sampler.
 
     Each of ``trials`` trials proposes ``knots`` clip factors in ``SCHEDULE_CLIP_RANGE`` and as many
     noise factors in ``SCHEDULE_NOISE_RANGE`` (log-uniform) for :class:`agents.heuristics.ScheduleController`

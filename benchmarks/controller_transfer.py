@@ -9,7 +9,7 @@ The honest protocol (issue: controllers that learn and transfer). For every envi
 2. every baseline is tuned on the same proxies with the same number of episodes SAC trained on:
    ``vanilla`` (plain DP-SGD at the env's action-0 clip; the learning rate), ``decay`` (a linear clip
    schedule; its start and end factors), ``schedule`` (Optuna's TPE over a 3-knot piecewise-linear
-   clip and noise-pace schedule, one episode per trial), ``adaptive_quantile`` (Andrew et al.;
+   clip and noise schedule, one episode per trial), ``adaptive_quantile`` (Andrew et al.;
    untuned defaults);
 3. each controller runs **once** per seed on the private environment, at each ``--epsilons``: that
    deployment is its only private episode, and its reported epsilon is end to end.
