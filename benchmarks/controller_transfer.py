@@ -30,7 +30,6 @@ on it: each deployment has its own secret noise).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
@@ -43,6 +42,7 @@ from agents.heuristics import make_controller
 from agents.pretrained import pretrained_model
 from agents.rl import load_policy, private_training_privacy, train, training_privacy_of
 from agents.tuning import tune_controller, tune_schedule
+from dp_gym.cli import noise_stream
 from dp_gym.envs import InstanceDistribution
 from dp_gym.evaluation import compare, write_json
 from dp_gym.evaluation.aggregate import probability_of_improvement, stratified_bootstrap
@@ -86,7 +86,7 @@ def deploy(env_id: str, overrides: dict, name: str, kwargs: dict, model: str | N
     prior = (training_privacy_of(model) if model else
              PrivacyReport.nothing(dp_gym.config_of(env_id).delta, "tuned on public proxies"))
     # with a secret key, the stream names everything that decides the actions
-    stream = (f"transfer/sac@{hashlib.sha256(Path(model).read_bytes()).hexdigest()[:16]}" if model else
+    stream = (noise_stream("transfer", f"sac:{model}") if model else
               f"transfer/{name}:{json.dumps({**kwargs, **overrides}, sort_keys=True)}")
     return compare({name: factory}, lambda: dp_gym.make(env_id, **overrides), seeds, prior={name: prior},
                    streams={name: stream})
