@@ -29,8 +29,28 @@ costs. Otherwise the per-sample gradient is formed in the backward pass (one bat
 the input released right away) and kept for the sum, as Opacus' hooks would; only its hook
 (a tensor hook on the layer's output, cheaper than a full module backward hook) differs.
 
-Everything else (layer norms, embeddings, layers whose weights are shared with another module,
-any layer type Opacus knows) stays with Opacus' hooks and per-sample gradients, untouched.
+Embeddings (``nn.Embedding``, Li et al. 2021's ghost norm for embeddings): example ``i``'s gradient
+of the table is ``E_i = sum_s e_{x_s} delta_s^T`` (``x_s`` the token ids, ``delta_s`` the gradients of
+the embedding outputs), non-zero only in the rows of tokens the example uses. Summing the
+``delta_s`` of positions that share ``(i, x_s)`` (one sort of the ``B T`` keys, one ``index_add``)
+gives those rows, so ``||E_i||^2`` costs ``O(B T d)`` where Opacus writes a ``B x V x d`` tensor.
+Positions whose id is the ``padding_idx`` get no gradient, as in autograd (Opacus' own embedding
+rule gives them one; see :mod:`dp_gym.engine.grad_samplers`).
+
+Tied input embedding and output head (GPT-2: ``lm_head.weight is wte.weight``): the per-sample
+gradient is ``E_i + H_i`` with ``H_i = G_i^T A_i`` (``G_i`` the ``T x V`` logit gradients, ``A_i`` the
+head's inputs), so
+
+    ``||E_i + H_i||^2 = ||E_i||^2 + ||H_i||^2 + 2 <E_i, H_i>``,
+    ``<E_i, H_i> = sum_s delta_s . H_i[x_s] = sum_{s,t} G_i[t, x_s] (delta_s . a_t)``,
+
+with ``||H_i||^2`` from the Gram matrices (or from ``H_i`` formed, by :func:`use_ghost_norm`); the
+clipped sum is ``(c G)^T A`` plus ``index_add`` of the ``c_i delta_s``. No ``B x V x d`` tensor is
+formed on the ghost way.
+
+Everything else (layer norms, RMS norms, embeddings with ``max_norm``/``sparse``/
+``scale_grad_by_freq``, other shared weights, any other layer type Opacus knows) stays with Opacus'
+hooks and per-sample gradients, untouched.
 """
 
 from __future__ import annotations
@@ -98,7 +118,8 @@ class _BookkeptLayer:
             raise RuntimeError(f"a linear layer's input has batch dimension {activation.shape[0]} but its output "
                                f"gradient {grad.shape[0]}")
         size = activation.shape[0]
-        inputs = activation.reshape(size, -1, activation.shape[-1])
+        # fp32 per-sample information whatever the forward pass ran in (bf16 autocast, half weights)
+        inputs = activation.reshape(size, -1, activation.shape[-1]).to(_accurate(activation.dtype))
         grads = grad.detach().reshape(size, -1, grad.shape[-1]).to(inputs.dtype)
         module = self.module
         if module.bias is not None and module.bias.requires_grad:
@@ -133,7 +154,7 @@ class _BookkeptLayer:
             return (gram_inputs * gram_grads).sum(dim=(1, 2)).clamp(min=0)
         samples = self.weight_samples if parameter is self.module.weight else self.bias_samples
         if samples is None:
-            return torch.zeros(size)
+            return torch.zeros(size, device=parameter.device)
         return torch.linalg.vector_norm(samples.reshape(size, -1), dim=1) ** 2
 
     def weighted_sum(self, parameter: nn.Parameter, factors: torch.Tensor, size: int,
@@ -167,7 +188,7 @@ class _BookkeptLayer:
         else:
             samples, self.bias_samples = self.bias_samples, None
         if samples is None:
-            return torch.zeros(parameter.numel(), dtype=parameter.dtype)
+            return torch.zeros(parameter.numel(), device=parameter.device)
         return weighted_sample_sum(samples, factors, size, drop)
 
     def has_samples(self, parameter: nn.Parameter) -> bool:
@@ -175,6 +196,127 @@ class _BookkeptLayer:
         if parameter is self.module.weight:
             return self.ghost is not None or self.weight_samples is not None
         return self.bias_samples is not None
+
+
+@dataclass
+class _BookkeptEmbedding:
+    """Per-sample gradient information of one ``nn.Embedding`` over one forward and backward pass.
+
+    Every call's ``(ids (B, T), delta (B, T, d))`` is kept; several calls in one pass are one longer
+    sequence (the per-sample gradient is a sum over positions either way).
+    """
+
+    module: nn.Embedding
+    inputs: list[torch.Tensor | None] = field(default_factory=list)
+    calls: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+
+    def clear(self) -> None:
+        self.inputs.clear()
+        self.calls.clear()
+
+    def on_forward(self, ids: torch.Tensor) -> int:
+        self.inputs.append(ids.detach())
+        return len(self.inputs) - 1
+
+    def on_backward(self, slot: int, grad: torch.Tensor) -> None:
+        ids, self.inputs[slot] = self.inputs[slot], None
+        if ids.shape[0] != grad.shape[0]:
+            raise RuntimeError(f"an embedding's input has batch dimension {ids.shape[0]} but its output gradient "
+                               f"{grad.shape[0]}")
+        size = ids.shape[0]
+        ids = ids.reshape(size, -1)
+        grads = grad.detach().reshape(size, -1, grad.shape[-1]).to(_accurate(grad.dtype))
+        if self.module.padding_idx is not None:  # autograd gives the padding row no gradient
+            grads = grads.masked_fill((ids == self.module.padding_idx).unsqueeze(-1), 0.0)
+        self.calls.append((ids, grads))
+
+    def _check(self, size: int) -> None:
+        for ids, _ in self.calls:
+            if ids.shape[0] != size:
+                raise RuntimeError(
+                    f"an embedding saw batch dimension {ids.shape[0]} != {size}; a module saw a broadcast input "
+                    "(e.g. GPT-2 position_ids of shape (1, T): pass them expanded, Opacus #841)")
+
+    def positions(self, size: int, drop: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """All calls' ``(ids (B, T'), delta (B, T', d))``; a dropped sample's ``delta`` is zeroed."""
+        self._check(size)
+        ids = torch.cat([ids for ids, _ in self.calls], dim=1)
+        grads = torch.cat([grads for _, grads in self.calls], dim=1)
+        if drop is not None:
+            grads = torch.where(drop.view(size, 1, 1), torch.zeros((), dtype=grads.dtype), grads)
+        return ids, grads
+
+    def squared_norms(self, parameter: nn.Parameter, size: int) -> torch.Tensor:
+        """``||E_i||^2``: the rows of example ``i`` are the sums of its ``delta_s`` sharing a token id."""
+        if not self.calls:
+            return torch.zeros(size, device=parameter.device)
+        ids, grads = self.positions(size)
+        vocabulary = self.module.num_embeddings
+        keys = (torch.arange(size, device=ids.device).unsqueeze(1) * vocabulary + ids).reshape(-1)
+        unique, inverse = torch.unique(keys, return_inverse=True)
+        rows = torch.zeros(unique.shape[0], grads.shape[-1], dtype=grads.dtype, device=grads.device)
+        rows.index_add_(0, inverse, grads.reshape(-1, grads.shape[-1]))
+        norms = torch.zeros(size, dtype=grads.dtype, device=grads.device)
+        return norms.index_add_(0, torch.div(unique, vocabulary, rounding_mode="floor"), rows.pow(2).sum(dim=1))
+
+    def weighted_sum(self, parameter: nn.Parameter, factors: torch.Tensor, size: int,
+                     drop: torch.Tensor | None = None) -> torch.Tensor:
+        """Flat ``sum_i c_i E_i``: one ``index_add`` of the scaled ``delta_s`` into the table's rows."""
+        total = torch.zeros(parameter.shape, device=parameter.device)
+        if self.calls:
+            ids, grads = self.positions(size, drop)
+            grads = grads * factors.to(grads.dtype).view(size, 1, 1)
+            total.index_add_(0, ids.reshape(-1), grads.reshape(-1, grads.shape[-1]).to(total.dtype))
+        self.calls.clear()
+        return total.reshape(-1)
+
+    def has_samples(self, parameter: nn.Parameter) -> bool:
+        return bool(self.calls)
+
+
+@dataclass
+class _TiedEmbeddingHead:
+    """One weight shared by an input embedding and an output head (``nn.Linear``, ``V x d``).
+
+    Per-sample gradient ``E_i + H_i``; see the module doc for the cross term.
+    """
+
+    embedding: _BookkeptEmbedding
+    head: _BookkeptLayer
+
+    def squared_norms(self, parameter: nn.Parameter, size: int) -> torch.Tensor:
+        self.head._check(size)
+        total = self.embedding.squared_norms(parameter, size)
+        head = self.head
+        if head.ghost is None and head.weight_samples is None:
+            return total
+        ids, deltas = self.embedding.positions(size) if self.embedding.calls else (None, None)
+        if head.ghost is not None:
+            inputs, grads = head.ghost  # A (B, T2, d), G (B, T2, V)
+            gram_inputs = torch.bmm(inputs, inputs.transpose(1, 2))
+            gram_grads = torch.bmm(grads, grads.transpose(1, 2))
+            total = total + (gram_inputs * gram_grads).sum(dim=(1, 2))
+            if ids is not None:
+                # G_i[t, x_s] for every head position t and embedding position s: (B, T2, T1)
+                picked = torch.gather(grads, 2, ids.unsqueeze(1).expand(-1, grads.shape[1], -1))
+                total = total + 2 * (picked * torch.bmm(inputs, deltas.transpose(1, 2))).sum(dim=(1, 2))
+        else:
+            samples = head.weight_samples  # H (B, V, d)
+            total = total + torch.linalg.vector_norm(samples.reshape(size, -1), dim=1) ** 2
+            if ids is not None:
+                rows = torch.gather(samples, 1, ids.unsqueeze(-1).expand(-1, -1, samples.shape[2]))  # H_i[x_s]
+                total = total + 2 * (rows * deltas).sum(dim=(1, 2))
+        return total.clamp(min=0)
+
+    def weighted_sum(self, parameter: nn.Parameter, factors: torch.Tensor, size: int,
+                     drop: torch.Tensor | None = None) -> torch.Tensor:
+        total = self.embedding.weighted_sum(parameter, factors, size, drop)
+        if self.head.has_samples(parameter):
+            total = total + self.head.weighted_sum(parameter, factors, size, drop).to(total.dtype)
+        return total
+
+    def has_samples(self, parameter: nn.Parameter) -> bool:
+        return self.embedding.has_samples(parameter) or self.head.has_samples(parameter)
 
 
 def weighted_sample_sum(samples: torch.Tensor, factors: torch.Tensor, size: int,
@@ -190,6 +332,29 @@ def weighted_sample_sum(samples: torch.Tensor, factors: torch.Tensor, size: int,
     return torch.mv(samples.t(), factors.to(samples.dtype))
 
 
+def _plain_embedding(module: nn.Module) -> bool:
+    """An ``nn.Embedding`` whose gradient is the plain scatter of output gradients (dense, unscaled)."""
+    return (type(module) is nn.Embedding and module.max_norm is None and not module.sparse
+            and not module.scale_grad_by_freq)
+
+
+def _tied_head(embedding: nn.Embedding, hooked: list[nn.Module], owners: dict[int, int]) -> nn.Linear | None:
+    """The one ``nn.Linear`` (``V x d`` weight) that shares ``embedding``'s weight, if it is the only
+    other owner and owns its other trainable parameters alone; otherwise ``None`` (Opacus keeps both)."""
+    if owners[id(embedding.weight)] != 2:
+        return None
+    heads = [sub for sub in hooked if type(sub) is nn.Linear and sub.weight is embedding.weight]
+    if len(heads) != 1:
+        return None
+    others = [p for p in heads[0].parameters(recurse=False) if p.requires_grad and p is not embedding.weight]
+    return heads[0] if all(owners[id(p)] == 1 for p in others) else None
+
+
+def _accurate(dtype: torch.dtype) -> torch.dtype:
+    """fp32 for half-precision dtypes (bf16, fp16), the dtype itself otherwise."""
+    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+
+
 def _accumulate(total: torch.Tensor | None, part: torch.Tensor) -> torch.Tensor:
     return part if total is None else total + part
 
@@ -198,8 +363,10 @@ class BookkeepingGradSampleModule(GradSampleModule):
     """Opacus' ``GradSampleModule`` whose linear layers are book-kept instead of sampled.
 
     A ``nn.Linear`` / ``Conv1D`` is book-kept when Opacus would hook it and none of its trainable
-    parameters belongs to another module as well (a tied weight needs the norm of the *sum* of its
-    per-sample gradients, so it stays with Opacus). Book-kept parameters get no ``grad_sample``;
+    parameters belongs to another module as well; an ``nn.Embedding`` when its weight is its own or
+    is tied to exactly one ``nn.Linear`` head (the pair is book-kept together: the norm of the *sum*
+    of the two per-sample gradients). Any other shared weight stays with Opacus. Book-kept
+    parameters get no ``grad_sample``;
     ask :meth:`squared_norms` and :meth:`weighted_sum` instead. The plain ``.grad`` of every
     parameter is still the ordinary batch gradient.
     """
@@ -215,16 +382,28 @@ class BookkeepingGradSampleModule(GradSampleModule):
         object.__setattr__(self, "_bookkept_layers", {})
         # the modules Opacus would hook (it does not descend into layers it samples with functorch)
         hooked = list(GradSampleModule.iterate_submodules(self, module))
-        layers: dict[nn.Module, _BookkeptLayer] = {}
+        layers: dict[nn.Module, _BookkeptLayer | _BookkeptEmbedding] = {}
+        tied: list[_TiedEmbeddingHead] = []
         for sub in hooked:
             trainable = [p for p in sub.parameters(recurse=False) if p.requires_grad]
             if type(sub) in linear and trainable and all(owners[id(p)] == 1 for p in trainable):
                 layers[sub] = _BookkeptLayer(sub, weight_is_out_by_in=isinstance(sub, nn.Linear))
+            elif _plain_embedding(sub) and len(trainable) == 1 and trainable[0] is sub.weight:
+                if owners[id(sub.weight)] == 1:
+                    layers[sub] = _BookkeptEmbedding(sub)
+                    continue
+                head = _tied_head(sub, hooked, owners)
+                if head is not None:
+                    layers[sub] = embedding = _BookkeptEmbedding(sub)
+                    layers[head] = head_layer = _BookkeptLayer(head, weight_is_out_by_in=True)
+                    tied.append(_TiedEmbeddingHead(embedding, head_layer))
         object.__setattr__(self, "_bookkept_layers", layers)
         super().__init__(module, batch_first=batch_first, loss_reduction=loss_reduction, **kwargs)
         self._bookkept_by_parameter = {
             id(p): layer for layer in layers.values() for p in layer.module.parameters(recurse=False) if p.requires_grad
         }
+        for pair in tied:  # the shared weight answers for both modules; a head's own bias stays the head's
+            self._bookkept_by_parameter[id(pair.embedding.module.weight)] = pair
         self._bookkeeping_hooks = [layer.module.register_forward_hook(self._capture) for layer in layers.values()]
 
     def iterate_submodules(self, module: nn.Module):

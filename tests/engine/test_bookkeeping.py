@@ -80,16 +80,93 @@ def test_a_dropped_sample_with_nan_contributes_zero():
         assert torch.isfinite(module.weighted_sum(parameter, torch.ones(6), 6, drop)).all()
 
 
-def test_tied_weights_stay_with_opacus():
+def repeated_token_batch(size=5, length=12, vocab=50, seed=0):
+    batch = micro_batch(size, length, seed)
+    batch["input_ids"][:, 6] = batch["input_ids"][:, 1]  # every record repeats a token
+    batch["input_ids"][0, 2:5] = 7  # and one record repeats one three times
+    return batch
+
+
+def loop_reference(model, batch):
+    size = batch["input_ids"].shape[0]
+    grads = []
+    for i in range(size):
+        model.zero_grad()
+        per_sample_loss(model, {k: v[i : i + 1] for k, v in batch.items()}).sum().backward()
+        grads.append({id(p): p.grad.detach().clone() for p in model.parameters() if p.grad is not None})
+    model.zero_grad()
+    return grads
+
+
+@pytest.mark.parametrize("head_way", ["ghost", "materialized"])
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_embeddings_tied_or_not_are_bookkept_exactly(monkeypatch, tied, head_way):
+    """No B x V x d tensor on the ghost way: ||E_i + H_i||^2 with the cross term, against a loop."""
+    import dp_gym.engine.bookkeeping as bookkeeping
+
+    monkeypatch.setattr(bookkeeping, "GHOST_COST_RATIO", 1e9 if head_way == "ghost" else 0)
     register_transformers_grad_samplers()
-    tied = BookkeepingGradSampleModule(micro_gpt2(tied=True))
-    untied = BookkeepingGradSampleModule(micro_gpt2(tied=False))
-    assert not tied.is_bookkept(tied._module.lm_head.weight)  # shared with the input embedding
-    assert untied.is_bookkept(untied._module.lm_head.weight)
-    assert not untied.is_bookkept(untied._module.transformer.wte.weight)  # an embedding: Opacus
-    per_sample_loss(tied, micro_batch()).sum().backward()
-    assert tied._module.transformer.wte.weight.grad_sample.shape[0] == 5
-    assert getattr(tied._module.transformer.h[0].attn.c_attn.weight, "grad_sample", None) is None
+    model = micro_gpt2(tied=tied)
+    batch = repeated_token_batch()
+    reference = loop_reference(model, batch)
+    module = BookkeepingGradSampleModule(model)
+    wte, wpe, head = model.transformer.wte, model.transformer.wpe, model.lm_head
+    assert {wte, wpe, head} <= set(module.bookkept_modules)
+    assert (head.weight is wte.weight) == tied
+    per_sample_loss(module, batch).sum().backward()
+    factors = torch.rand(5, generator=torch.Generator().manual_seed(2))
+    drop = torch.arange(5) == 3
+    for parameter in (wte.weight, wpe.weight, head.weight):
+        assert module.is_bookkept(parameter) and getattr(parameter, "grad_sample", None) is None
+        expected_norms = torch.stack([r[id(parameter)].reshape(-1).norm() ** 2 for r in reference])
+        torch.testing.assert_close(module.squared_norms(parameter, 5), expected_norms, rtol=1e-4, atol=1e-8)
+    for parameter in dict.fromkeys((wte.weight, wpe.weight, head.weight)):  # a tied weight is summed once
+        expected_sum = sum(0 if d else c * r[id(parameter)].reshape(-1)
+                           for c, d, r in zip(factors, drop, reference, strict=True))
+        torch.testing.assert_close(module.weighted_sum(parameter, factors, 5, drop), expected_sum, rtol=1e-4, atol=1e-7)
+
+
+def test_an_embedding_with_a_padding_row_matches_autograd_in_both_modes():
+    """Opacus 1.6's embedding rule gives the padding row a per-sample gradient; autograd gives none."""
+    register_transformers_grad_samplers()
+    embedding = nn.Embedding(20, 4, padding_idx=0)
+    ids = torch.tensor([[0, 3, 3, 5], [0, 0, 1, 2]])
+    for wrapper in (GradSampleModule, BookkeepingGradSampleModule):
+        module = wrapper(nn.Sequential(embedding), batch_first=True, loss_reduction="sum")
+        module(ids).pow(2).sum().backward()
+        if wrapper is GradSampleModule:
+            norms = embedding.weight.grad_sample.reshape(2, -1).norm(dim=1) ** 2
+            assert float(embedding.weight.grad_sample[:, 0].abs().sum()) == 0.0
+        else:
+            norms = module.squared_norms(embedding.weight, 2)
+        # example i's gradient of row u is 2 * count_i(u) * weight[u]; the padding row 0 gets none
+        expected = []
+        for row in ids:
+            counts = torch.bincount(row[row != 0], minlength=20).float()
+            expected.append(float(((2 * counts).unsqueeze(1) * embedding.weight.detach()).pow(2).sum()))
+        torch.testing.assert_close(norms.detach(), torch.tensor(expected), rtol=1e-5, atol=1e-7)
+        module.remove_hooks()
+        embedding.weight.grad = None
+        embedding.weight.grad_sample = None
+
+
+def test_a_weight_shared_beyond_one_embedding_and_one_head_stays_with_opacus():
+    class TwoHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(10, 4)
+            self.head = nn.Linear(4, 10, bias=False)
+            self.other = nn.Linear(4, 10, bias=False)
+            self.head.weight = self.other.weight = self.embed.weight
+
+        def forward(self, ids):
+            hidden = self.embed(ids)
+            return (self.head(hidden) + self.other(hidden)).sum(dim=(1, 2))
+
+    module = BookkeepingGradSampleModule(TwoHeads())
+    assert not module.is_bookkept(module._module.embed.weight)
+    module(torch.tensor([[1, 2], [3, 3]])).sum().backward()
+    assert module._module.embed.weight.grad_sample.shape == (2, 10, 4)
 
 
 def test_the_two_per_sample_modes_release_the_same_update():
