@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from dp_gym.privacy.ledger import ACCOUNTANTS
+from dp_gym.utils.devices import PRECISIONS, check_device
 
 CONTROLS = ("clip", "noise", "prune")
 BUDGET_MODES = ("project", "terminate")
@@ -103,7 +104,7 @@ class EnvConfig:
     Args:
         task: a registered task name (``dp_gym.tasks.registered_tasks()``) or ``"module:Class"``.
         task_kwargs: keyword arguments of the task.
-        grouping: parameter grouping (``per_block``, ``per_layer``, ``global`` or regex patterns).
+        grouping: parameter grouping (``per_block``, ``per_layer``, ``per_adapter``, ``global`` or regex patterns).
         epsilon: the budget's epsilon, > 0.
         delta: the budget's delta, in (0, 1).
         accountant: ``rdp`` or ``prv``.
@@ -141,6 +142,10 @@ class EnvConfig:
             validation loss became NaN or inf (finite; below what any real step earns).
         token_pruning: ``{"rule": ..., "keep_ratio": ...}`` for tasks with visual tokens (passed to
             the task); ``null`` for tasks without. Rules: ``dp_gym.models.token_pruning.registered_rules()``.
+        device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``; the model,
+            the batches and the DP noise live there (the Poisson sampling stays on the CPU).
+        precision: ``fp32``, or ``bf16``: the forward and backward passes run under bf16 autocast,
+            while per-sample norms, clipping, the noisy sums and the noise stay in fp32.
     """
 
     task: str = "text"
@@ -170,6 +175,8 @@ class EnvConfig:
     secure_mode: bool = False
     failure_reward: float = -10.0
     token_pruning: dict[str, Any] | None = None
+    device: str = "auto"
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if not isinstance(self.task, str) or not self.task:
@@ -241,6 +248,11 @@ class EnvConfig:
                               "composition; use accountant 'rdp' (a Renyi filter), or fix the noise "
                               "(controls.noise: calibrated or a number)")
         self._check_token_pruning()
+        try:
+            check_device(self.device)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        _choice("precision", self.precision, PRECISIONS)
 
     def _check_token_pruning(self) -> None:
         if self.token_pruning is None:

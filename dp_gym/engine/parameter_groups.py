@@ -8,12 +8,19 @@ from collections.abc import Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-STRATEGIES = ("per_block", "per_layer", "global")
+STRATEGIES = ("per_block", "per_layer", "per_adapter", "global")
 
 # ``transformer.h.3.``, ``model.layers.3.``, ``encoder.layer.3.``, ``blocks.3.``
 _BLOCK_PATTERN = re.compile(r"^(.*?\b(?:h|layers|layer|blocks|block)\.\d+)\.")
 _EMBEDDING_PATTERN = re.compile(r"(wte|wpe|embed|tok_emb|pos_emb)", re.IGNORECASE)
 _PROJECTOR_PATTERN = re.compile(r"(multi_modal_projector|projector|mm_projector)")
+# ``...attn.c_attn.lora_A.default.weight`` -> ``...attn.c_attn`` (peft's adapter parameter names)
+_ADAPTER_PATTERN = re.compile(r"^(.*?)\.lora_(?:A|B|embedding_A|embedding_B|magnitude_vector)\b")
+
+
+def _per_adapter_name(parameter_name: str) -> str:
+    adapter = _ADAPTER_PATTERN.match(parameter_name)
+    return adapter.group(1) if adapter else _per_block_name(parameter_name)
 
 
 def _per_block_name(parameter_name: str) -> str:
@@ -37,7 +44,8 @@ class ParameterGroups:
         model: the model.
         strategy: ``"per_block"`` (embeddings, each transformer block, and the rest: final norm
             and head; a multimodal projector is its own group), ``"per_layer"`` (each parameter
-            tensor), ``"global"`` (one group), or regex patterns: a sequence of patterns (the
+            tensor), ``"per_adapter"`` (each LoRA-adapted layer, its ``A`` and ``B`` together, as
+            RLDP does; any other trainable parameter goes by ``per_block``), ``"global"`` (one group), or regex patterns: a sequence of patterns (the
             pattern is the group name) or a mapping ``name -> pattern``. With patterns, a
             parameter joins the first group whose pattern it matches (``re.search``).
 
@@ -64,6 +72,8 @@ class ParameterGroups:
                 return [_per_block_name(name) for name in names]
             if strategy == "per_layer":
                 return names
+            if strategy == "per_adapter":
+                return [_per_adapter_name(name) for name in names]
             if strategy == "global":
                 return ["all"] * len(names)
             raise ValueError(f"grouping strategy must be one of {STRATEGIES} or regex patterns, got {strategy!r}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import random
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ from torch import nn
 from dp_gym.data.clinical_notes import clinical_notes, make_canaries, private_train_records
 from dp_gym.data.proxy_corpora import PROXY_CORPORA
 from dp_gym.models.local import load_local, load_local_tokenizer
+from dp_gym.models.lora import apply_lora
+from dp_gym.models.spec import ModelSpec
 from dp_gym.models.tiny_lm import TinyLMConfig, ensure_tiny_lm
 from dp_gym.tasks.base import Batch, EncodedTrainSplit, Task, register_task, trim_padding
 
@@ -26,7 +29,7 @@ def per_token_losses(model: nn.Module, input_ids: torch.Tensor, attention_mask: 
     *summed* gradient to sample 0 (Opacus issue #841).
     """
     size, length = input_ids.shape
-    position_ids = torch.arange(length).unsqueeze(0).expand(size, length)
+    position_ids = torch.arange(length, device=input_ids.device).unsqueeze(0).expand(size, length)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
     # Shift the targets, not the logits: slicing logits[:, :-1] makes autograd materialize a
     # full-size zero tensor, and a (B, V, T) view makes log-softmax run over a strided axis.
@@ -41,8 +44,10 @@ class TextTask(EncodedTrainSplit, Task):
     """Fine-tune a causal LM on private records; evaluate on public held-out records.
 
     Args:
-        model: ``"tiny"`` (the cached tiny GPT-2 pre-trained on public text) or a folder any
-            ``AutoModelForCausalLM.from_pretrained`` loads (with its tokenizer).
+        model: ``"tiny"`` (the cached tiny GPT-2 pre-trained on public text), a local folder any
+            ``AutoModelForCausalLM.from_pretrained`` loads (with its tokenizer), or a mapping
+            ``{path, dtype, lora: {r, alpha, dropout, target_modules}}``
+            (:class:`dp_gym.models.spec.ModelSpec`; with ``lora`` only the adapters train).
         n_train: private training records.
         n_val: public validation records (same distribution, disjoint: another seed, declared
             public).
@@ -58,7 +63,7 @@ class TextTask(EncodedTrainSplit, Task):
 
     def __init__(
         self,
-        model: str = "tiny",
+        model: str | dict[str, Any] = "tiny",
         n_train: int = 512,
         n_val: int = 64,
         max_length: int = 96,
@@ -74,7 +79,9 @@ class TextTask(EncodedTrainSplit, Task):
             raise ValueError(f"n_train and n_val must be >= 1, got {n_train} and {n_val}")
         if max_length < 2:
             raise ValueError(f"max_length must be >= 2, got {max_length}")
-        self.model_path = ensure_tiny_lm(TinyLMConfig(**(tiny or {}))) if model == "tiny" else Path(model)
+        self.model_spec = ModelSpec.parse(model)
+        self.model_path = ensure_tiny_lm(TinyLMConfig(**(tiny or {}))) if self.model_spec.is_tiny \
+            else Path(self.model_spec.path)
         self.tokenizer = load_local_tokenizer(self.model_path)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -152,7 +159,9 @@ class TextTask(EncodedTrainSplit, Task):
     def build_model(self) -> nn.Module:
         from transformers import AutoModelForCausalLM
 
-        model = load_local(AutoModelForCausalLM, self.model_path)
+        model = load_local(AutoModelForCausalLM, self.model_path, dtype=self.model_spec.torch_dtype())
+        if self.model_spec.lora is not None:
+            model = apply_lora(model, self.model_spec.lora)
         model.train()
         return model
 
@@ -165,10 +174,11 @@ class TextTask(EncodedTrainSplit, Task):
     def evaluate(self, model: nn.Module, batch_size: int = 128) -> float:
         was_training = model.training
         model.eval()
+        device = next(model.parameters()).device
         total, tokens = 0.0, 0.0
         for start in range(0, self._val["input_ids"].shape[0], batch_size):
             chunk = trim_padding({k: v[start : start + batch_size] for k, v in self._val.items()})
-            ids, mask = chunk["input_ids"], chunk["attention_mask"]
+            ids, mask = chunk["input_ids"].to(device), chunk["attention_mask"].to(device)
             total += float(per_token_losses(model, ids, mask).sum())
             tokens += float(mask[:, 1:].sum())
         model.train(was_training)
@@ -178,6 +188,7 @@ class TextTask(EncodedTrainSplit, Task):
         return {
             **super().describe(),
             "model": str(self.model_path),
+            **({"lora": asdict(self.model_spec.lora)} if self.model_spec.lora else {}),
             "n_val": len(self.val_records),
             "max_length": self.max_length,
             "n_canaries": len(self.canaries),

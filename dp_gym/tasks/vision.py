@@ -21,6 +21,7 @@ with ``train_vision=True``) must be scored by a task built with ``cache_vision_f
 from __future__ import annotations
 
 import weakref
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,13 @@ from dp_gym.config import parse_token_pruning as parse_config_token_pruning
 from dp_gym.data.digits import digit_splits
 from dp_gym.data.scenes import PRIVATE_SEED, PUBLIC_VALIDATION_SEED, make_scenes
 from dp_gym.models.local import load_local, load_local_tokenizer
+from dp_gym.models.lora import apply_lora
+from dp_gym.models.spec import ModelSpec
 from dp_gym.models.tiny_vlm import TinyLMConfig, TinyVLMConfig, ensure_tiny_vlm, images_to_pixels
 from dp_gym.models.token_pruning import (
     check_rule,
     cls_attention_scores,
+    needs_cls_attention,
     prune_visual_tokens,
     tokens_kept,
 )
@@ -58,8 +62,11 @@ class VisionLanguageTask(EncodedTrainSplit, Task):
     """Fine-tune a LLaVA on private captioned images; evaluate on public ones.
 
     Args:
-        model: ``"tiny"`` (the cached tiny LLaVA) or a folder that
-            ``LlavaForConditionalGeneration.from_pretrained`` and ``AutoTokenizer`` load.
+        model: ``"tiny"`` (the cached tiny LLaVA), a folder that
+            ``LlavaForConditionalGeneration.from_pretrained`` and ``AutoTokenizer`` load, or a
+            mapping ``{path, dtype, lora}`` (:class:`dp_gym.models.spec.ModelSpec`; with ``lora``
+            only the adapters train: add the projector's ``linear_1``/``linear_2`` to
+            ``target_modules`` to adapt it too).
         dataset: ``"scenes"`` (generated shapes) or ``"digits"`` (scikit-learn's digits).
         n_train, n_val: private training and public validation examples.
         token_pruning: ``{"rule": name, "keep_ratio": r}``; ``None`` keeps every visual token.
@@ -73,7 +80,7 @@ class VisionLanguageTask(EncodedTrainSplit, Task):
 
     def __init__(
         self,
-        model: str = "tiny",
+        model: str | dict[str, Any] = "tiny",
         dataset: str = "scenes",
         n_train: int = 512,
         n_val: int = 64,
@@ -91,13 +98,14 @@ class VisionLanguageTask(EncodedTrainSplit, Task):
         if n_train < 1 or n_val < 1:
             raise ValueError(f"n_train and n_val must be >= 1, got {n_train} and {n_val}")
         self.rule, self.keep_ratio = parse_token_pruning(token_pruning)
-        if model == "tiny":
+        self.model_spec = ModelSpec.parse(model)
+        if self.model_spec.is_tiny:
             tiny = dict(tiny or {})
             if "lm" in tiny and isinstance(tiny["lm"], dict):
                 tiny["lm"] = TinyLMConfig(**tiny["lm"])
             self.model_path = ensure_tiny_vlm(TinyVLMConfig(**tiny))
         else:
-            self.model_path = Path(model)
+            self.model_path = Path(self.model_spec.path)
         self.tokenizer = load_local_tokenizer(self.model_path)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -153,7 +161,8 @@ class VisionLanguageTask(EncodedTrainSplit, Task):
 
         # eager attention in the vision tower: the cls_attention rule reads its probabilities
         model = load_local(
-            LlavaForConditionalGeneration, self.model_path, attn_implementation={"vision_config": "eager", "text_config": "sdpa", "": "sdpa"}
+            LlavaForConditionalGeneration, self.model_path, dtype=self.model_spec.torch_dtype(),
+            attn_implementation={"vision_config": "eager", "text_config": "sdpa", "": "sdpa"}
         )
         for parameter in model.model.vision_tower.parameters():
             parameter.requires_grad_(self.train_vision)
@@ -162,12 +171,15 @@ class VisionLanguageTask(EncodedTrainSplit, Task):
         position = getattr(model.model.language_model, "wpe", None)
         if position is not None:
             position.weight.requires_grad_(False)
+        if self.model_spec.lora is not None:
+            # the tower is frozen and its features cached: never adapt its q_proj/v_proj (same names as the LM's)
+            model = apply_lora(model, self.model_spec.lora, exclude=None if self.train_vision else r".*vision_tower.*")
         model.train()
         return model
 
     def _vision_outputs(self, tower: nn.Module, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(hidden (B, 1 + n, D_v), [CLS] attention (B, n) or None)`` of the vision tower."""
-        wants_attention = self.rule == "cls_attention"
+        wants_attention = needs_cls_attention(self.rule)
         outputs = tower(pixel_values, output_hidden_states=True, output_attentions=wants_attention, return_dict=True)
         hidden = outputs.hidden_states[self.model_config.vision_feature_layer]
         return hidden, cls_attention_scores(outputs.attentions[-1]) if wants_attention else None
@@ -219,9 +231,9 @@ class VisionLanguageTask(EncodedTrainSplit, Task):
         text = llava.get_input_embeddings()(input_ids)
         size, kept, length = visual.shape[0], visual.shape[1], input_ids.shape[1]
         embeds = torch.cat([visual, text.to(visual.dtype)], dim=1)
-        full_mask = torch.cat([torch.ones(size, kept, dtype=mask.dtype), mask], dim=1)
+        full_mask = torch.cat([torch.ones(size, kept, dtype=mask.dtype, device=mask.device), mask], dim=1)
         # expanded position ids: see per_token_losses (Opacus #841)
-        positions = torch.arange(kept + length).unsqueeze(0).expand(size, kept + length)
+        positions = torch.arange(kept + length, device=mask.device).unsqueeze(0).expand(size, kept + length)
         # logits only where a caption token is predicted: positions kept-1 .. kept+length-1
         # (position kept-1+j predicts caption token j); the head never runs on visual positions
         logits = llava(
@@ -239,9 +251,10 @@ class VisionLanguageTask(EncodedTrainSplit, Task):
     def evaluate(self, model: nn.Module, batch_size: int = 128) -> float:
         was_training = model.training
         model.eval()
+        device = next(model.parameters()).device
         total, tokens = 0.0, 0.0
         for start in range(0, self._val["input_ids"].shape[0], batch_size):
-            chunk = trim_padding({k: v[start : start + batch_size] for k, v in self._val.items()})
+            chunk = trim_padding({k: v[start : start + batch_size].to(device) for k, v in self._val.items()})
             total += float(self.caption_losses(model, chunk).sum())
             tokens += float(chunk["attention_mask"].sum())
         model.train(was_training)
@@ -251,6 +264,7 @@ class VisionLanguageTask(EncodedTrainSplit, Task):
         return {
             **super().describe(),
             "model": str(self.model_path),
+            **({"lora": asdict(self.model_spec.lora)} if self.model_spec.lora else {}),
             "dataset": self.dataset,
             "n_val": int(self._val["input_ids"].shape[0]),
             "token_pruning": {"rule": self.rule, "keep_ratio": self.keep_ratio},

@@ -8,6 +8,7 @@ from opacus import GradSampleModule
 import dp_gym
 from dp_gym import validate_config
 from dp_gym.config import ConfigError, EnvConfig
+from dp_gym.engine.bookkeeping import BookkeepingGradSampleModule
 from dp_gym.engine.grad_samplers import register_transformers_grad_samplers
 from dp_gym.models.tiny_lm import TinyLMConfig
 from dp_gym.models.tiny_vlm import IMAGE_TOKEN, TinyVLMConfig, ensure_tiny_vlm
@@ -62,7 +63,7 @@ def test_the_language_model_sees_fewer_tokens(micro_vlm, keep, visual):
     assert lengths == [visual + batch["input_ids"].shape[1]]
 
 
-@pytest.mark.parametrize("rule", ["cls_attention", "dissimilarity", "none"])
+@pytest.mark.parametrize("rule", ["cls_attention", "cls_attention_fuse", "dissimilarity", "none"])
 def test_per_sample_gradients_of_the_pruned_model_equal_a_per_example_loop(micro_vlm, rule):
     register_transformers_grad_samplers()
     task = micro_task(micro_vlm, rule=rule, keep=1.0 if rule == "none" else 0.25)
@@ -85,7 +86,7 @@ def test_per_sample_gradients_of_the_pruned_model_equal_a_per_example_loop(micro
                                        msg=f"{name}, sample {i}")
 
 
-@pytest.mark.parametrize("rule", ["cls_attention", "dissimilarity"])
+@pytest.mark.parametrize("rule", ["cls_attention", "cls_attention_fuse", "dissimilarity"])
 def test_cached_vision_features_give_the_same_losses_and_gradients(micro_vlm, rule):
     cached = micro_task(micro_vlm, rule=rule)
     uncached = VisionLanguageTask(model=str(micro_vlm), n_train=6, n_val=4, cache_vision_features=False,
@@ -156,3 +157,28 @@ def test_vision_episode_stays_within_budget(env_id):
 def test_too_many_tokens_for_the_language_model_is_a_clear_error(micro_vlm):
     with pytest.raises(ValueError, match="64 visual tokens \\+ max_text_length 100 exceed the language model's 128"):
         VisionLanguageTask(model=str(micro_vlm), n_train=4, n_val=2, max_text_length=100)
+
+
+@pytest.fixture(scope="module")
+def llava_576(tmp_path_factory):
+    from dp_gym.models.random_checkpoints import save_random_checkpoint
+
+    return save_random_checkpoint("llava", tmp_path_factory.mktemp("llava") / "llava", hidden=32, layers=1,
+                                  positions=640)
+
+
+@pytest.mark.parametrize(("keep", "visual"), [(1.0, 576), (0.25, 144)])
+def test_a_llava_1_5_layout_with_lora_prunes_576_patch_tokens_and_trains_only_lm_adapters(llava_576, keep, visual):
+    rule = "none" if keep == 1.0 else "cls_attention_fuse"
+    task = VisionLanguageTask(model={"path": str(llava_576), "lora": {"r": 2, "target_modules": ["q_proj", "v_proj"]}},
+                              n_train=3, n_val=2, max_text_length=16, token_pruning={"rule": rule, "keep_ratio": keep})
+    assert task.image_size == 336 and task.visual_tokens == visual
+    model = task.build_model()
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(".lora_" in name and "language_model" in name for name in trainable)
+    module = BookkeepingGradSampleModule(model)
+    batch = task.train_batch(torch.arange(3))
+    losses = task.per_sample_loss(model, batch)
+    assert losses.shape == (3,) and torch.isfinite(losses).all()
+    losses.sum().backward()
+    assert all(module.squared_norms(p, 3).shape == (3,) for p in model.parameters() if p.requires_grad)
