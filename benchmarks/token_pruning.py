@@ -39,7 +39,8 @@ from dp_gym.engine import DPUpdater, ParameterGroups  # noqa: E402
 from dp_gym.evaluation import run_episode  # noqa: E402
 from dp_gym.tasks.vision import VisionLanguageTask  # noqa: E402
 
-SETTINGS = [("none", 1.0)] + [(rule, keep) for keep in (0.5, 0.25) for rule in ("cls_attention", "dissimilarity", "random")]
+RULES = ("cls_attention", "cls_attention_fuse", "dissimilarity", "random")
+SETTINGS = [("none", 1.0)] + [(rule, keep) for keep in (0.5, 0.25) for rule in RULES]
 
 
 def dp_updater(task: VisionLanguageTask, data, device: str) -> DPUpdater:

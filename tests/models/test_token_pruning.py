@@ -93,3 +93,35 @@ def test_unknown_rule_is_rejected_with_the_list():
     features, _ = batch()
     with pytest.raises(ValueError, match=r"rule must be one of .*'cls_attention'.*got 'biggest'"):
         select_visual_tokens(features, "biggest", 0.5)
+
+
+def test_cls_attention_fuse_keeps_the_top_patches_and_fuses_the_rest_into_centres():
+    # 8 patches, keep 4: 3 by attention, 1 fused token (centre: the 4th by attention; members: the other 4)
+    features = torch.zeros(1, 8, 2)
+    features[0, :, 0] = torch.arange(8.0)
+    features[0, :, 1] = 1.0
+    attention = torch.tensor([[0.30, 0.25, 0.20, 0.10, 0.05, 0.04, 0.03, 0.03]])
+    tokens = prune_visual_tokens(features, "cls_attention_fuse", 0.5, attention)
+    assert tokens.shape == (1, 4, 2)
+    torch.testing.assert_close(tokens[0, :3], features[0, :3])
+    members = features[0, 4:].mean(dim=0)
+    torch.testing.assert_close(tokens[0, 3], features[0, 3] + members)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 60), keep=st.floats(0.01, 1.0))
+def test_cls_attention_fuse_gives_ceil_of_the_ratio_tokens_per_example(n, keep):
+    features, attention = batch(size=3, n=n)
+    tokens = prune_visual_tokens(features, "cls_attention_fuse", keep, attention)
+    assert tokens.shape == (3, tokens_kept(n, keep), 8)
+    if tokens_kept(n, keep) == n:  # nothing to fuse: every patch, in raster order
+        torch.testing.assert_close(tokens, features)
+    alone = prune_visual_tokens(features[1:2], "cls_attention_fuse", keep, attention[1:2])
+    torch.testing.assert_close(tokens[1:2], alone)  # a function of the example alone
+
+
+def test_a_fusing_rule_selects_no_indices():
+    features, attention = batch()
+    with pytest.raises(ValueError, match="fuses tokens"):
+        select_visual_tokens(features, "cls_attention_fuse", 0.5, attention)
+    assert "cls_attention_fuse" in registered_rules()
