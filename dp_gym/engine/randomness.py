@@ -38,7 +38,10 @@ import torch
 
 #: the environment variable a secret key may come from
 SECRET_KEY_ENV = "DP_GYM_SECRET_KEY"
-STREAMS = ("sampling", "noise")
+#: ``model``: the model's own randomness in a training forward pass (LoRA dropout): not what protects
+#: privacy, but drawn from the episode's streams so a keyed episode reproduces and the process's
+#: global RNG (which an RL agent in the same process uses) is left as it was
+STREAMS = ("sampling", "noise", "model")
 
 
 class SecretKey:
@@ -98,7 +101,8 @@ class EpisodeRandomness:
             noise, or their difference cancels it.
         context: a digest of the run's configuration (see the module docstring).
         secure_mode: fresh OS entropy for every generator (see the module docstring).
-        device: where the generators live (the noise is drawn on the model's device).
+        device: where the noise generators live (the noise is drawn on the model's device); the
+            sampling generators stay on the CPU, where the Poisson sampler draws.
 
     Raises:
         ValueError: for ``secure_mode`` with a key.
@@ -119,14 +123,15 @@ class EpisodeRandomness:
             self._secret = secrets.token_bytes(32)
 
     def generator(self, use: str, update: int) -> torch.Generator:
-        """A fresh generator for ``use`` (``"sampling"`` or ``"noise"``) at update ``update``."""
+        """A fresh generator for ``use`` (``"sampling"``, ``"noise"`` or ``"model"``) at update ``update``."""
         if use not in STREAMS:
             raise ValueError(f"use must be one of {list(STREAMS)}, got {use!r}")
         if self.secure_mode:
             seed = _seed_from(os.urandom(8))
         else:
             seed = _seed_from(hmac.new(self._secret, f"{use}/{int(update)}".encode(), hashlib.sha256).digest())
-        return torch.Generator(device=self.device).manual_seed(seed)
+        device = self.device if use == "noise" else torch.device("cpu")
+        return torch.Generator(device=device).manual_seed(seed)
 
     def __repr__(self) -> str:
         return f"EpisodeRandomness(reproducible={self.reproducible}, secure_mode={self.secure_mode})"

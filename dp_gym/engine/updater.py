@@ -119,6 +119,13 @@ class DPUpdater:
         per_sample: ``"bookkeeping"`` (linear layers give per-sample norms and clipped sums
             without per-sample gradients; same numbers up to float rounding) or ``"opacus"``
             (every per-sample gradient materialized by Opacus' hooks).
+        autocast: run the forward pass under bf16 autocast on the model's device. Per-sample
+            norms, clip factors, the clipped sums and the noise are computed in fp32 all the same
+            (low-precision per-sample information is cast up before any norm), so the
+            sensitivity bound is exact whatever the precision of the forward pass.
+
+    The model must already be on its device; every tensor the update makes is made there, and
+    the noise is drawn from a generator on that device.
     """
 
     def __init__(
@@ -134,6 +141,7 @@ class DPUpdater:
         secure_mode: bool = False,
         oracle: bool = False,
         per_sample: str = "bookkeeping",
+        autocast: bool = False,
     ):
         if per_sample not in PER_SAMPLE_MODES:
             raise ValueError(f"per_sample must be one of {list(PER_SAMPLE_MODES)}, got {per_sample!r}")
@@ -160,6 +168,9 @@ class DPUpdater:
         self.secure_mode = secure_mode
         self.oracle = oracle
         self.nonfinite_samples = 0  # local log only: never released
+        self.autocast = autocast
+        first = next(iter(groups.all_parameters()))
+        self.device = first.device
         optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
         missing = [name for g in groups.names for name, p in zip(groups.parameter_names(g), groups.parameters(g),
                                                                    strict=True) if id(p) not in optimized]
@@ -199,7 +210,7 @@ class DPUpdater:
         prune_g = _as_group_array("prune", prune, names, 0.0, 1.0, low_inclusive=True)
         if statistics.groups_counted not in (0, len(names)):
             raise ValueError(f"statistics.groups_counted must be 0 or {len(names)}, got {statistics.groups_counted}")
-        generator = generator if generator is not None else fresh_generator()
+        generator = generator if generator is not None else fresh_generator(self.device)
         count_noise = statistics.count_sigma if statistics.groups_counted else None
         loss_noise = statistics.loss_sigma
 
@@ -219,7 +230,7 @@ class DPUpdater:
         if count_noise is not None:
             noisy_counts = unclipped_counts + _generate_noise(float(count_noise), unclipped_counts,
                                                               generator, self.secure_mode)
-            unclipped_fraction = (noisy_counts / m).numpy().astype(np.float64)
+            unclipped_fraction = (noisy_counts / m).cpu().numpy().astype(np.float64)
         train_loss = None
         if loss_noise is not None:
             noisy_loss = loss_sum + _generate_noise(float(loss_noise * self.loss_bound), loss_sum,
@@ -256,14 +267,16 @@ class DPUpdater:
         names = self.group_names
         size = self._batch_size(batch)
         if size == 0:
-            sums = {g: torch.zeros(self.groups.numel(g)) for g in names}
-            return sums, torch.zeros(len(names)), torch.zeros(()), None
+            sums = {g: torch.zeros(self.groups.numel(g), device=self.device) for g in names}
+            return sums, torch.zeros(len(names), device=self.device), torch.zeros((), device=self.device), None
 
         self.module.zero_grad(set_to_none=True)
         self.module.train()
         # the task gets its own model, never the Opacus wrapper: the wrapper's forward only calls the
         # model, and the per-sample hooks sit on the model's submodules, so they fire either way
-        losses = self.loss_fn(self.module._module, batch)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            losses = self.loss_fn(self.module._module, batch)
+        losses = losses.float()
         if losses.shape != (size,):
             raise ValueError(f"loss_fn must return per-sample losses of shape ({size},), got {tuple(losses.shape)}")
         finite_loss = torch.isfinite(losses)
@@ -273,7 +286,7 @@ class DPUpdater:
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
             losses.masked_fill(~finite_loss, 0.0).sum().backward()
 
-        norms = torch.zeros(size, len(names))
+        norms = torch.zeros(size, len(names), device=self.device)
         for index, group in enumerate(names):
             for parameter in self.groups.parameters(group):
                 norms[:, index] += self._squared_norms(parameter, size)
@@ -281,7 +294,7 @@ class DPUpdater:
         # A NaN/inf entry makes the squared norm NaN/inf, so this one check covers every entry
         # (a finite gradient whose squared norm overflows float32 is also dropped: harmless).
         finite = torch.isfinite(norms) & finite_loss.unsqueeze(1)
-        clip_t = torch.as_tensor(clip_g, dtype=norms.dtype)
+        clip_t = torch.as_tensor(clip_g, dtype=norms.dtype, device=norms.device)
         # Opacus' rule: factor = min(1, C / (||g|| + 1e-6)); a non-finite sample contributes 0,
         # which is within the sensitivity bound (it is as if the sample were clipped to 0).
         factors = (clip_t / (norms + 1e-6)).clamp(max=1.0)
@@ -296,7 +309,7 @@ class DPUpdater:
             drop = None if bool(finite[:, index].all()) else ~finite[:, index]
             parts = [self._weighted_sum(parameter, factors[:, index], size, drop)
                      for parameter in self.groups.parameters(group)]
-            sums[group] = torch.cat(parts).detach()
+            sums[group] = torch.cat([part.float() for part in parts]).detach()  # noise is added in fp32
         unclipped = ((norms <= clip_t) & finite).sum(dim=0).to(torch.float32)
         loss_sum = losses.detach().masked_fill(~finite_loss, 0.0).clamp(0.0, self.loss_bound).sum()
 
@@ -313,16 +326,17 @@ class DPUpdater:
     def _squared_norms(self, parameter: nn.Parameter, size: int) -> torch.Tensor:
         """``(B,)`` ``||g_i||^2`` of one parameter's per-sample gradients."""
         if self.per_sample == "bookkeeping" and self.module.is_bookkept(parameter):
-            return self.module.squared_norms(parameter, size)
-        # vector_norm reduces in place: no B x numel temporary (x.pow(2).sum() makes one)
-        return torch.linalg.vector_norm(_grad_sample(parameter, size).reshape(size, -1), dim=1) ** 2
+            return self.module.squared_norms(parameter, size).float()
+        # vector_norm reduces in place: no B x numel temporary (x.pow(2).sum() makes one); fp32 always
+        samples = _grad_sample(parameter, size).reshape(size, -1)
+        return torch.linalg.vector_norm(samples, dim=1, dtype=torch.float32) ** 2
 
     def _weighted_sum(self, parameter: nn.Parameter, factors: torch.Tensor, size: int,
                       drop: torch.Tensor | None) -> torch.Tensor:
         """Flat ``sum_i c_i g_i`` of one parameter; samples flagged in ``drop`` contribute 0."""
         if self.per_sample == "bookkeeping" and self.module.is_bookkept(parameter):
             return self.module.weighted_sum(parameter, factors, size, drop)
-        total = weighted_sample_sum(_grad_sample(parameter, size), factors, size, drop)
+        total = weighted_sample_sum(_grad_sample(parameter, size).float(), factors, size, drop)
         parameter.grad_sample = None  # free B x numel as soon as it is summed
         return total
 
@@ -338,7 +352,10 @@ class DPUpdater:
             offset = 0
             for parameter in self.groups.parameters(group):
                 n = parameter.numel()
-                parameter.grad = None if group in frozen else noisy[group][offset : offset + n].view_as(parameter).clone()
+                # a view, not a copy (a copy would hold a second model-sized tensor at the peak); torch's
+                # optimizers read .grad and never write it
+                parameter.grad = None if group in frozen else \
+                    noisy[group][offset : offset + n].view_as(parameter).to(parameter.dtype)
                 offset += n
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -359,7 +376,7 @@ def _grad_sample(parameter: nn.Parameter, size: int) -> torch.Tensor:
         if parameter.grad is not None:
             raise RuntimeError(USED_OUTSIDE_ITS_MODULE.format(shape=tuple(parameter.shape)))
         # The parameter took no part in this forward pass: its per-sample gradients are zero.
-        return torch.zeros(size, *parameter.shape)
+        return torch.zeros(size, *parameter.shape, device=parameter.device)
     if isinstance(sample, list):
         sample = torch.stack(sample).sum(0)
     if sample.shape[0] != size:

@@ -8,6 +8,7 @@ secret key; never the public seed alone.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -21,6 +22,7 @@ from dp_gym.engine import DPUpdater, ParameterGroups, PoissonBatches, StepReport
 from dp_gym.engine.randomness import EpisodeRandomness, SecretKey, resolve_secret_key
 from dp_gym.privacy import PrivacyBudget, ReleasedStatistics
 from dp_gym.tasks import Task
+from dp_gym.utils.devices import resolve_device
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 assert set(OPTIMIZERS) == set(OPTIMIZER_NAMES), "the config's optimizer names and the torch classes must agree"
@@ -58,7 +60,9 @@ class FineTuningRun:
         self.config = config
         self.secret_key = resolve_secret_key(secret_key)
         EpisodeRandomness(self.secret_key, 0, secure_mode=config.secure_mode)  # refuses key + secure_mode early
-        self.model = task.build_model()
+        self.device = resolve_device(config.device)
+        # on its device before the engine wraps it: Opacus' hooks keep references to the parameters
+        self.model = task.build_model().to(self.device)
         self.groups = ParameterGroups(self.model, config.grouping)
         n_counted = len(self.groups) if config.count_noise is not None else 0
         self.statistics = ReleasedStatistics(config.count_noise, n_counted, config.loss_noise)
@@ -93,10 +97,11 @@ class FineTuningRun:
         self.updater = DPUpdater(
             self._module if self._module is not None else self.model, self.optimizer, self.groups,
             self.expected_batch_size, sample_rate=c.sample_rate, loss_fn=self.task.per_sample_loss,
-            loss_bound=c.loss_bound, secure_mode=c.secure_mode, oracle=c.observation == "oracle")
+            loss_bound=c.loss_bound, secure_mode=c.secure_mode, oracle=c.observation == "oracle",
+            autocast=c.precision == "bf16")
         self._module = self.updater.module
         self.budget = self.new_budget()
-        self.randomness = EpisodeRandomness(self.secret_key, seed, stream, secure_mode=c.secure_mode,
+        self.randomness = EpisodeRandomness(self.secret_key, seed, stream, secure_mode=c.secure_mode, device=self.device,
                                             context=config_digest(c) if self.secret_key is not None else "")
         self.updates = 0
 
@@ -128,13 +133,27 @@ class FineTuningRun:
         reports: list[StepReport] = []
         for _ in range(updates):
             batch = self.task.train_batch(self.sampler.sample(self.randomness.generator("sampling", self.updates)))
+            batch = {key: value.to(self.device) for key, value in batch.items()}
             generator = self.randomness.generator("noise", self.updates)
             self.budget.record(z)  # before the update: an update that fails halfway is still accounted
             self.updates += 1
-            report = self.updater.step(batch, clip, sigmas, prune, statistics=self.statistics, generator=generator)
+            with self._model_randomness():
+                report = self.updater.step(batch, clip, sigmas, prune, statistics=self.statistics, generator=generator)
+            if reports:  # only the last update is read (update cosine): do not hold K model-sized copies
+                reports[-1].noisy_update = {}
             reports.append(report)
             self.check_finite(reports)
         return reports
+
+    @contextlib.contextmanager
+    def _model_randomness(self):
+        """The training forward pass's own randomness (dropout) from the episode's ``model`` stream,
+        inside a fork of torch's global RNG (restored afterwards)."""
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        seed = self.randomness.generator("model", self.updates).initial_seed()
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            yield
 
     def check_finite(self, reports: list[StepReport] | None = None) -> None:
         """Raise :class:`RunFailure` when any trained parameter holds a NaN or an inf."""
