@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -424,6 +425,15 @@ def cmd_demo(args) -> None:
 
 
 # ---------------------------------------------------------------------------------- parser
+def _device(text: str) -> str:
+    from dp_gym.utils.devices import check_device
+
+    try:
+        return check_device(text, "--device")
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     formatter = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(prog="dp-gym", description="DP fine-tuning of language models as an RL environment",
@@ -448,6 +458,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="modules to import first, e.g. the one that registers your environment (as RL Zoo)")
             parser.add_argument("--env-overrides", type=_overrides, default={},
                                 help='JSON object of config overrides, e.g. \'{"epsilon": 8}\'')
+            parser.add_argument("--device", default=None, type=_device,
+                                help="auto (CUDA when available), cpu, cuda or cuda:N (default: the config's, auto)")
+            parser.add_argument("--model-path", default=None, metavar="FOLDER",
+                                help="a local checkpoint folder for the presets that read $DP_GYM_MODEL_PATH "
+                                     "(dp_gym/GPT2LoRA-v0, dp_gym/LlamaLoRA-v0); sets it for this run and its workers")
         parser.add_argument("--seed", type=int, default=0, help="public seed (the DP noise stays secret)")
         parser.add_argument("--threads", type=_positive_int, default=None,
                             help="torch threads (default: $DP_GYM_THREADS, else the cores available)")
@@ -555,6 +570,13 @@ def main(argv: list[str] | None = None) -> int:
         if not args.verbose:
             quiet_libraries()
         configure_threads(getattr(args, "threads", None))
+        if getattr(args, "device", None):
+            args.env_overrides = {**args.env_overrides, "device": args.device}
+        if getattr(args, "model_path", None):
+            from dp_gym.models.local import local_model_folder
+            from dp_gym.models.spec import MODEL_PATH_VARIABLE
+
+            os.environ[MODEL_PATH_VARIABLE] = str(local_model_folder(args.model_path).resolve())
         if getattr(args, "env", None) is not None:
             import dp_gym
 

@@ -25,3 +25,30 @@ def micro_batch(size: int = 5, length: int = 12, seed: int = 0):
 @pytest.fixture
 def micro_model():
     return micro_gpt2()
+
+
+#: presets whose checkpoint path comes from $DP_GYM_MODEL_PATH, and the architecture tests give them
+REAL_MODEL_PRESETS = {"dp_gym/GPT2LoRA-v0": "gpt2", "dp_gym/LlamaLoRA-v0": "llama"}
+
+
+@pytest.fixture(scope="session")
+def local_checkpoints(tmp_path_factory):
+    """Locally built checkpoints of the real architectures: GPT-2 is the cached tiny default (a
+    publicly pre-trained GPT2LMHeadModel), Llama a small random-init one with a public tokenizer."""
+    from dp_gym.models.random_checkpoints import save_random_checkpoint
+    from dp_gym.models.tiny_lm import ensure_tiny_lm
+
+    root = tmp_path_factory.mktemp("local-checkpoints")
+    return {"gpt2": ensure_tiny_lm(), "llama": save_random_checkpoint("llama", root / "llama", hidden=32, layers=2)}
+
+
+@pytest.fixture
+def model_path_for(local_checkpoints, monkeypatch):
+    """``model_path_for(env_id)`` sets $DP_GYM_MODEL_PATH for a real-model preset (no-op for others)."""
+    from dp_gym.models.spec import MODEL_PATH_VARIABLE
+
+    def point(env_id: str) -> None:
+        if env_id in REAL_MODEL_PRESETS:
+            monkeypatch.setenv(MODEL_PATH_VARIABLE, str(local_checkpoints[REAL_MODEL_PRESETS[env_id]]))
+
+    return point

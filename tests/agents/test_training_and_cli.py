@@ -201,7 +201,7 @@ def test_oracle_runs_say_so_in_every_file(tmp_path):
 
 
 @pytest.mark.parametrize("arguments, message", [
-    (["train", "--env", "dp_gym/Nope-v0"], "unknown environment id 'dp_gym/Nope-v0'; dp-gym's: dp_gym/TinyDigits-v0, dp_gym/TinyText-v0"),
+    (["train", "--env", "dp_gym/Nope-v0"], "unknown environment id 'dp_gym/Nope-v0'; dp-gym's: dp_gym/GPT2LoRA-v0, dp_gym/LlamaLoRA-v0, dp_gym/TinyDigits-v0"),
     (["train", "--timesteps", "0"], "must be a positive integer, got 0"),
     (["train", "--actor-init", "zero", "--actor-init-std", "0"], "must be a finite number > 0, got 0"),
     (["train", "--actor-init", "baseline"], "invalid choice: 'baseline'"),

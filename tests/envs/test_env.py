@@ -48,7 +48,8 @@ def assert_same(a, b):
 
 
 @pytest.mark.parametrize("env_id", sorted(dp_gym.list_envs()))
-def test_registered_envs_pass_both_checkers(env_id):
+def test_registered_envs_pass_both_checkers(env_id, model_path_for):
+    model_path_for(env_id)
     yaml_kwargs = yaml.safe_load(open(gym.spec(env_id).kwargs["config_path"])).get("task_kwargs") or {}
     # Gymnasium's checker asks for the same step from the same seed: that holds with a secret key
     # (without one the DP noise is fresh OS entropy every episode, by design)
