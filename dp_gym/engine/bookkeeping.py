@@ -312,7 +312,7 @@ class _TiedEmbeddingHead:
                      drop: torch.Tensor | None = None) -> torch.Tensor:
         total = self.embedding.weighted_sum(parameter, factors, size, drop)
         if self.head.has_samples(parameter):
-            total = total + self.head.weighted_sum(parameter, factors, size, drop).to(total.dtype)
+            total.add_(self.head.weighted_sum(parameter, factors, size, drop).to(total.dtype))
         return total
 
     def has_samples(self, parameter: nn.Parameter) -> bool:

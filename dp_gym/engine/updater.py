@@ -221,9 +221,9 @@ class DPUpdater:
         noisy_norms = np.zeros(len(names))
         for index, group in enumerate(names):
             total = clipped_sums[group]
-            total = total + _generate_noise(float(noise_g[index] * clip_g[index]), total, generator,
-                                            self.secure_mode)
-            noisy[group] = total / m
+            # in place: the clipped sum is this update's own buffer (no second model-sized tensor)
+            total.add_(_generate_noise(float(noise_g[index] * clip_g[index]), total, generator, self.secure_mode))
+            noisy[group] = total.div_(m)
             noisy_norms[index] = float(noisy[group].norm())
 
         unclipped_fraction = None
@@ -347,7 +347,8 @@ class DPUpdater:
         A fully pruned group has ``grad = None``, which every torch optimizer skips, so momentum
         or weight decay cannot move it either.
         """
-        before = {g: self.groups.flat(g).clone() for g in self.group_names}
+        # per parameter (no flat concatenation of the whole model before and after the step)
+        before = {g: [p.detach().clone() for p in self.groups.parameters(g)] for g in self.group_names}
         for group in self.group_names:
             offset = 0
             for parameter in self.groups.parameters(group):
@@ -359,7 +360,13 @@ class DPUpdater:
                 offset += n
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return np.array([float((self.groups.flat(g) - before[g]).norm()) for g in self.group_names])
+        norms = []
+        for group in self.group_names:
+            parameters = [p.detach() for p in self.groups.parameters(group)]
+            before[group] = torch._foreach_sub(before[group], parameters)  # before - after, per tensor
+            norms.append(float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(before[group])))))
+            before[group] = None
+        return np.array(norms)
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict:
@@ -393,6 +400,10 @@ def prune_smallest(update: torch.Tensor, ratio: float) -> tuple[torch.Tensor, in
 
     Post-processing of an already-noised release: costs no privacy. Returns the pruned copy
     and the number of coordinates zeroed.
+
+    Linear time: the ``drop``-th smallest magnitude ``t`` (``kthvalue``, a selection, not a sort),
+    every coordinate below ``t``, and of those equal to ``t`` the ones with the lowest indices until
+    exactly ``drop`` are zeroed (``topk`` of the kept half cost 3.5 s on GPT-2-small's 124M).
     """
     n = update.numel()
     drop = min(n, int(math.floor(ratio * n + 1e-9)))
@@ -400,7 +411,11 @@ def prune_smallest(update: torch.Tensor, ratio: float) -> tuple[torch.Tensor, in
         return update, 0
     if drop == n:
         return torch.zeros_like(update), n
-    keep = torch.topk(update.abs(), n - drop, sorted=False).indices
-    pruned = torch.zeros_like(update)
-    pruned[keep] = update[keep]
-    return pruned, drop
+    magnitudes = update.abs()
+    threshold = torch.kthvalue(magnitudes, drop).values
+    zeroed = magnitudes < threshold
+    missing = drop - int(zeroed.sum())
+    if missing > 0:
+        ties = torch.nonzero(magnitudes == threshold).squeeze(1)[:missing]
+        zeroed[ties] = True
+    return update.masked_fill(zeroed, 0.0), drop

@@ -269,3 +269,10 @@ def test_secure_mode_noise_has_the_same_std():
     delta = group_delta(groups, before, groups.parameters)["transformer.h.0"]
     expected = 1.5
     assert abs(float(delta.std()) - expected) < 4 * expected / math.sqrt(2 * delta.numel())
+
+
+def test_prune_smallest_breaks_ties_by_index():
+    pruned, dropped = prune_smallest(torch.tensor([-2.0, 2.0, 1.0, 2.0]), 0.5)
+    assert dropped == 2 and pruned.tolist() == [0.0, 2.0, 0.0, 2.0]  # 1, then the first of the tied 2s
+    pruned, _ = prune_smallest(torch.ones(5), 0.6)
+    assert pruned.tolist() == [0.0, 0.0, 0.0, 1.0, 1.0]
