@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -152,12 +153,20 @@ def cmd_algos(args) -> None:
 def cmd_train(args) -> None:
     from agents.rl import train
 
-    path = train(args.env, args.algo, args.timesteps, args.seed, args.out, resume=args.resume,
-                 env_overrides=args.env_overrides, checkpoint_every=args.checkpoint_every,
-                 progress_bar=not args.no_progress, actor_init=args.actor_init, actor_init_std=args.actor_init_std,
-                 report=lambda line: console.print(line, markup=False), private_training=args.private_training,
-                 proxy=args.proxy, n_envs=args.n_envs)
-    console.print(f"model: {path}\nTensorBoard: tensorboard --logdir {Path(args.out) / 'tb'}")
+    out = Path(args.out)
+    fresh = not out.exists()
+    try:
+        path = train(args.env, args.algo, args.timesteps, args.seed, args.out, resume=args.resume,
+                     env_overrides=args.env_overrides, checkpoint_every=args.checkpoint_every,
+                     progress_bar=not args.no_progress, actor_init=args.actor_init,
+                     actor_init_std=args.actor_init_std, report=lambda line: console.print(line, markup=False),
+                     private_training=args.private_training, proxy=args.proxy, n_envs=args.n_envs)
+    except BaseException:
+        # a run that failed before its first checkpoint leaves nothing to resume: no folder behind
+        if fresh and out.is_dir() and not any((out / "checkpoints").glob("step_*")):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    console.print(f"model: {path}\nTensorBoard: tensorboard --logdir {out / 'tb'}")
 
 
 #: canaries ``compare --audit`` inserts when the environment has none (exposure needs them)
@@ -166,12 +175,14 @@ AUDIT_CANARIES = {"n_canaries": 8, "canary_repeats": 4}
 
 def _compare_and_report(env_id, specs: dict[str, Any], seeds, out, overrides, reference="vanilla",
                         extra: dict | None = None, audit: bool = False, priors: dict[str, Any] | None = None,
-                        overrides_of: dict[str, dict] | None = None, streams: dict[str, str] | None = None) -> list:
+                        overrides_of: dict[str, dict] | None = None, streams: dict[str, str] | None = None,
+                        settings: dict[str, str] | None = None) -> list:
     """Run ``specs`` (name -> factory) on the environment, each with ``overrides`` plus its own
     ``overrides_of[name]`` (a tuned learning rate, say), and write the report. ``priors``: what each
-    controller carries from training or tuning (see :func:`dp_gym.evaluation.rollout.end_to_end`)."""
+    controller carries from training or tuning (see :func:`dp_gym.evaluation.rollout.end_to_end`);
+    ``settings``: each controller's tuned values for the terminal table (default: its overrides)."""
     import dp_gym
-    from dp_gym.evaluation import compare, markdown_table, summarize, write_report
+    from dp_gym.evaluation import compare, summarize, terminal_table, write_report
 
     if audit:
         config = dp_gym.config_of(env_id, **overrides)
@@ -195,7 +206,11 @@ def _compare_and_report(env_id, specs: dict[str, Any], seeds, out, overrides, re
     paths = write_report(results, out, reference=reference if reference in specs else None,
                          extra={"env_id": env_id, "env_overrides": overrides, "controller_overrides": overrides_of or {},
                                 **(extra or {})})
-    console.print(markdown_table(summarize(results, reference), reference), soft_wrap=True, markup=False)
+    if settings is None:
+        settings = {name: ", ".join(f"{key} {value:g}" if isinstance(value, float) else f"{key} {value}"
+                                    for key, value in own.items())
+                    for name, own in (overrides_of or {}).items()}
+    console.print(terminal_table(summarize(results, reference), reference, settings))
     console.print("written: " + ", ".join(str(p) for p in paths.values()))
     return results
 
@@ -410,8 +425,11 @@ def cmd_demo(args) -> None:
     if schedule is None:
         for table in (specs, priors, streams):
             table.pop("schedule")
+    settings = {"vanilla": f"clip {clips.best:g}, lr {rates.best:g}", "adaptive_quantile": "untuned",
+                "schedule": schedule_spec.removeprefix("schedule:"),
+                "sac": "trained here on proxies" if args.train_sac else "sac:pretrained (proxies only)"}
     _compare_and_report(DEMO_ENV, specs, list(range(100, 100 + args.seeds)), out, {}, priors=priors,
-                        overrides_of={"vanilla": {"learning_rate": rates.best}}, streams=streams,
+                        overrides_of={"vanilla": {"learning_rate": rates.best}}, streams=streams, settings=settings,
                         extra={"vanilla_clip": clips.best, "vanilla_learning_rate": rates.best,
                                "schedule": schedule_params,
                                "tuning_scores": {"clip": clips.scores, "learning_rate": rates.scores,

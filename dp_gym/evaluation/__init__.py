@@ -19,6 +19,7 @@ from dp_gym.evaluation.report import (
     markdown_table,
     mean_ci95,
     summarize,
+    terminal_table,
     write_json,
     write_report,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "epsilon_lower_bound",
     "loss_attack",
     "markdown_table",
+    "terminal_table",
     "mean_ci95",
     "one_run_audit",
     "privacy_attacks",

@@ -78,6 +78,7 @@ def summarize(results: list[EpisodeResult], reference: str | None = "vanilla") -
             "failures": sum(r.failure is not None for r in mine), "metric_name": mine[0].metric_name,
             "private_episodes": max(r.privacy.private_episodes for r in mine),
             "epsilon_scope": "; ".join(sorted({r.privacy.epsilon_scope for r in mine})),
+            "base_val_ppl": float(np.mean([r.base_val_ppl for r in mine])),
         })
         if any(r.attacks for r in mine):
             for column in AUDIT_COLUMNS:
@@ -86,11 +87,8 @@ def summarize(results: list[EpisodeResult], reference: str | None = "vanilla") -
     return rows
 
 
-def markdown_table(rows: list[dict[str, Any]], reference: str | None = "vanilla") -> str:
-    """The comparison table. ``epsilon`` is the proven epsilon of everything in scope (a deployment,
-    plus what its controller carries from private training or tuning; for an adaptive controller
-    the filter's budget); ``spent`` is what the deployment's updates spent under the accounting
-    rule; ``private episodes`` counts the private runs in scope ("1": the deployment alone)."""
+def _table(rows: list[dict[str, Any]], reference: str | None) -> tuple[list[str], list[str], list[list[str]]]:
+    """``(columns, markdown alignments, cells)`` of the comparison table (see :func:`markdown_table`)."""
     metric = rows[0].get("metric_name", "perplexity") if rows else "perplexity"
     metric = "ppl" if metric == "perplexity" else metric
     compared = reference is not None and any(row["controller"] == reference for row in rows)
@@ -104,7 +102,7 @@ def markdown_table(rows: list[dict[str, Any]], reference: str | None = "vanilla"
     if audited:
         columns += ["exposure (bits)", "MIA AUC loss / ref", "TPR@1%FPR ref", "audited epsilon lower bound"]
         aligns += ["---:"] * 4
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join(aligns) + "|"]
+    table = []
     for row in rows:
         reach = "-" if row["updates_to_reference"] is None else f"{row['updates_to_reference']:.0f} ({row['reached_reference']})"
         budget = "-" if row["epsilon_budget"] is None else f"{row['epsilon_budget']:g}"
@@ -116,13 +114,56 @@ def markdown_table(rows: list[dict[str, Any]], reference: str | None = "vanilla"
         cells += [f"{row['epsilon']:.3f} ({row['epsilon_spent']:.3f}) / {budget}", str(row["private_episodes"])]
         cells += [reach] if compared else []
         cells += [f"{row['wall_time_s']:.1f}", "yes" if row["privacy_valid"] else "NO"]
-        line = "| " + " | ".join(cells) + " |"
         if audited:
-            line += (f" {_fmt(row.get('exposure_mean'))} | {_fmt(row.get('mia_loss_auc'), 3)} / "
-                     f"{_fmt(row.get('mia_reference_auc'), 3)} | {_fmt(row.get('mia_reference_tpr_at_1pct_fpr'), 3)} | "
-                     f"{_fmt(row.get('epsilon_lower_bound'), 3)} |")
-        lines.append(line)
+            cells += [_fmt(row.get("exposure_mean")),
+                      f"{_fmt(row.get('mia_loss_auc'), 3)} / {_fmt(row.get('mia_reference_auc'), 3)}",
+                      _fmt(row.get("mia_reference_tpr_at_1pct_fpr"), 3), _fmt(row.get("epsilon_lower_bound"), 3)]
+        table.append(cells)
+    return columns, aligns, table
+
+
+def markdown_table(rows: list[dict[str, Any]], reference: str | None = "vanilla") -> str:
+    """The comparison table. ``epsilon`` is the proven epsilon of everything in scope (a deployment,
+    plus what its controller carries from private training or tuning; for an adaptive controller
+    the filter's budget); ``spent`` is what the deployment's updates spent under the accounting
+    rule; ``private episodes`` counts the private runs in scope ("1": the deployment alone)."""
+    columns, aligns, table = _table(rows, reference)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join(aligns) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in table]
     return "\n".join(lines)
+
+
+#: shorter headers for a terminal (the Markdown file keeps the long ones)
+_TERMINAL_HEADERS = {"final val ppl": "final ppl (95% CI)", "IQM": "IQM [95% CI]",
+                     "wall time (s)": "time (s)",
+                     "privacy valid": "valid"}
+
+
+def terminal_table(rows: list[dict[str, Any]], reference: str | None = "vanilla",
+                   settings: dict[str, str] | None = None):
+    """:func:`markdown_table` as a ``rich`` table for a terminal, with each controller's settings
+    (tuned values) in a column and the base model's metric in the caption. Headers are short words,
+    so at a usual terminal width they wrap between words, never inside one."""
+    from rich.table import Table
+
+    columns, _, table = _table(rows, reference)
+    settings = {name: text for name, text in (settings or {}).items() if text}
+    metric = rows[0].get("metric_name", "perplexity") if rows else "perplexity"
+    base = [row["base_val_ppl"] for row in rows if row.get("base_val_ppl") is not None]
+    caption = f"base model before fine-tuning: val {metric} {np.mean(base):.2f}" if base else None
+    rich = Table(caption=caption, caption_justify="left")
+    for index, column in enumerate(columns):
+        header = _TERMINAL_HEADERS.get(column.split(" (mean")[0].split(" [")[0], column)
+        if column.startswith("updates to reach"):
+            header = column.replace("updates to reach", "updates to")
+        rich.add_column(header, justify="left" if index == 0 else "right")
+        if index == 0 and settings:
+            rich.add_column("settings", justify="left", min_width=8)
+    for row, cells in zip(rows, table, strict=True):
+        if settings:
+            cells = [cells[0], settings.get(row["controller"], "-"), *cells[1:]]
+        rich.add_row(*cells)
+    return rich
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:

@@ -302,3 +302,25 @@ def test_compare_reports_iqm_and_improvement_against_the_named_baseline(tmp_path
     table = (tmp_path / "one" / "results.md").read_text()  # one run: no interval; no vanilla: no comparison
     assert "+- n/a" in table and "[n/a]" in table and "updates to reach" not in table and "P(better" not in table
     assert main(["compare", "--controllers", "decay", "--baseline", "vanilla", "--seeds", "1"]) == 2
+
+
+def test_the_terminal_table_shows_settings_and_the_base_model_and_never_splits_a_header_word():
+    from rich.console import Console
+
+    from dp_gym.evaluation import summarize, terminal_table
+    from dp_gym.evaluation.rollout import EpisodeResult
+    from dp_gym.privacy import PrivacyReport
+
+    def result(name, ppl):
+        report = PrivacyReport(epsilon=3.0, delta=1e-5, epsilon_budget=3.0, epsilon_spent=2.9, accounting="rdp",
+                               adaptive=False, updates=200)
+        return EpisodeResult(name, 0, 1.0, ppl, 80.0, 200, 50, 1.0, report)
+
+    rows = summarize([result("vanilla", 40.0), result("sac", 30.0)], "vanilla")
+    console = Console(width=120, record=True)
+    console.print(terminal_table(rows, "vanilla", {"vanilla": "clip 0.1, lr 0.0025"}))
+    text = console.export_text()
+    assert "base model before fine-tuning: val perplexity 80.00" in text
+    assert "clip 0.1," in text and "lr 0.0025" in text and "settings" in text and "valid" in text
+    for word in ("controller", "epsilon", "episodes", "vanilla's", "valid"):
+        assert word in text  # whole words (a header wraps between words only), and no column dropped

@@ -78,3 +78,25 @@ def test_model_path_on_the_cli_runs_the_preset(local_checkpoints, monkeypatch, t
 def test_model_spec_errors_name_the_field(value, message):
     with pytest.raises(ValueError, match=message):
         ModelSpec.parse(value)
+
+
+def test_a_train_that_fails_leaves_no_empty_run_folder(monkeypatch, tmp_path):
+    import agents.rl
+
+    def fail(directory, *args, **kwargs):
+        assert directory.is_dir()  # the run folder exists when the failure comes
+        raise RuntimeError("failed before the first checkpoint")
+
+    monkeypatch.setattr(agents.rl, "AtomicCheckpoints", fail)
+    out = tmp_path / "run"
+    overrides = '{"task_kwargs": {"n_train": 32, "n_val": 8}, "max_updates": 4, "updates_per_step": 2}'
+    arguments = ["train", "--env-overrides", overrides, "--timesteps", "2", "--no-progress",
+                 "--proxy", '{"train_sizes": [32], "n_val": 4}']
+    with pytest.raises(RuntimeError, match="failed before the first checkpoint"):
+        main([*arguments, "--out", str(out)])
+    assert not out.exists()
+    kept = tmp_path / "mine"
+    kept.mkdir()
+    with pytest.raises(RuntimeError):
+        main([*arguments, "--out", str(kept)])
+    assert kept.is_dir()  # a folder the user had is never removed
