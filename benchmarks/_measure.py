@@ -124,7 +124,8 @@ def opacus_flat_step(model: torch.nn.Module, loss_fn: Callable, data: dict) -> C
         private_optimizer.zero_grad(set_to_none=True)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            loss_fn(private_model, data).mean().backward()
+            # the task's own model (the hooks sit on its submodules), as the Task contract says
+            loss_fn(private_model._module, data).mean().backward()
         private_optimizer.step()
 
     #: drops the per-sample gradients Opacus keeps between steps (see ``peak_memory_mib``)

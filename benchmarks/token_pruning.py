@@ -37,6 +37,7 @@ import dp_gym  # noqa: E402
 from agents.heuristics import make_controller  # noqa: E402
 from dp_gym.engine import DPUpdater, ParameterGroups  # noqa: E402
 from dp_gym.evaluation import run_episode  # noqa: E402
+from dp_gym.privacy import ReleasedStatistics  # noqa: E402
 from dp_gym.tasks.vision import VisionLanguageTask  # noqa: E402
 
 RULES = ("cls_attention", "cls_attention_fuse", "dissimilarity", "random")
@@ -62,15 +63,20 @@ def step_times(task: VisionLanguageTask, batch, repeats: int, device: str) -> di
 
     updater = dp_updater(task, data, device)
     return {"non_private_ms": median_ms(non_private, repeats),
-            "dp_ms": median_ms(lambda: updater.step(data, clip=1.0, noise=1.0, count_noise=10.0, loss_noise=10.0),
-                               repeats)}
+            "dp_ms": median_ms(lambda: dp_step(updater, data), repeats)}
+
+
+def dp_step(updater: DPUpdater, data) -> None:
+    """One DP step with the environments' privatized statistics (unclipped counts and loss)."""
+    statistics = ReleasedStatistics(count_sigma=10.0, groups_counted=len(updater.group_names), loss_sigma=10.0)
+    updater.step(data, clip=1.0, noise=1.0, statistics=statistics)
 
 
 def step_memory(task: VisionLanguageTask, batch, device: str) -> dict[str, float]:
     """Peak memory of one dp-gym DP step and of one Opacus step (run in the memory-only child)."""
     data = {k: v.to(device) for k, v in batch.items()}
     updater = dp_updater(task, data, device)
-    step = lambda: updater.step(data, clip=1.0, noise=1.0, count_noise=10.0, loss_noise=10.0)  # noqa: E731
+    step = lambda: dp_step(updater, data)  # noqa: E731
     step()
     opacus = opacus_flat_step(task.build_model().to(device), task.per_sample_loss, data)
     opacus()

@@ -55,6 +55,7 @@ hooks and per-sample gradients, untouched.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -104,6 +105,11 @@ class _BookkeptLayer:
     weight_samples: torch.Tensor | None = None  # (B, *weight.shape) when materialized
     bias_samples: torch.Tensor | None = None  # (B, d_out): sum_t g_{i,t}
 
+    def __post_init__(self) -> None:
+        # fixed at construction: the engine switches requires_grad off while it runs the backward pass
+        self.trains_weight = self.module.weight.requires_grad
+        self.trains_bias = self.module.bias is not None and self.module.bias.requires_grad
+
     def clear(self) -> None:
         self.inputs.clear()
         self.ghost = self.weight_samples = self.bias_samples = None
@@ -122,9 +128,9 @@ class _BookkeptLayer:
         inputs = activation.reshape(size, -1, activation.shape[-1]).to(_accurate(activation.dtype))
         grads = grad.detach().reshape(size, -1, grad.shape[-1]).to(inputs.dtype)
         module = self.module
-        if module.bias is not None and module.bias.requires_grad:
+        if self.trains_bias:
             self.bias_samples = _accumulate(self.bias_samples, grads.sum(dim=1))
-        if not module.weight.requires_grad:
+        if not self.trains_weight:
             return
         if len(self.inputs) == 1 and use_ghost_norm(inputs.shape[1], inputs.shape[2], grads.shape[2]):
             self.ghost = (inputs, grads)
@@ -404,6 +410,8 @@ class BookkeepingGradSampleModule(GradSampleModule):
         }
         for pair in tied:  # the shared weight answers for both modules; a head's own bias stays the head's
             self._bookkept_by_parameter[id(pair.embedding.module.weight)] = pair
+        self._skipping = False
+        self._usage_confirmed = False
         self._bookkeeping_hooks = [layer.module.register_forward_hook(self._capture) for layer in layers.values()]
 
     def iterate_submodules(self, module: nn.Module):
@@ -411,14 +419,49 @@ class BookkeepingGradSampleModule(GradSampleModule):
             if sub not in self._bookkept_layers:
                 yield sub
 
-    def _capture(self, module: nn.Module, inputs, output) -> None:
+    def _capture(self, module: nn.Module, inputs, output) -> torch.Tensor | None:
         if not (self.hooks_enabled and module.training and torch.is_grad_enabled()):
-            return
-        if not isinstance(output, torch.Tensor) or not output.requires_grad:
-            return
+            return None
+        if not isinstance(output, torch.Tensor):
+            return None
+        if not output.requires_grad:
+            if not self._skipping:
+                return None
+            # weights switched off and an input without gradient (the first layer: token ids, cached
+            # features): the output becomes the leaf the backward pass ends at, so its gradient still
+            # arrives here (no gradient could flow further back anyway)
+            output = output.detach().requires_grad_()
         layer = self._bookkept_layers[module]
         slot = layer.on_forward(inputs[0])
         output.register_hook(lambda grad: layer.on_backward(slot, grad))
+        return output
+
+    @contextlib.contextmanager
+    def weight_gradients_skipped(self):
+        """Run a forward and backward pass in which autograd does not form ``.grad`` of book-kept
+        parameters (their per-sample norms and clipped sums come from the hooks; the plain batch
+        gradient would be a second weight-gradient product per layer, about a third of the
+        backward pass, and a model-sized tensor). The first pass runs with every gradient, once,
+        to check that no book-kept parameter is used outside its module (:data:`USED_OUTSIDE_ITS_MODULE`
+        is detected through that ``.grad``); after :meth:`confirm_usage` the later passes skip them."""
+        if not self._usage_confirmed:
+            yield
+            return
+        switched = [p for layer in self._bookkept_layers.values() for p in layer.module.parameters(recurse=False)
+                    if p.requires_grad and id(p) in self._bookkept_by_parameter]
+        for parameter in switched:
+            parameter.requires_grad_(False)
+        self._skipping = True
+        try:
+            yield
+        finally:
+            self._skipping = False
+            for parameter in switched:
+                parameter.requires_grad_(True)
+
+    def confirm_usage(self) -> None:
+        """Record that a full pass found every book-kept parameter used through its own module."""
+        self._usage_confirmed = True
 
     # ------------------------------------------------------------------ the updater's interface
     def is_bookkept(self, parameter: nn.Parameter) -> bool:

@@ -45,8 +45,9 @@ class ParameterGroups:
         strategy: ``"per_block"`` (embeddings, each transformer block, and the rest: final norm
             and head; a multimodal projector is its own group), ``"per_layer"`` (each parameter
             tensor), ``"per_adapter"`` (each LoRA-adapted layer, its ``A`` and ``B`` together, as
-            RLDP does; any other trainable parameter goes by ``per_block``), ``"global"`` (one group), or regex patterns: a sequence of patterns (the
-            pattern is the group name) or a mapping ``name -> pattern``. With patterns, a
+            RLDP does; any other trainable parameter goes by ``per_block``), ``"global"`` (one
+            group), or regex patterns: a sequence of patterns (the pattern is the group name) or a
+            mapping ``name -> pattern``. With patterns, a
             parameter joins the first group whose pattern it matches (``re.search``).
 
     Raises:

@@ -31,6 +31,7 @@ anything public can be subtracted from the release.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import warnings
@@ -274,23 +275,27 @@ class DPUpdater:
         self.module.train()
         # the task gets its own model, never the Opacus wrapper: the wrapper's forward only calls the
         # model, and the per-sample hooks sit on the model's submodules, so they fire either way
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            losses = self.loss_fn(self.module._module, batch)
-        losses = losses.float()
-        if losses.shape != (size,):
-            raise ValueError(f"loss_fn must return per-sample losses of shape ({size},), got {tuple(losses.shape)}")
-        finite_loss = torch.isfinite(losses)
-        # A non-finite loss would poison every gradient through backward: drop that sample.
-        with warnings.catch_warnings():
-            # Opacus hooks the embedding, whose input (token ids) needs no gradient: harmless.
-            warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            losses.masked_fill(~finite_loss, 0.0).sum().backward()
+        bookkeeping = self.per_sample == "bookkeeping"
+        with self.module.weight_gradients_skipped() if bookkeeping else contextlib.nullcontext():
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                losses = self.loss_fn(self.module._module, batch)
+            losses = losses.float()
+            if losses.shape != (size,):
+                raise ValueError(f"loss_fn must return per-sample losses of shape ({size},), got {tuple(losses.shape)}")
+            finite_loss = torch.isfinite(losses)
+            # A non-finite loss would poison every gradient through backward: drop that sample.
+            with warnings.catch_warnings():
+                # Opacus hooks the embedding, whose input (token ids) needs no gradient: harmless.
+                warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                losses.masked_fill(~finite_loss, 0.0).sum().backward()
 
         norms = torch.zeros(size, len(names), device=self.device)
         for index, group in enumerate(names):
             for parameter in self.groups.parameters(group):
                 norms[:, index] += self._squared_norms(parameter, size)
         norms = norms.sqrt()
+        if bookkeeping:
+            self.module.confirm_usage()  # no parameter raised USED_OUTSIDE_ITS_MODULE
         # A NaN/inf entry makes the squared norm NaN/inf, so this one check covers every entry
         # (a finite gradient whose squared norm overflows float32 is also dropped: harmless).
         finite = torch.isfinite(norms) & finite_loss.unsqueeze(1)

@@ -6,7 +6,7 @@
 reaches into submodules (``llava.model.vision_tower``) works unchanged, and parameter names only gain
 ``.lora_A.default.weight`` suffixes (so ``per_block`` grouping still sees the blocks).
 
-DP pitfalls guarded here (each tested in ``tests/models/test_lora.py``):
+DP pitfalls guarded here (each tested in ``tests/models/test_real_architectures.py``):
 
 * only adapter weights are trainable: after :func:`apply_lora` every other parameter has
   ``requires_grad=False``, and :func:`adapter_parameter_names` is what the engine groups;
@@ -18,7 +18,7 @@ DP pitfalls guarded here (each tested in ``tests/models/test_lora.py``):
   module other than elementwise ``nn.Dropout`` (an elementwise mask of one example touches that
   example's activations only, so the per-sample decomposition stays exact);
 * the model must sit on its device before the engine wraps it (Opacus keeps references to the
-  parameters it hooks): tasks move the model first, then the environment builds the updater.
+  parameters it hooks): ``FineTuningRun`` moves the model the task built, then builds the updater.
 """
 
 from __future__ import annotations

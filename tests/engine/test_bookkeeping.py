@@ -245,3 +245,22 @@ def test_a_layer_whose_output_misses_the_loss_contributes_zero():
         assert torch.equal(module.squared_norms(parameter, 5), torch.zeros(5))
         assert torch.equal(module.weighted_sum(parameter, torch.ones(5), 5), torch.zeros(parameter.numel()))
     assert bool((module.squared_norms(model.body.weight, 5) > 0).all())
+
+
+def test_after_the_first_pass_book_kept_weights_get_no_batch_gradient_and_the_same_samples():
+    """The second weight-gradient product per layer is skipped; norms and sums are unchanged, and
+    the first layer (token ids in) still receives its output gradient."""
+    register_transformers_grad_samplers()
+    model = micro_gpt2(tied=True)
+    batch = repeated_token_batch()
+    reference = loop_reference(model, batch)
+    module = BookkeepingGradSampleModule(model)
+    module.confirm_usage()
+    with module.weight_gradients_skipped():
+        per_sample_loss(module, batch).sum().backward()
+    bookkept = [p for p in model.parameters() if module.is_bookkept(p)]
+    assert bookkept and all(p.grad is None and p.requires_grad for p in bookkept)
+    assert all(p.grad is not None for p in model.parameters() if not module.is_bookkept(p))  # layer norms
+    for parameter in bookkept:
+        expected = torch.stack([r[id(parameter)].reshape(-1).norm() ** 2 for r in reference])
+        torch.testing.assert_close(module.squared_norms(parameter, 5), expected, rtol=1e-4, atol=1e-8)

@@ -56,7 +56,10 @@ def engine_clipped_sums(model, batch, clip: float, per_sample: str):
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
     updater = DPUpdater(model, optimizer, groups, 1.0, sample_rate=0.1, loss_fn=per_sample_loss,
                         per_sample=per_sample)
-    report = updater.step(batch, clip=clip, noise=0.0)
+    first = updater.step(batch, clip=clip, noise=0.0)  # lr 0: the weights stay; this pass checks usage
+    report = updater.step(batch, clip=clip, noise=0.0)  # book-kept weights get no .grad from here on
+    for group in groups:
+        torch.testing.assert_close(report.noisy_update[group], first.noisy_update[group])
     updater.module.remove_hooks()
     return {group: report.noisy_update[group] for group in groups}, groups
 
