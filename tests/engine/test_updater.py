@@ -276,3 +276,13 @@ def test_prune_smallest_breaks_ties_by_index():
     assert dropped == 2 and pruned.tolist() == [0.0, 2.0, 0.0, 2.0]  # 1, then the first of the tied 2s
     pruned, _ = prune_smallest(torch.ones(5), 0.6)
     assert pruned.tolist() == [0.0, 0.0, 0.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("k", [1, 700_000, 1_250_000, 2_000_000])
+def test_kth_smallest_is_exact_on_large_inputs_with_ties(k):
+    from dp_gym.engine.updater import kth_smallest
+
+    values = (torch.randn(2_000_000, generator=torch.Generator().manual_seed(4)).abs() * 100).round()  # many ties
+    assert float(kth_smallest(values, k)) == float(torch.sort(values).values[k - 1])
+    pruned, dropped = prune_smallest(values, k / 2_000_000)
+    assert dropped == k and int((pruned == 0).sum()) >= k
