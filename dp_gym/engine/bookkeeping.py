@@ -127,7 +127,6 @@ class _BookkeptLayer:
         # fp32 per-sample information whatever the forward pass ran in (bf16 autocast, half weights)
         inputs = activation.reshape(size, -1, activation.shape[-1]).to(_accurate(activation.dtype))
         grads = grad.detach().reshape(size, -1, grad.shape[-1]).to(inputs.dtype)
-        module = self.module
         if self.trains_bias:
             self.bias_samples = _accumulate(self.bias_samples, grads.sum(dim=1))
         if not self.trains_weight:
