@@ -183,6 +183,7 @@ def _compare_and_report(env_id, specs: dict[str, Any], seeds, out, overrides, re
     ``settings``: each controller's tuned values for the terminal table (default: its overrides)."""
     import dp_gym
     from dp_gym.evaluation import compare, summarize, terminal_table, write_report
+    from dp_gym.evaluation.report import natural_width
 
     if audit:
         config = dp_gym.config_of(env_id, **overrides)
@@ -210,7 +211,12 @@ def _compare_and_report(env_id, specs: dict[str, Any], seeds, out, overrides, re
         settings = {name: ", ".join(f"{key} {value:g}" if isinstance(value, float) else f"{key} {value}"
                                     for key, value in own.items())
                     for name, own in (overrides_of or {}).items()}
-    console.print(terminal_table(summarize(results, reference), reference, settings))
+    table = terminal_table(summarize(results, reference), reference, settings)
+    # a terminal wraps the headers to its width; a log file or pipe gets the table unwrapped
+    if console.is_terminal:
+        console.print(table)
+    else:
+        Console(width=max(console.width, natural_width(table))).print(table)
     console.print("written: " + ", ".join(str(p) for p in paths.values()))
     return results
 

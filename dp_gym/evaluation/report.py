@@ -133,6 +133,15 @@ def markdown_table(rows: list[dict[str, Any]], reference: str | None = "vanilla"
     return "\n".join(lines)
 
 
+def natural_width(table, limit: int = 200) -> int:
+    """The width at which ``table`` needs no wrapping (at most ``limit``)."""
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    console = Console(width=limit)
+    return min(limit, Measurement.get(console, console.options, table).maximum)
+
+
 #: shorter headers for a terminal (the Markdown file keeps the long ones)
 _TERMINAL_HEADERS = {"final val ppl": "final ppl (95% CI)", "IQM": "IQM [95% CI]",
                      "wall time (s)": "time (s)",
@@ -141,28 +150,40 @@ _TERMINAL_HEADERS = {"final val ppl": "final ppl (95% CI)", "IQM": "IQM [95% CI]
 
 def terminal_table(rows: list[dict[str, Any]], reference: str | None = "vanilla",
                    settings: dict[str, str] | None = None):
-    """:func:`markdown_table` as a ``rich`` table for a terminal, with each controller's settings
-    (tuned values) in a column and the base model's metric in the caption. Headers are short words,
-    so at a usual terminal width they wrap between words, never inside one."""
+    """:func:`markdown_table` as a ``rich`` table for a terminal: each controller's settings (tuned
+    values) in a column, the base model's metric and "privacy valid" (when every row is) in the
+    caption, wall time left to the results files. Headers are short words, so they wrap between
+    words; a long settings text folds within 24 columns. Print it at its natural width where the
+    output is not a terminal (:func:`natural_width`)."""
     from rich.table import Table
 
     columns, _, table = _table(rows, reference)
+    keep = [index for index, column in enumerate(columns) if column != "wall time (s)"]
+    all_valid = all(row["privacy_valid"] for row in rows)
+    if all_valid:
+        keep = [index for index in keep if columns[index] != "privacy valid"]
     settings = {name: text for name, text in (settings or {}).items() if text}
     metric = rows[0].get("metric_name", "perplexity") if rows else "perplexity"
     base = [row["base_val_ppl"] for row in rows if row.get("base_val_ppl") is not None]
-    caption = f"base model before fine-tuning: val {metric} {np.mean(base):.2f}" if base else None
-    rich = Table(caption=caption, caption_justify="left")
-    for index, column in enumerate(columns):
+    notes = [f"base model before fine-tuning: val {metric} {np.mean(base):.2f}"] if base else []
+    notes += ["privacy valid: every row"] if all_valid else []
+    rich = Table(caption="; ".join(notes) or None, caption_justify="left")
+    for position, index in enumerate(keep):
+        column = columns[index]
         header = _TERMINAL_HEADERS.get(column.split(" (mean")[0].split(" [")[0], column)
         if column.startswith("updates to reach"):
             header = column.replace("updates to reach", "updates to")
-        rich.add_column(header, justify="left" if index == 0 else "right")
-        if index == 0 and settings:
-            rich.add_column("settings", justify="left", min_width=8)
+        if position == 0:  # a controller's name is never cut
+            rich.add_column(header, justify="left", min_width=max([len(cells[0]) for cells in table] + [len(header)]))
+        else:
+            rich.add_column(header, justify="right")
+        if position == 0 and settings:
+            rich.add_column("settings", justify="left", max_width=24, overflow="fold")
     for row, cells in zip(rows, table, strict=True):
+        kept = [cells[index] for index in keep]
         if settings:
-            cells = [cells[0], settings.get(row["controller"], "-"), *cells[1:]]
-        rich.add_row(*cells)
+            kept = [kept[0], settings.get(row["controller"], "-"), *kept[1:]]
+        rich.add_row(*kept)
     return rich
 
 

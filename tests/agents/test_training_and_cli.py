@@ -149,7 +149,8 @@ def test_the_shipped_pretrained_sac_deploys_once_and_carries_nothing(tmp_path):
     data = json.loads((tmp_path / "results.json").read_text())
     sac = next(e for e in data["episodes"] if e["controller"] == "sac")
     assert sac["privacy"]["private_episodes"] == 1 and sac["privacy"]["epsilon_scope"].startswith("end to end")
-    assert sac["updates"] == 8 and sac["privacy"]["epsilon"] <= 3.0
+    # how many of the 8 updates it makes is the policy's choice (a pace below 1 spends the budget sooner)
+    assert 1 <= sac["updates"] <= 8 and sac["failure"] is None and sac["privacy"]["epsilon"] <= 3.0
 
 
 @pytest.mark.parametrize("where", ["proxies", "private"])
@@ -308,6 +309,7 @@ def test_the_terminal_table_shows_settings_and_the_base_model_and_never_splits_a
     from rich.console import Console
 
     from dp_gym.evaluation import summarize, terminal_table
+    from dp_gym.evaluation.report import natural_width
     from dp_gym.evaluation.rollout import EpisodeResult
     from dp_gym.privacy import PrivacyReport
 
@@ -321,6 +323,8 @@ def test_the_terminal_table_shows_settings_and_the_base_model_and_never_splits_a
     console.print(terminal_table(rows, "vanilla", {"vanilla": "clip 0.1, lr 0.0025"}))
     text = console.export_text()
     assert "base model before fine-tuning: val perplexity 80.00" in text
-    assert "clip 0.1," in text and "lr 0.0025" in text and "settings" in text and "valid" in text
-    for word in ("controller", "epsilon", "episodes", "vanilla's", "valid"):
+    assert "settings" in text and "clip 0.1" in text and "0.0025" in text
+    assert "privacy valid: every row" in text and "time" not in text  # wall time stays in the results files
+    for word in ("controller", "epsilon", "episodes", "vanilla's", "P(better"):
         assert word in text  # whole words (a header wraps between words only), and no column dropped
+    assert natural_width(terminal_table(rows, "vanilla")) <= 200

@@ -47,7 +47,7 @@ def test_without_a_model_path_the_error_names_the_variable(monkeypatch):
 
 
 def test_the_cli_says_in_one_line_what_is_missing(monkeypatch, tmp_path, capsys):
-    monkeypatch.delenv(MODEL_PATH_VARIABLE, raising=False)
+    monkeypatch.setenv(MODEL_PATH_VARIABLE, "")  # unset (an empty value counts as unset)
     assert main(["evaluate", "--env", "dp_gym/LlamaLoRA-v0", "--policy", "vanilla", "--episodes", "1"]) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "DP_GYM_MODEL_PATH" in error and "--model-path" in error
@@ -58,7 +58,7 @@ def test_the_cli_says_in_one_line_what_is_missing(monkeypatch, tmp_path, capsys)
 
 
 def test_model_path_on_the_cli_runs_the_preset(local_checkpoints, monkeypatch, tmp_path):
-    monkeypatch.delenv(MODEL_PATH_VARIABLE, raising=False)
+    monkeypatch.setenv(MODEL_PATH_VARIABLE, "")  # unset for the preset; --model-path's value is undone after
     overrides = '{"task_kwargs": {"model": {"path": "${DP_GYM_MODEL_PATH}", "lora": {"r": 2}}, "n_train": 32, ' \
                 '"n_val": 8}, "max_updates": 2, "updates_per_step": 1}'
     assert main(["evaluate", "--env", "dp_gym/LlamaLoRA-v0", "--model-path", str(local_checkpoints["llama"]),
