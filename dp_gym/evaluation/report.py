@@ -156,6 +156,7 @@ def terminal_table(rows: list[dict[str, Any]], reference: str | None = "vanilla"
     words; a long settings text folds within 24 columns. Print it at its natural width where the
     output is not a terminal (:func:`natural_width`)."""
     from rich.table import Table
+    from rich.text import Text  # plain text, never markup: "[n/a]" would be read as a style tag
 
     columns, _, table = _table(rows, reference)
     keep = [index for index, column in enumerate(columns) if column != "wall time (s)"]
@@ -167,23 +168,24 @@ def terminal_table(rows: list[dict[str, Any]], reference: str | None = "vanilla"
     base = [row["base_val_ppl"] for row in rows if row.get("base_val_ppl") is not None]
     notes = [f"base model before fine-tuning: val {metric} {np.mean(base):.2f}"] if base else []
     notes += ["privacy valid: every row"] if all_valid else []
-    rich = Table(caption="; ".join(notes) or None, caption_justify="left")
+    rich = Table(caption=Text("; ".join(notes)) if notes else None, caption_justify="left")
     for position, index in enumerate(keep):
         column = columns[index]
         header = _TERMINAL_HEADERS.get(column.split(" (mean")[0].split(" [")[0], column)
         if column.startswith("updates to reach"):
             header = column.replace("updates to reach", "updates to")
         if position == 0:  # a controller's name is never cut
-            rich.add_column(header, justify="left", min_width=max([len(cells[0]) for cells in table] + [len(header)]))
+            rich.add_column(Text(header), justify="left",
+                            min_width=max([len(cells[0]) for cells in table] + [len(header)]))
         else:
-            rich.add_column(header, justify="right")
+            rich.add_column(Text(header), justify="right")
         if position == 0 and settings:
             rich.add_column("settings", justify="left", max_width=24, overflow="fold")
     for row, cells in zip(rows, table, strict=True):
         kept = [cells[index] for index in keep]
         if settings:
             kept = [kept[0], settings.get(row["controller"], "-"), *kept[1:]]
-        rich.add_row(*kept)
+        rich.add_row(*(Text(cell) for cell in kept))
     return rich
 
 

@@ -328,3 +328,6 @@ def test_the_terminal_table_shows_settings_and_the_base_model_and_never_splits_a
     for word in ("controller", "epsilon", "episodes", "vanilla's", "P(better"):
         assert word in text  # whole words (a header wraps between words only), and no column dropped
     assert natural_width(terminal_table(rows, "vanilla")) <= 200
+    console = Console(width=120, record=True)
+    console.print(terminal_table(summarize([result("decay", 30.0)], "vanilla")))
+    assert "30.00 [n/a]" in console.export_text()  # text, not markup
