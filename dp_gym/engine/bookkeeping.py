@@ -120,10 +120,7 @@ class _BookkeptLayer:
 
     def on_backward(self, slot: int, grad: torch.Tensor) -> None:
         activation, self.inputs[slot] = self.inputs[slot], None
-        if activation.shape[0] != grad.shape[0]:
-            raise RuntimeError(f"a linear layer's input has batch dimension {activation.shape[0]} but its output "
-                               f"gradient {grad.shape[0]}")
-        size = activation.shape[0]
+        size = _same_batch("a linear layer", activation, grad)
         # fp32 per-sample information whatever the forward pass ran in (bf16 autocast, half weights)
         inputs = activation.reshape(size, -1, activation.shape[-1]).to(_accurate(activation.dtype))
         grads = grad.detach().reshape(size, -1, grad.shape[-1]).to(inputs.dtype)
@@ -225,10 +222,7 @@ class _BookkeptEmbedding:
 
     def on_backward(self, slot: int, grad: torch.Tensor) -> None:
         ids, self.inputs[slot] = self.inputs[slot], None
-        if ids.shape[0] != grad.shape[0]:
-            raise RuntimeError(f"an embedding's input has batch dimension {ids.shape[0]} but its output gradient "
-                               f"{grad.shape[0]}")
-        size = ids.shape[0]
+        size = _same_batch("an embedding", ids, grad)
         ids = ids.reshape(size, -1)
         grads = grad.detach().reshape(size, -1, grad.shape[-1]).to(_accurate(grad.dtype))
         if self.module.padding_idx is not None:  # autograd gives the padding row no gradient
@@ -355,6 +349,14 @@ def _tied_head(embedding: nn.Embedding, hooked: list[nn.Module], owners: dict[in
     return heads[0] if all(owners[id(p)] == 1 for p in others) else None
 
 
+def _same_batch(what: str, inputs: torch.Tensor, grad: torch.Tensor) -> int:
+    """The batch size of a layer call whose input and output gradient agree on it (else an error)."""
+    if inputs.shape[0] != grad.shape[0]:
+        raise RuntimeError(f"{what}'s input has batch dimension {inputs.shape[0]} but its output gradient "
+                           f"{grad.shape[0]}")
+    return inputs.shape[0]
+
+
 def _accurate(dtype: torch.dtype) -> torch.dtype:
     """fp32 for half-precision dtypes (bf16, fp16), the dtype itself otherwise."""
     return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
@@ -411,6 +413,10 @@ class BookkeepingGradSampleModule(GradSampleModule):
             self._bookkept_by_parameter[id(pair.embedding.module.weight)] = pair
         self._skipping = False
         self._usage_confirmed = False
+        #: the trainable book-kept parameters (each once, a tied weight too), switched off by
+        #: :meth:`weight_gradients_skipped`
+        self._bookkept_parameters = list({id(p): p for layer in layers.values()
+                                          for p in layer.module.parameters(recurse=False) if p.requires_grad}.values())
         self._bookkeeping_hooks = [layer.module.register_forward_hook(self._capture) for layer in layers.values()]
 
     def iterate_submodules(self, module: nn.Module):
@@ -446,8 +452,7 @@ class BookkeepingGradSampleModule(GradSampleModule):
         if not self._usage_confirmed:
             yield
             return
-        switched = [p for layer in self._bookkept_layers.values() for p in layer.module.parameters(recurse=False)
-                    if p.requires_grad and id(p) in self._bookkept_by_parameter]
+        switched = self._bookkept_parameters
         for parameter in switched:
             parameter.requires_grad_(False)
         self._skipping = True

@@ -122,16 +122,18 @@ class EpisodeRandomness:
         else:
             self._secret = secrets.token_bytes(32)
 
-    def generator(self, use: str, update: int) -> torch.Generator:
-        """A fresh generator for ``use`` (``"sampling"``, ``"noise"`` or ``"model"``) at update ``update``."""
+    def seed(self, use: str, update: int) -> int:
+        """The secret seed of ``use`` (``"sampling"``, ``"noise"`` or ``"model"``) at update ``update``."""
         if use not in STREAMS:
             raise ValueError(f"use must be one of {list(STREAMS)}, got {use!r}")
         if self.secure_mode:
-            seed = _seed_from(os.urandom(8))
-        else:
-            seed = _seed_from(hmac.new(self._secret, f"{use}/{int(update)}".encode(), hashlib.sha256).digest())
+            return _seed_from(os.urandom(8))
+        return _seed_from(hmac.new(self._secret, f"{use}/{int(update)}".encode(), hashlib.sha256).digest())
+
+    def generator(self, use: str, update: int) -> torch.Generator:
+        """A fresh generator for ``use`` at update ``update`` (seeded by :meth:`seed`)."""
         device = self.device if use == "noise" else torch.device("cpu")
-        return torch.Generator(device=device).manual_seed(seed)
+        return torch.Generator(device=device).manual_seed(self.seed(use, update))
 
     def __repr__(self) -> str:
         return f"EpisodeRandomness(reproducible={self.reproducible}, secure_mode={self.secure_mode})"

@@ -150,7 +150,7 @@ class FineTuningRun:
         """The training forward pass's own randomness (dropout) from the episode's ``model`` stream,
         inside a fork of torch's global RNG (restored afterwards)."""
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
-        seed = self.randomness.generator("model", self.updates).initial_seed()
+        seed = self.randomness.seed("model", self.updates)
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             yield

@@ -143,9 +143,7 @@ def natural_width(table, limit: int = 200) -> int:
 
 
 #: shorter headers for a terminal (the Markdown file keeps the long ones)
-_TERMINAL_HEADERS = {"final val ppl": "final ppl (95% CI)", "IQM": "IQM [95% CI]",
-                     "wall time (s)": "time (s)",
-                     "privacy valid": "valid"}
+_TERMINAL_HEADERS = {"final val ppl": "final ppl (95% CI)", "IQM": "IQM [95% CI]", "privacy valid": "valid"}
 
 
 def terminal_table(rows: list[dict[str, Any]], reference: str | None = "vanilla",
