@@ -7,7 +7,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.dp-gym-installed
 
-.PHONY: setup demo test test-slow bench lint clean pretrained
+.PHONY: setup demo test test-slow test-rllib bench lint clean pretrained
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,14 @@ test: setup
 test-slow: setup
 	$(PY) -m pytest -m slow -q
 
+# RLlib pins its own gymnasium, so its example is tested in a venv of its own (torch pinned first, as above).
+RLLIB_VENV := .venv-rllib
+test-rllib:
+	test -x $(RLLIB_VENV)/bin/python || $(PYTHON) -m venv $(RLLIB_VENV)
+	$(RLLIB_VENV)/bin/python -c "import torch" 2>/dev/null || $(RLLIB_VENV)/bin/pip install "torch==2.13.0"
+	$(RLLIB_VENV)/bin/pip install -q -e '.[dev,rllib]'
+	OMP_NUM_THREADS=1 $(RLLIB_VENV)/bin/python -m pytest -m slow -q tests/test_rllib_example.py
+
 # The shipped controller (`sac:pretrained`): SAC trained on public proxies only, seed 0. Proxy episodes
 # touch no private data, so their noise may be public: the published key below makes the run
 # reproducible. Never use a published key on private data.
@@ -50,4 +58,4 @@ lint: setup
 	$(VENV)/bin/ruff check dp_gym agents tests benchmarks examples
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(RLLIB_VENV) runs .pytest_cache

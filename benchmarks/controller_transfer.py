@@ -38,11 +38,11 @@ from pathlib import Path
 import numpy as np
 
 import dp_gym
+from agents.controllers import noise_stream
 from agents.heuristics import make_controller
 from agents.pretrained import pretrained_model
 from agents.rl import load_policy, private_training_privacy, train, training_privacy_of
 from agents.tuning import tune_controller, tune_schedule
-from dp_gym.cli import noise_stream
 from dp_gym.envs import InstanceDistribution
 from dp_gym.evaluation import compare, write_json
 from dp_gym.evaluation.aggregate import probability_of_improvement, stratified_bootstrap

@@ -52,79 +52,6 @@ def _overrides(text: str | None) -> dict[str, Any]:
     return value
 
 
-# ---------------------------------------------------------------------------------- controllers
-def _policy_path(algo: str, rest: str, env_id: str | None) -> str:
-    """The model file of ``algo:rest``: a path, or ``pretrained`` (the one shipped for ``env_id``)."""
-    if rest == "pretrained":
-        from agents.pretrained import pretrained_model
-
-        return str(pretrained_model(algo, env_id))
-    return rest
-
-
-def controller_factory(spec: str, env_id: str | None = None):
-    """``"vanilla"``, ``"adaptive_quantile:initial_clip=0.3"``, ``"schedule:clip_knots=2/1/0.5"`` (a list
-    of numbers separated by ``/``), ``"sac:PATH"``, ``"sac:pretrained"`` -> factory(env)."""
-    from agents.heuristics import CONTROLLERS, make_controller, registered_controllers
-    from agents.rl import algorithms, load_policy
-
-    name, _, rest = spec.partition(":")
-    if name in algorithms():
-        if not rest:
-            raise ValueError(f"controller {spec!r}: give the model file, e.g. {name}:runs/train/model.zip, or "
-                             f"{name}:pretrained")
-        rest = _policy_path(name, rest, env_id)
-        if not Path(rest).exists():
-            raise FileNotFoundError(f"controller {spec!r}: policy file {rest} does not exist")
-        return lambda env: load_policy(f"{name}:{rest}")
-    if name not in registered_controllers():
-        if ":" in spec:  # a heuristic by import path, "package.module:Factory"
-            CONTROLLERS.get(spec)  # fails here, with the allowed names, if it does not import
-            return lambda env: make_controller(spec, env)
-        raise ValueError(f"unknown controller {name!r}; heuristics: {registered_controllers()} or "
-                         f"'module:Factory', RL: {[a + ':PATH' for a in sorted(algorithms())]}")
-    kwargs = {}
-    for item in filter(None, rest.split(",")):
-        key, _, value = item.partition("=")
-        try:
-            numbers = [float(part) for part in value.split("/")]
-        except ValueError:
-            raise ValueError(f"controller {spec!r}: {key}={value!r} is not a number (or numbers separated by /)") from None
-        kwargs[key] = numbers if "/" in value else numbers[0]
-    return lambda env: make_controller(name, env, **kwargs)
-
-
-def noise_stream(command: str, spec: str, env_id: str | None = None) -> str:
-    """The noise stream of a deployment of controller ``spec`` by ``command``: with a secret key,
-    two runs share noise only when they share the stream, so it names everything that decides the
-    actions: the spec and, for a trained model, a digest of its file (a retrained model at the same
-    path is another controller)."""
-    import hashlib
-
-    from agents.rl import algorithms
-
-    name, _, rest = spec.partition(":")
-    if name in algorithms() and rest:
-        digest = hashlib.sha256(Path(_policy_path(name, rest, env_id)).read_bytes()).hexdigest()[:16]
-        return f"{command}/{spec}@{digest}"
-    return f"{command}/{spec}"
-
-
-def controller_prior(spec: str, delta: float, env_id: str | None = None):
-    """What the controller ``spec`` carries into a deployment: a trained model's ``run.json`` report,
-    nothing for a heuristic with its default parameters, None (unknown) for a heuristic whose
-    parameters came from elsewhere (they may have been tuned on the private data)."""
-    from agents.rl import algorithms, training_privacy_of
-    from dp_gym.privacy import PrivacyReport
-
-    name, _, rest = spec.partition(":")
-    if name in algorithms():
-        return training_privacy_of(_policy_path(name, rest, env_id))
-    if not rest:
-        return PrivacyReport.nothing(delta, "a heuristic with its default parameters: no private data before")
-    return None
-
-
 # ---------------------------------------------------------------------------------- commands
 def cmd_envs(args) -> None:
     import dp_gym
@@ -176,14 +103,18 @@ AUDIT_CANARIES = {"n_canaries": 8, "canary_repeats": 4}
 def _compare_and_report(env_id, specs: dict[str, Any], seeds, out, overrides, reference="vanilla",
                         extra: dict | None = None, audit: bool = False, priors: dict[str, Any] | None = None,
                         overrides_of: dict[str, dict] | None = None, streams: dict[str, str] | None = None,
-                        settings: dict[str, str] | None = None) -> list:
+                        settings: dict[str, str] | None = None, backend=None, spec_strings: dict[str, str] | None = None,
+                        imports: list[str] | tuple[str, ...] = ()) -> list:
     """Run ``specs`` (name -> factory) on the environment, each with ``overrides`` plus its own
     ``overrides_of[name]`` (a tuned learning rate, say), and write the report. ``priors``: what each
     controller carries from training or tuning (see :func:`dp_gym.evaluation.rollout.end_to_end`);
-    ``settings``: each controller's tuned values for the terminal table (default: its overrides)."""
+    ``settings``: each controller's tuned values for the terminal table (default: its overrides).
+    ``backend``: a Ray backend runs each deployment as a trial, from ``spec_strings`` (name -> spec;
+    the factories do not travel); None or the local backend runs them here."""
     import dp_gym
     from dp_gym.evaluation import compare, summarize, terminal_table, write_report
     from dp_gym.evaluation.report import natural_width
+    from dp_gym.evaluation.rollout import end_to_end
 
     if audit:
         config = dp_gym.config_of(env_id, **overrides)
@@ -196,6 +127,17 @@ def _compare_and_report(env_id, specs: dict[str, Any], seeds, out, overrides, re
         own = (overrides_of or {}).get(name, {})
         groups.setdefault(json.dumps(own, sort_keys=True), {})[name] = factory
     results = []
+    if backend is not None and backend.name != "local":
+        from agents.controllers import deploy
+
+        if audit:
+            raise ValueError("--audit runs on --backend local only (its one-run audit trains beside the deployments)")
+        with console.status("running episodes") as status:
+            results = deploy(backend, env_id, spec_strings, seeds, overrides, overrides_of, streams, imports,
+                             progress=lambda text: status.update(f"sweep: {text}"))
+        for result in results:
+            result.privacy = end_to_end(result.privacy, (priors or {}).get(result.controller))
+        groups = {}
     with console.status("running episodes") as status:
         for key, group in groups.items():
             merged = {**overrides, **json.loads(key)}
@@ -223,6 +165,7 @@ def _compare_and_report(env_id, specs: dict[str, Any], seeds, out, overrides, re
 
 def _priors(env_id: str, overrides: dict, names_to_specs: dict[str, str]) -> dict[str, Any]:
     import dp_gym
+    from agents.controllers import controller_prior
 
     delta = dp_gym.config_of(env_id, **overrides).delta
     return {name: controller_prior(spec, delta, env_id) for name, spec in names_to_specs.items()}
@@ -255,14 +198,19 @@ def cmd_plot(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
+    from agents.controllers import controller_factory, noise_stream
+
     name = args.policy.split(":")[0]
     _compare_and_report(args.env, {name: controller_factory(args.policy, args.env)},
                         list(range(args.seed, args.seed + args.episodes)), args.out, args.env_overrides,
                         priors=_priors(args.env, args.env_overrides, {name: args.policy}),
-                        streams={name: noise_stream("evaluate", args.policy, args.env)})
+                        streams={name: noise_stream("evaluate", args.policy, args.env)},
+                        backend=_backend(args, "evaluate"), spec_strings={name: args.policy}, imports=args.gym_packages)
 
 
 def cmd_compare(args) -> None:
+    from agents.controllers import controller_factory, noise_stream
+
     specs, names = {}, {}
     for spec in args.controllers:
         name = spec.split(":")[0]
@@ -273,7 +221,8 @@ def cmd_compare(args) -> None:
     _compare_and_report(args.env, specs, list(range(args.seeds)), args.out, args.env_overrides, audit=args.audit,
                         reference=args.baseline or "vanilla",
                         priors=_priors(args.env, args.env_overrides, names),
-                        streams={name: noise_stream("compare", spec, args.env) for name, spec in names.items()})
+                        streams={name: noise_stream("compare", spec, args.env) for name, spec in names.items()},
+                        backend=_backend(args, "compare"), spec_strings=names, imports=args.gym_packages)
 
 
 def cmd_tune_vanilla(args) -> None:
@@ -323,6 +272,7 @@ def cmd_finetune(args) -> None:
 def cmd_audit(args) -> None:
     """Attack a fine-tuned model (``--model``/``--run``), or audit epsilon in one run (``--one-run``)."""
     import dp_gym
+    from agents.controllers import controller_factory
 
     out = Path(args.out) if args.out else None
     if args.one_run:
@@ -381,6 +331,7 @@ DEMO_ENV = "dp_gym/TinyTextFlatSchedule-v0"
 def cmd_demo(args) -> None:
     """The main job, the honest protocol: tune the baselines and train (or load the shipped) SAC on
     public proxies, then deploy each controller once per seed on the private environment."""
+    from agents.controllers import controller_factory, controller_prior, noise_stream
     from agents.heuristics import make_controller
     from agents.pretrained import pretrained_model
     from agents.rl import train, training_privacy_of
@@ -448,6 +399,14 @@ def cmd_demo(args) -> None:
     console.print(f"plots and tables in {out}/")
 
 
+def _backend(args, experiment: str):
+    """The sweep backend of ``--backend/--address/--resources`` (see :mod:`dp_gym.utils.backends`)."""
+    from dp_gym.utils.backends import make_backend
+
+    return make_backend(args.backend, args.out, address=args.address, resources=args.resources,
+                        experiment=experiment, verbose=getattr(args, "verbose", False))
+
+
 # ---------------------------------------------------------------------------------- parser
 def _device(text: str) -> str:
     from dp_gym.utils.devices import check_device
@@ -492,6 +451,17 @@ def build_parser() -> argparse.ArgumentParser:
                             help="torch threads (default: $DP_GYM_THREADS, else the cores available)")
         parser.add_argument("--out", default=out, help="output folder" if out else "output file or folder (none: print only)")
 
+    def sweep_options(parser, unit: str):
+        parser.add_argument("--backend", choices=["local", "ray"], default="local",
+                            help=f"where the {unit} run: here, one after another, or as Ray Tune trials (the `ray` "
+                                 "extra; Tune's state in OUT/ray, so a re-run with the same --out resumes)")
+        parser.add_argument("--address", default=None,
+                            help="with --backend ray: a running cluster, 'auto' or 'ray://HOST:10001' (default: "
+                                 "start Ray on this machine)")
+        parser.add_argument("--resources", default=None,
+                            help='with --backend ray: one trial\'s resources, JSON, e.g. \'{"CPU": 1, "GPU": 0.25}\' '
+                                 '(default: {"CPU": 1})')
+
     train = command("train", "train an RL controller on public proxies of the environment (or, with "
                     "--private-training, on its private data, whose composed epsilon it then carries)")
     common(train, "runs/train")
@@ -523,6 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(evaluate, "runs/evaluate")
     evaluate.add_argument("--policy", required=True, help="a heuristic name, 'module:Factory', ALGO:PATH or ALGO:pretrained")
     evaluate.add_argument("--episodes", type=_positive_int, default=3, help="episodes, seeds --seed, --seed + 1, ...")
+    sweep_options(evaluate, "episodes")
 
     comparison = command("compare", "compare controllers on the same budget")
     common(comparison, "runs/compare")
@@ -536,6 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  "it runs")
     comparison.add_argument("--audit", action="store_true",
                             help="attack every final model and audit each controller's epsilon in one run")
+    sweep_options(comparison, "episodes (one per controller and seed)")
 
     tune = command("tune-vanilla", "grid-search the DP-SGD clip (and learning rate) on public proxies (or, with "
                    "--private, with every grid point a full fine-tuning run on the private data, scored on public "

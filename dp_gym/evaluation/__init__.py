@@ -23,7 +23,7 @@ from dp_gym.evaluation.report import (
     write_json,
     write_report,
 )
-from dp_gym.evaluation.rollout import EpisodeResult, compare, run_episode
+from dp_gym.evaluation.rollout import EpisodeResult, compare, crashed_episode, run_episode
 from dp_gym.evaluation.scoring import record_log_likelihoods, record_losses
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "canary_exposure",
     "canary_exposures",
     "compare",
+    "crashed_episode",
     "epsilon_lower_bound",
     "loss_attack",
     "markdown_table",

@@ -50,35 +50,39 @@ def summarize(results: list[EpisodeResult], reference: str | None = "vanilla") -
         values = np.asarray(values, dtype=float)
         return np.where(np.isnan(values), np.inf, values)
 
-    by_seed_reference = {r.seed: r.final_val_ppl for r in results if r.controller == reference}
-    reference_ppl = worst_if_diverged([r.final_val_ppl for r in results if r.controller == reference])
+    ran = [r for r in results if r.error is None]  # an episode that raised is no result of its controller
+    by_seed_reference = {r.seed: r.final_val_ppl for r in ran if r.controller == reference}
+    reference_ppl = worst_if_diverged([r.final_val_ppl for r in ran if r.controller == reference])
     rows = []
     for name in dict.fromkeys(r.controller for r in results):
-        mine = [r for r in results if r.controller == name]
+        every = [r for r in results if r.controller == name]
+        mine = [r for r in every if r.error is None]
         values = worst_if_diverged([r.final_val_ppl for r in mine])
-        ppl, ppl_ci = mean_ci95(values)
-        iqm, iqm_low, iqm_high = stratified_bootstrap({"env": values})
+        ppl, ppl_ci = mean_ci95(values) if len(values) else (float("nan"), None)
+        iqm, iqm_low, iqm_high = stratified_bootstrap({"env": values}) if len(values) else (float("nan"),) * 3
         improves = (probability_of_improvement({"env": values}, {"env": reference_ppl})
-                    if len(reference_ppl) and name != reference else None)
+                    if len(reference_ppl) and len(values) and name != reference else None)
         reach = [r.updates_to_reach(by_seed_reference[r.seed]) for r in mine if r.seed in by_seed_reference]
         reached = [x for x in reach if x is not None]
         rows.append({
             "controller": name, "episodes": len(mine), "final_val_ppl": ppl, "final_val_ppl_ci95": ppl_ci,
             "final_val_ppl_iqm": iqm, "final_val_ppl_iqm_ci95": None if len(values) < 2 else [iqm_low, iqm_high],
             "p_improvement": improves,
-            "epsilon": max(r.epsilon for r in mine),
-            "epsilon_spent": float(np.mean([r.privacy.epsilon_spent for r in mine])),
-            "epsilon_budget": mine[0].privacy.epsilon_budget, "delta": mine[0].privacy.delta,
-            "accounting": ", ".join(sorted({r.privacy.accounting for r in mine})),
+            # privacy covers every episode, the ones that raised too (each at most its budget)
+            "epsilon": max(r.epsilon for r in every),
+            "epsilon_spent": float(np.mean([r.privacy.epsilon_spent for r in every])),
+            "epsilon_budget": every[0].privacy.epsilon_budget, "delta": every[0].privacy.delta,
+            "accounting": ", ".join(sorted({r.privacy.accounting for r in every})),
             "updates_to_reference": float(np.mean(reached)) if reached else None,
             "reached_reference": f"{len(reached)}/{len(reach)}" if reach else "-",
-            "updates": float(np.mean([r.updates for r in mine])),
-            "wall_time_s": float(np.mean([r.wall_time_s for r in mine])),
-            "privacy_valid": all(r.privacy_valid for r in mine),
-            "failures": sum(r.failure is not None for r in mine), "metric_name": mine[0].metric_name,
-            "private_episodes": max(r.privacy.private_episodes for r in mine),
-            "epsilon_scope": "; ".join(sorted({r.privacy.epsilon_scope for r in mine})),
-            "base_val_ppl": float(np.mean([r.base_val_ppl for r in mine])),
+            "updates": float(np.mean([r.updates for r in mine])) if mine else float("nan"),
+            "wall_time_s": float(np.mean([r.wall_time_s for r in mine])) if mine else float("nan"),
+            "privacy_valid": all(r.privacy_valid for r in every),
+            "failures": sum(r.failure is not None for r in mine), "metric_name": every[0].metric_name,
+            "errors": len(every) - len(mine), "error_messages": sorted({r.error for r in every if r.error}),
+            "private_episodes": max(r.privacy.private_episodes for r in every),
+            "epsilon_scope": "; ".join(sorted({r.privacy.epsilon_scope for r in every})),
+            "base_val_ppl": float(np.mean([r.base_val_ppl for r in mine])) if mine else float("nan"),
         })
         if any(r.attacks for r in mine):
             for column in AUDIT_COLUMNS:
@@ -109,7 +113,8 @@ def _table(rows: list[dict[str, Any]], reference: str | None) -> tuple[list[str]
         ci = "n/a" if row["final_val_ppl_ci95"] is None else f"{row['final_val_ppl_ci95']:.2f}"
         iqm_ci = row["final_val_ppl_iqm_ci95"]
         iqm = f"{row['final_val_ppl_iqm']:.2f}" + (" [n/a]" if iqm_ci is None else f" [{iqm_ci[0]:.2f}, {iqm_ci[1]:.2f}]")
-        cells = [row["controller"], f"{row['final_val_ppl']:.2f} +- {ci}", iqm]
+        name = row["controller"] + (f" ({row['errors']} raised)" if row.get("errors") else "")
+        cells = [name, f"{row['final_val_ppl']:.2f} +- {ci}", iqm]
         cells += [_fmt(row["p_improvement"])] if compared else []
         cells += [f"{row['epsilon']:.3f} ({row['epsilon_spent']:.3f}) / {budget}", str(row["private_episodes"])]
         cells += [reach] if compared else []
@@ -222,8 +227,12 @@ def write_report(results: list[EpisodeResult], out: str | Path, reference: str |
         "privacy_of_all_episodes": everything.to_dict(history=False),
         **(extra or {}), "summary": rows, "episodes": [r.to_dict() for r in results]}), indent=1))
     warning = "" if privacy_valid else "**privacy_valid: false** (oracle observations or a broken configuration)\n\n"
-    paths["markdown"].write_text(warning + markdown_table(rows, reference) + "\n")
-    if plots:
+    raised = "".join(f"\n- {r.controller}, seed {r.seed}: raised {r.error}" for r in results if r.error)
+    raised = ("\n\nEpisodes that raised (left out of the statistics; their epsilon is bounded by the budget):"
+              + raised) if raised else ""
+    paths["markdown"].write_text(warning + markdown_table(rows, reference) + raised + "\n")
+    results = [r for r in results if r.error is None]
+    if plots and results:
         paths["ppl_vs_epsilon"] = plot_ppl_vs_epsilon(results, out / "ppl_vs_epsilon.png", privacy_valid)
         paths["controls"] = plot_controls(results, out / "controls_over_episode.png", privacy_valid)
         paths["performance_profiles"] = plot_performance_profiles(results, out / "performance_profiles.png",

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from dp_gym.privacy import PrivacyReport, compose
+from dp_gym.utils.backends import error_line
 
 
 @dataclass
@@ -29,6 +30,10 @@ class EpisodeResult:
     ``privacy`` is the episode's own report (scope: this episode); a caller that knows the
     episode was preceded by others on the same private data (tuning, training) widens the scope.
     ``attacks`` holds privacy attacks on the final model when they were asked for.
+    ``failure`` says why the environment ended the episode early (a non-finite update, say): the
+    episode is a result, ranked worst. ``error`` says that the episode *raised* (a crash, not a
+    result of the controller): its metrics are NaN and summaries leave it out
+    (:func:`crashed_episode`).
     """
 
     controller: str
@@ -45,6 +50,7 @@ class EpisodeResult:
     attacks: dict[str, Any] | None = None
     failure: str | None = None
     metric_name: str = "perplexity"
+    error: str | None = None
 
     @property
     def epsilon(self) -> float:
@@ -73,6 +79,7 @@ class EpisodeResult:
                "private_episodes": self.privacy.private_episodes, "privacy_valid": self.privacy.privacy_valid,
                "updates": self.updates, "steps": self.steps, "wall_time_s": self.wall_time_s,
                "failure": self.failure}
+        row["error"] = self.error
         row.update({column: (self.attacks or {}).get(column) for column in columns})
         return row
 
@@ -80,6 +87,33 @@ class EpisodeResult:
         data = asdict(self)
         data["privacy"] = self.privacy.to_dict()
         return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EpisodeResult:
+        """The inverse of :meth:`to_dict` (a result that travelled as JSON from a sweep's worker)."""
+        return cls(**{**data, "privacy": PrivacyReport.from_dict(data["privacy"])})
+
+
+#: the scope of an episode that raised before it finished (see :func:`crashed_episode`)
+SCOPE_CRASHED = "an episode that raised: at most its budget (its privacy filter never lets an episode spend more)"
+
+
+def crashed_episode(name: str, seed: int, error: str, config=None) -> EpisodeResult:
+    """The result of an episode that raised: NaN metrics, ``error`` set, and privacy bounded by the
+    episode's budget, ``epsilon = epsilon_budget`` of ``config`` (a :class:`dp_gym.config.EnvConfig`).
+    The bound holds whatever the episode released before it raised: every release went through its
+    privacy filter, which never lets the episode exceed the budget. Without a config (it did not
+    build) nothing ran and nothing was released."""
+    if config is None:
+        privacy = PrivacyReport.nothing(0.0, "an episode whose configuration did not build: nothing ran")
+    else:
+        privacy = PrivacyReport(
+            epsilon=config.epsilon, delta=config.delta, epsilon_budget=config.epsilon, epsilon_spent=config.epsilon,
+            accounting="bounded by the budget", adaptive=True, updates=0, privacy_valid=config.privacy_valid,
+            epsilon_scope=SCOPE_CRASHED)
+    nan = float("nan")
+    return EpisodeResult(controller=name, seed=seed, final_val_loss=nan, final_val_ppl=nan, base_val_ppl=nan,
+                         updates=0, steps=0, wall_time_s=0.0, privacy=privacy, error=error)
 
 
 def run_episode(controller, env, seed: int, name: str,
@@ -164,7 +198,10 @@ def compare(controllers: dict[str, Callable[[Any], Any]], make_env: Callable[[],
         for seed in seeds:
             if progress:
                 progress(f"{name}, seed {seed}")
-            result = run_episode(controller, env, seed, name, after=after, stream=(streams or {}).get(name))
+            try:
+                result = run_episode(controller, env, seed, name, after=after, stream=(streams or {}).get(name))
+            except Exception as error:  # contained: the row says so, the comparison goes on
+                result = crashed_episode(name, seed, error_line(error), unwrapped.config)
             result.privacy = end_to_end(result.privacy, (prior or {}).get(name))
             mine.append(result)
         if audit:
