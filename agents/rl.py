@@ -392,6 +392,14 @@ class EnvFactory:
         return Monitor(env) if self.monitor else env
 
 
+def train_job(out: str, **kwargs: Any) -> str:
+    """One training run as a sweep job (``dp-gym train --seeds``; :mod:`dp_gym.utils.backends`): the
+    keyword arguments of :func:`train`, no progress bar; a folder that already holds a checkpoint
+    resumes from its newest. Returns the model's path."""
+    resume = out if any((Path(out) / "checkpoints").glob("step_*")) else None
+    return str(train(out=out, resume=resume, progress_bar=False, **kwargs))
+
+
 def training_privacy_of(model_path: str | Path) -> PrivacyReport | None:
     """What a trained controller carries into a deployment, read from the ``run.json`` beside its
     model (None when there is none: then nothing is known about how it was trained)."""

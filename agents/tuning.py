@@ -15,7 +15,7 @@ A grid point's score is the mean change of public-validation log-perplexity over
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -70,34 +70,77 @@ def _grid_point(env, controller, seed: int, episodes: int, label: str) -> list[E
     return [run_episode(controller, env, seed + k, label) for k in range(episodes)]
 
 
-def tune_vanilla(env_id: str, clips: Sequence[float], seed: int, overrides: dict[str, Any],
-                 report: Callable[[str], None] | None = None, private: bool = False,
-                 proxy: InstanceDistribution | None = None, episodes: int = 1) -> TuningResult:
-    """Grid-search the plain DP-SGD clip: ``episodes`` runs per clip, on public proxy instances drawn
-    from ``proxy`` (default distribution if None) or, with ``private``, on the private environment
-    (then each run is a private one)."""
+def grid_point(env_id: str, overrides: dict[str, Any], private: bool, proxy: dict[str, Any] | None, controller: str,
+               kwargs: dict[str, Any], seed: int, episodes: int, label: str) -> list[dict[str, Any]]:
+    """One grid point as a sweep job (:mod:`dp_gym.utils.backends`): heuristic ``controller(**kwargs)``
+    for ``episodes`` episodes from public seed ``seed`` on noise stream ``label``, on proxies drawn from
+    ``proxy`` (an :class:`InstanceDistribution` as a dict) or, with ``private``, on the private
+    environment; the :class:`EpisodeResult` s as dicts."""
     from agents.heuristics import make_controller
 
-    env = _environment(env_id, overrides, private, proxy)
-    runs, made = {}, []
-    for clip in clips:
-        runs[clip] = _grid_point(env, make_controller("vanilla", env, clip=clip), seed, episodes,
-                                 f"tune-vanilla C={clip:g}")
-        made.extend(runs[clip])
-        if report:
-            report(f"  vanilla C={clip:g}: val ppl {np.mean([r.final_val_ppl for r in runs[clip]]):.2f}"
-                   f"{'' if private else ' (public proxies)'}")
-    env.close()
+    env = _environment(env_id, overrides, private, None if private else InstanceDistribution.from_dict(proxy))
+    try:
+        return [r.to_dict() for r in _grid_point(env, make_controller(controller, env, **kwargs), seed, episodes, label)]
+    finally:
+        env.close()
+
+
+def _run_grid(backend, env_id: str, points: dict[Any, tuple[dict[str, Any], str, dict[str, Any], str]], seed: int,
+              episodes: int, private: bool, proxy: InstanceDistribution | None) -> dict[Any, list[EpisodeResult]]:
+    """Run every grid point (``key -> (overrides, controller, kwargs, label)``; the label is its noise
+    stream and job key) on ``backend`` (default: here). A point that raised scores +inf: its
+    episodes are :func:`dp_gym.evaluation.crashed_episode` s, each private one bounded by its budget."""
+    import dp_gym
+    from dp_gym.evaluation import crashed_episode
+    from dp_gym.utils.backends import Job, LocalBackend
+
+    proxy_dict = None if private else (proxy or InstanceDistribution()).to_dict()
+    jobs = [Job(label, "agents.tuning:grid_point",
+                {"env_id": env_id, "overrides": overrides, "private": private, "proxy": proxy_dict,
+                 "controller": controller, "kwargs": kwargs, "seed": seed, "episodes": episodes, "label": label})
+            for overrides, controller, kwargs, label in points.values()]
+    runs = {}
+    for key, job, outcome in zip(points, jobs, (backend or LocalBackend()).run(jobs), strict=True):
+        if not outcome.failed:
+            runs[key] = [EpisodeResult.from_dict(data) for data in outcome.value]
+            continue
+        config = dp_gym.config_of(env_id, **job.kwargs["overrides"])
+        crashed = [crashed_episode(job.key, seed + k, outcome.error, config) for k in range(episodes)]
+        if not private:  # a proxy episode touches no private data, finished or not
+            crashed = [replace(r, privacy=PrivacyReport.nothing(config.delta, TUNING_SCOPE_PUBLIC)) for r in crashed]
+        runs[key] = crashed
+    return runs
+
+
+def tune_vanilla(env_id: str, clips: Sequence[float], seed: int, overrides: dict[str, Any],
+                 report: Callable[[str], None] | None = None, private: bool = False,
+                 proxy: InstanceDistribution | None = None, episodes: int = 1, backend=None) -> TuningResult:
+    """Grid-search the plain DP-SGD clip: ``episodes`` runs per clip, on public proxy instances drawn
+    from ``proxy`` (default distribution if None) or, with ``private``, on the private environment
+    (then each run is a private one). ``backend``: where the grid points run (default: here, one
+    after another; see :mod:`dp_gym.utils.backends`)."""
+    points = {clip: (overrides, "vanilla", {"clip": clip}, f"tune-vanilla C={clip:g}") for clip in clips}
+    runs = _run_grid(backend, env_id, points, seed, episodes, private, proxy)
+    made = [r for clip in clips for r in runs[clip]]
+    if report:
+        for clip in clips:
+            report(f"  vanilla C={clip:g}: {_outcome(runs[clip])}{'' if private else ' (public proxies)'}")
     return TuningResult(runs, made, made[0].privacy.delta)
+
+
+def _outcome(runs: list[EpisodeResult]) -> str:
+    if any(r.error for r in runs):
+        return f"raised {runs[0].error}"
+    return f"val ppl {np.mean([r.final_val_ppl for r in runs]):.2f}"
 
 
 def tune_learning_rate(env_id: str, clip: float, learning_rates: Sequence[float], seed: int,
                        overrides: dict[str, Any], report: Callable[[str], None] | None = None,
                        episode_at_env_rate: list[EpisodeResult] | None = None, private: bool = False,
-                       proxy: InstanceDistribution | None = None, episodes: int = 1) -> TuningResult:
+                       proxy: InstanceDistribution | None = None, episodes: int = 1, backend=None) -> TuningResult:
     """Grid-search the fine-tuning learning rate of plain DP-SGD at ``clip`` (as :func:`tune_vanilla`).
     ``episode_at_env_rate``: :func:`tune_vanilla`'s runs at ``clip``, reused for the environment's own
-    rate instead of running them again.
+    rate instead of running them again. ``backend``: as in :func:`tune_vanilla`.
 
     The second stage of tuning the baseline: under Adam, a clip below every per-example norm
     only scales the whole clipped-and-noised sum, and Adam undoes a constant scale, so the clip
@@ -105,24 +148,21 @@ def tune_learning_rate(env_id: str, clip: float, learning_rates: Sequence[float]
     episode changes the step size. A fair comparison tunes the baseline's learning rate too.
     """
     import dp_gym
-    from agents.heuristics import make_controller
 
     env_rate = dp_gym.config_of(env_id, **overrides).learning_rate
-    runs, made = {}, []
-    for rate in learning_rates:
-        if rate == env_rate and episode_at_env_rate is not None:
-            runs[rate] = episode_at_env_rate
-            label = "the clip search's runs"
-        else:
-            env = _environment(env_id, {**overrides, "learning_rate": rate}, private, proxy)
-            runs[rate] = _grid_point(env, make_controller("vanilla", env, clip=clip), seed, episodes,
-                                     f"tune-vanilla C={clip:g} lr={rate:g}")
-            env.close()
-            made.extend(runs[rate])
-            label = "private runs" if private else "public proxies"
-        if report:
-            report(f"  vanilla C={clip:g} lr={rate:g}: val ppl {np.mean([r.final_val_ppl for r in runs[rate]]):.2f} "
-                   f"({label})")
+    reused = env_rate if episode_at_env_rate is not None and env_rate in learning_rates else None
+    points = {rate: ({**overrides, "learning_rate": rate}, "vanilla", {"clip": clip},
+                     f"tune-vanilla C={clip:g} lr={rate:g}") for rate in learning_rates if rate != reused}
+    runs = _run_grid(backend, env_id, points, seed, episodes, private, proxy)
+    made = [r for rate in points for r in runs[rate]]
+    if reused is not None:
+        runs[reused] = episode_at_env_rate
+    runs = {rate: runs[rate] for rate in learning_rates}
+    if report:
+        where = "private runs" if private else "public proxies"
+        for rate in learning_rates:
+            label = "the clip search's runs" if rate == reused else where
+            report(f"  vanilla C={clip:g} lr={rate:g}: {_outcome(runs[rate])} ({label})")
     delta = next(iter(runs.values()))[0].privacy.delta
     return TuningResult(runs, made, delta)
 
@@ -130,21 +170,18 @@ def tune_learning_rate(env_id: str, clip: float, learning_rates: Sequence[float]
 def tune_controller(env_id: str, name: str, grid: dict[str, dict[str, Any]], seed: int, overrides: dict[str, Any],
                     report: Callable[[str], None] | None = None, private: bool = False,
                     proxy: InstanceDistribution | None = None, episodes: int = 1,
-                    env_overrides: dict[str, dict[str, Any]] | None = None) -> TuningResult:
+                    env_overrides: dict[str, dict[str, Any]] | None = None, backend=None) -> TuningResult:
     """Grid-search any registered heuristic: ``grid`` maps a label to its keyword arguments (and,
     through ``env_overrides[label]``, to config overrides such as a learning rate); ``episodes``
     runs per point on public proxies (or, with ``private``, on the private data). ``runs`` is keyed
-    by label."""
-    from agents.heuristics import make_controller
-
-    runs, made = {}, []
-    for label, kwargs in grid.items():
-        env = _environment(env_id, {**overrides, **(env_overrides or {}).get(label, {})}, private, proxy)
-        runs[label] = _grid_point(env, make_controller(name, env, **kwargs), seed, episodes, f"tune-{name} {label}")
-        env.close()
-        made.extend(runs[label])
-        if report:
-            report(f"  {name} {label}: val ppl {np.mean([r.final_val_ppl for r in runs[label]]):.2f}")
+    by label. ``backend``: as in :func:`tune_vanilla`."""
+    points = {label: ({**overrides, **(env_overrides or {}).get(label, {})}, name, kwargs, f"tune-{name} {label}")
+              for label, kwargs in grid.items()}
+    runs = _run_grid(backend, env_id, points, seed, episodes, private, proxy)
+    if report:
+        for label in grid:
+            report(f"  {name} {label}: {_outcome(runs[label])}")
+    made = [r for label in grid for r in runs[label]]
     return TuningResult(runs, made, made[0].privacy.delta)
 
 

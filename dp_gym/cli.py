@@ -80,6 +80,10 @@ def cmd_algos(args) -> None:
 def cmd_train(args) -> None:
     from agents.rl import train
 
+    if args.seeds:
+        return _train_seeds(args)
+    if args.backend != "local":
+        raise ValueError("--backend ray runs several training runs: give them with --seeds")
     out = Path(args.out)
     fresh = not out.exists()
     try:
@@ -94,6 +98,35 @@ def cmd_train(args) -> None:
             shutil.rmtree(out, ignore_errors=True)
         raise
     console.print(f"model: {path}\nTensorBoard: tensorboard --logdir {out / 'tb'}")
+
+
+def _train_seeds(args) -> None:
+    """``train --seeds``: one training run per public seed, in ``OUT/seed_<s>``, each a job of the
+    backend; a run that raises is reported and the others go on."""
+    from dp_gym.evaluation import write_json
+    from dp_gym.utils.backends import Job
+
+    if args.resume:
+        raise ValueError("--resume continues one run; with --seeds, run the same command again: each seed's run "
+                         "resumes from its own newest checkpoint")
+    out = Path(args.out)
+    jobs = [Job(f"seed={seed}", "agents.rl:train_job",
+                {"env_id": args.env, "algo": args.algo, "timesteps": args.timesteps, "seed": seed,
+                 "out": str(out / f"seed_{seed}"), "env_overrides": args.env_overrides,
+                 "checkpoint_every": args.checkpoint_every, "actor_init": args.actor_init,
+                 "actor_init_std": args.actor_init_std, "private_training": args.private_training,
+                 "proxy": args.proxy, "n_envs": args.n_envs}, tuple(args.gym_packages))
+            for seed in args.seeds]
+    with console.status("training") as status:
+        outcomes = _backend(args, "train").run(jobs, progress=lambda text: status.update(f"training: {text}"))
+    runs = {outcome.key: ({"model": outcome.value} if not outcome.failed else {"error": outcome.error})
+            for outcome in outcomes}
+    for key, run in runs.items():
+        console.print(f"{key}: " + (f"model {run['model']}" if "model" in run else f"[red]raised[/] {run['error']}"),
+                      soft_wrap=True)
+    write_json({"env_id": args.env, "algo": args.algo, "timesteps": args.timesteps, "runs": runs},
+               out / "seeds.json")
+    console.print(f"TensorBoard: tensorboard --logdir {out}\nlearning curves: dp-gym plot {out}/seed_*")
 
 
 #: canaries ``compare --audit`` inserts when the environment has none (exposure needs them)
@@ -232,7 +265,8 @@ def cmd_tune_vanilla(args) -> None:
 
     proxy = None if args.private else InstanceDistribution.from_dict(args.proxy)
     where = dict(private=args.private, proxy=proxy, episodes=args.episodes)
-    clips = tune_vanilla(args.env, args.clips, args.seed, args.env_overrides, report=console.print, **where)
+    clips = tune_vanilla(args.env, args.clips, args.seed, args.env_overrides, report=console.print,
+                         backend=_backend(args, "tune-clip"), **where)
     console.print(f"best clip: {clips.best:g}")
     tunings = [clips]
     result: dict = {"env_id": args.env, "env_overrides": args.env_overrides, "tuned_on": "private data" if args.private
@@ -240,7 +274,8 @@ def cmd_tune_vanilla(args) -> None:
                     "episodes_per_point": args.episodes, "best_clip": clips.best, "scores": clips.scores}
     if args.learning_rates:
         rates = tune_learning_rate(args.env, clips.best, args.learning_rates, args.seed, args.env_overrides,
-                                   report=console.print, episode_at_env_rate=clips.runs[clips.best], **where)
+                                   report=console.print, episode_at_env_rate=clips.runs[clips.best],
+                                   backend=_backend(args, "tune-learning-rate"), **where)
         tunings.append(rates)
         console.print(f"best learning rate at clip {clips.best:g}: {rates.best:g}")
         result.update(best_learning_rate=rates.best, learning_rate_scores=rates.scores)
@@ -480,6 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="zero: the untrained policy takes action 0 (the baseline on a paced env)")
     train.add_argument("--actor-init-std", type=_positive_float, default=0.1,
                        help="initial exploration std with --actor-init zero")
+    train.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
+                       help="several runs, one per public seed, in OUT/seed_<SEED> (instead of --seed)")
+    sweep_options(train, "training runs of --seeds")
 
     plot = command("plot", "learning curves of training runs (final validation perplexity of each episode)")
     plot.add_argument("runs", nargs="+", help="`dp-gym train` output folders")
@@ -519,6 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--clips", type=_positive_float, nargs="+", default=[0.1, 0.3, 1.0], help="clip grid")
     tune.add_argument("--learning-rates", type=_positive_float, nargs="+", default=None,
                       help="then grid-search the learning rate at the best clip (a config override)")
+    sweep_options(tune, "grid points")
 
     finetune = command("finetune", "online mode: fine-tune once with a controller (exactly one private episode)")
     common(finetune, "runs/finetune")

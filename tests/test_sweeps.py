@@ -187,3 +187,34 @@ def test_ray_backend_gives_the_local_rows_and_resumes(local_ray, tmp_path):
     assert (local_ray / "flaky").read_text() == "11"
     # another sweep in the same folder is refused, not mixed in
     assert main([*probe, "--seeds", "2"]) == 2
+
+
+PROXY = json.dumps({"train_sizes": [32], "n_val": 4, "max_updates": [4]})
+
+
+def test_train_seeds_trains_one_run_per_seed(tmp_path, capsys):
+    assert main(["train", "--env", ENV, "--seeds", "0", "1", "--timesteps", "4", "--checkpoint-every", "4",
+                 "--proxy", PROXY, "--env-overrides", json.dumps({"updates_per_step": 2}), "--threads", "1",
+                 "--out", str(tmp_path)]) == 0
+    runs = json.loads((tmp_path / "seeds.json").read_text())["runs"]
+    assert set(runs) == {"seed=0", "seed=1"}
+    for seed in (0, 1):
+        assert runs[f"seed={seed}"]["model"] == str(tmp_path / f"seed_{seed}" / "model.zip")
+        assert json.loads((tmp_path / f"seed_{seed}" / "run.json").read_text())["seed"] == seed
+    assert main(["train", "--env", ENV, "--seeds", "0", "--resume", str(tmp_path)]) == 2
+    assert "with --seeds, run the same command again" in capsys.readouterr().err
+
+
+def test_ray_tunes_the_same_grid_and_trains_seeds(local_ray, tmp_path):
+    tune = ["tune-vanilla", "--env", ENV, "--clips", "0.1", "1.0", "--proxy", PROXY, "--threads", "1",
+            "--env-overrides", json.dumps({"updates_per_step": 2})]
+    assert main([*tune, "--out", str(tmp_path / "local")]) == 0
+    assert main([*tune, "--out", str(tmp_path / "ray"), "--backend", "ray"]) == 0
+    local, remote = (json.loads((tmp_path / where / "tune_vanilla.json").read_text()) for where in ("local", "ray"))
+    assert local["scores"] == remote["scores"] and local["best_clip"] == remote["best_clip"]
+    assert (tmp_path / "ray" / "ray" / "tune-clip").is_dir()
+
+    assert main(["train", "--env", ENV, "--seeds", "0", "1", "--timesteps", "4", "--checkpoint-every", "4",
+                 "--proxy", PROXY, "--env-overrides", json.dumps({"updates_per_step": 2}),
+                 "--out", str(tmp_path / "train"), "--backend", "ray"]) == 0
+    assert all((tmp_path / "train" / f"seed_{seed}" / "model.zip").exists() for seed in (0, 1))
