@@ -20,52 +20,53 @@ stratified-bootstrap interval, the probability that SAC improves on it, and the 
 reach the best baseline's final perplexity. The composed epsilon of the old protocol (the same SAC
 trained on the private data instead) is shown next to it.
 
-Deployments run in ``--workers`` processes with one torch thread each (the results do not depend
-on it: each deployment has its own secret noise).
+Deployments run in ``--workers`` processes with one torch thread each, or with ``--backend ray``
+as one Ray Tune trial each (the results do not depend on where: with a secret key the same rows,
+without one each deployment draws its own secret noise).
 
     python benchmarks/controller_transfer.py [--envs dp_gym/TinyTextFlatSchedule-v0] [--epsilons 1 3 8]
-        [--seeds 10] [--timesteps 1000] [--sac-model pretrained] [--workers 2] [--out runs/bench/transfer]
+        [--seeds 10] [--timesteps 1000] [--sac-model pretrained] [--workers 2 | --backend ray [--address auto]]
+        [--out runs/bench/transfer]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 import dp_gym
-from agents.controllers import noise_stream
-from agents.heuristics import make_controller
+from agents.controllers import deploy, noise_stream
 from agents.pretrained import pretrained_model
-from agents.rl import load_policy, private_training_privacy, train, training_privacy_of
+from agents.rl import private_training_privacy, train, training_privacy_of
 from agents.tuning import tune_controller, tune_schedule
 from dp_gym.envs import InstanceDistribution
-from dp_gym.evaluation import compare, write_json
+from dp_gym.evaluation import write_json
 from dp_gym.evaluation.aggregate import probability_of_improvement, stratified_bootstrap
+from dp_gym.evaluation.rollout import end_to_end
 from dp_gym.privacy import PrivacyReport
+from dp_gym.utils.backends import make_backend
 from dp_gym.utils.quiet import quiet_libraries
 from dp_gym.utils.threads import configure_threads
 
 BASELINES = ("vanilla", "decay", "schedule", "adaptive_quantile")
 
 
-def tune_baselines(env_id: str, episodes: int, proxy: InstanceDistribution, report) -> dict:
+def tune_baselines(env_id: str, episodes: int, proxy: InstanceDistribution, report, backend=None) -> dict:
     """Each tuned baseline's best grid point, with the same total number of proxy episodes."""
     config = dp_gym.config_of(env_id)
     clip = float(np.sqrt(config.clip_range[0] * config.clip_range[1]))  # the action-0 clip
     rates = {f"lr={rate:g}": rate for rate in (config.learning_rate / 2, config.learning_rate, config.learning_rate * 2)}
     per_point = max(1, episodes // 3)
     vanilla = tune_controller(env_id, "vanilla", {label: {"clip": clip} for label in rates}, 0, {}, report,
-                              proxy=proxy, episodes=per_point,
+                              proxy=proxy, episodes=per_point, backend=backend,
                               env_overrides={label: {"learning_rate": rate} for label, rate in rates.items()})
     decays = {"1.5->0.5": (1.5, 0.5), "2->0.5": (2.0, 0.5), "1->0.25": (1.0, 0.25)}
     decay = tune_controller(env_id, "decay", {label: {"clip": clip, "clip_start": a, "clip_end": b, "noise_start": 1.0,
                                                       "noise_end": 1.0} for label, (a, b) in decays.items()},
-                            0, {}, report, proxy=proxy, episodes=per_point)
+                            0, {}, report, proxy=proxy, episodes=per_point, backend=backend)
     schedule = tune_schedule(env_id, episodes, 0, {}, clip=clip, report=report, proxy=proxy)
     best_rate = rates[vanilla.best]
     start, end = decays[decay.best]
@@ -75,21 +76,32 @@ def tune_baselines(env_id: str, episodes: int, proxy: InstanceDistribution, repo
             "adaptive_quantile": ({}, {})}
 
 
-def deploy(env_id: str, overrides: dict, name: str, kwargs: dict, model: str | None, seeds) -> list:
-    """One private deployment per seed of the heuristic ``name(**kwargs)``, or of the SB3 model
-    ``model``; the controller was trained or tuned on public proxies only. Runs in a worker process."""
-    configure_threads(1)
-    quiet_libraries()
-    factory = ((lambda env: load_policy(f"sac:{model}")) if model else
-               (lambda env: make_controller(name, env, **kwargs)))
-    # tuned on proxies here, or trained on whatever the model's run.json says (None: unknown)
-    prior = (training_privacy_of(model) if model else
-             PrivacyReport.nothing(dp_gym.config_of(env_id).delta, "tuned on public proxies"))
+def heuristic_spec(name: str, kwargs: dict) -> str:
+    """``name(**kwargs)`` as a controller spec, ``"schedule:clip=0.3,clip_knots=1.2/0.8/0.5"`` (exact floats)."""
+    items = [f"{key}={'/'.join(repr(float(v)) for v in value) if isinstance(value, list) else repr(float(value))}"
+             for key, value in kwargs.items()]
+    return name + (":" + ",".join(items) if items else "")
+
+
+def deploy_cell(backend, env_id: str, epsilon: float, tuned: dict, model: str, seeds) -> list:
+    """Each controller once per seed on the private data at ``epsilon``, every deployment one job of
+    ``backend``; each controller was trained or tuned on public proxies only, so what it carries
+    into its deployment is nothing for a tuned heuristic and the model's ``run.json`` report for SAC."""
+    specs = {name: heuristic_spec(name, kwargs) for name, (kwargs, _) in tuned.items()}
+    specs["sac"] = f"sac:{model}"
+    overrides_of = {name: overrides for name, (_, overrides) in tuned.items()}
     # with a secret key, the stream names everything that decides the actions
-    stream = (noise_stream("transfer", f"sac:{model}") if model else
-              f"transfer/{name}:{json.dumps({**kwargs, **overrides}, sort_keys=True)}")
-    return compare({name: factory}, lambda: dp_gym.make(env_id, **overrides), seeds, prior={name: prior},
-                   streams={name: stream})
+    streams = {name: f"transfer/{name}:{json.dumps({**kwargs, **overrides}, sort_keys=True)}"
+               for name, (kwargs, overrides) in tuned.items()}
+    streams["sac"] = noise_stream("transfer", f"sac:{model}")
+    priors = {name: PrivacyReport.nothing(dp_gym.config_of(env_id).delta, "tuned on public proxies") for name in tuned}
+    priors["sac"] = training_privacy_of(model)
+    results = deploy(backend, env_id, specs, seeds, {"epsilon": epsilon}, overrides_of, streams)
+    for result in results:
+        if result.error:
+            raise SystemExit(f"{result.controller}, seed {result.seed} raised {result.error}: the cell has no number")
+        result.privacy = end_to_end(result.privacy, priors[result.controller])
+    return results
 
 
 def aggregate(results, env_id: str, epsilon: float) -> list[dict]:
@@ -128,7 +140,11 @@ def main() -> None:
     parser.add_argument("--n-envs", type=int, default=2)
     parser.add_argument("--sac-model", default=None,
                         help="a trained SAC model.zip, or 'pretrained' (the shipped one); default: train it here")
-    parser.add_argument("--workers", type=int, default=2, help="deployment processes, one torch thread each")
+    parser.add_argument("--workers", type=int, default=2, help="local backend: deployment processes, one thread each")
+    parser.add_argument("--backend", choices=["local", "ray"], default="local",
+                        help="where the deployments run: local processes, or one Ray Tune trial each")
+    parser.add_argument("--address", default=None, help="with --backend ray: a running cluster (auto, ray://...)")
+    parser.add_argument("--resources", default=None, help='with --backend ray: one trial\'s resources, JSON')
     parser.add_argument("--out", default="runs/bench/transfer")
     args = parser.parse_args()
     quiet_libraries()
@@ -151,17 +167,14 @@ def main() -> None:
             trained_for = args.timesteps
         episodes = trained_for // dp_gym.make(env_id).spec.max_episode_steps
         print(f"== tuning the baselines on the same proxies ({episodes} episodes each)")
-        tuned = tune_baselines(env_id, episodes, proxy, print)
+        tuned = tune_baselines(env_id, episodes, proxy, print,
+                               make_backend(args.backend, out, args.address, args.resources, workers=args.workers,
+                                            experiment=f"{env_id.replace('/', '_')}-tuning"))
         for epsilon in args.epsilons:
             print(f"== deploying on the private data at epsilon {epsilon:g}, {args.seeds} seeds")
-            seeds = list(range(1000, 1000 + args.seeds))
-            chunks = [seeds[i:i + 5] for i in range(0, len(seeds), 5)]  # balances the workers
-            controllers = [(name, kwargs, overrides, None) for name, (kwargs, overrides) in tuned.items()]
-            controllers.append(("sac", {}, {}, str(model)))
-            jobs = [(env_id, {"epsilon": epsilon, **overrides}, name, kwargs, path, chunk)
-                    for name, kwargs, overrides, path in controllers for chunk in chunks]
-            with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-                results = [r for chunk in pool.map(deploy, *zip(*jobs, strict=True)) for r in chunk]
+            backend = make_backend(args.backend, out, args.address, args.resources, workers=args.workers,
+                                   experiment=f"{env_id.replace('/', '_')}@{epsilon:g}")
+            results = deploy_cell(backend, env_id, epsilon, tuned, str(model), range(1000, 1000 + args.seeds))
             cell = aggregate(results, env_id, epsilon)
             old = private_training_privacy(dp_gym.config_of(env_id, epsilon=epsilon), trained_for).epsilon
             for row in cell:

@@ -7,10 +7,10 @@ from them is the same whichever backend ran them (the same rows with a fixed sec
 one every episode draws fresh secret noise on either backend).
 
 Failures are contained: a job that raises becomes an outcome with its error, and the other jobs
-go on. The Ray backend keeps Tune's experiment state under ``<out>/ray/<name>``; running the same
-sweep again with the same folder restores it with Tune's own ``Tuner.restore``: finished trials are
-skipped, interrupted and failed ones run again. A folder that holds a *different* sweep is refused,
-not silently mixed.
+go on. The Ray backend keeps Tune's experiment state under ``<out>/ray/<name>-<digest of the
+jobs>``; running the same sweep again with the same folder restores it with Tune's own
+``Tuner.restore``: finished trials are skipped, interrupted and failed ones run again. A
+*different* sweep in the same folder is a different experiment, never mixed with the first.
 
 Nothing secret travels through Ray: a job's arguments are public (env id, overrides, controller
 spec, public seed, noise-stream label). With a secret key (``$DP_GYM_SECRET_KEY``), workers read it
@@ -91,23 +91,50 @@ def _check_unique(jobs: Sequence[Job]) -> None:
         raise ValueError(f"a sweep's job keys must be unique; repeated: {', '.join(repeated)}")
 
 
+def _contained(job: Job) -> Outcome:
+    try:
+        return Outcome(job.key, value=call_job(job))
+    except Exception as error:  # contained: reported with the job, the sweep goes on
+        logging.getLogger(__name__).debug("job %s failed:\n%s", job.key, traceback.format_exc())
+        return Outcome(job.key, error=error_line(error))
+
+
+def _worker_start() -> None:
+    from dp_gym.utils.quiet import quiet_libraries
+    from dp_gym.utils.threads import configure_threads
+
+    configure_threads(1)  # one thread per worker process: they share the cores
+    quiet_libraries()
+
+
 class LocalBackend:
-    """Run the jobs one after another in this process."""
+    """Run the jobs on this machine: one after another in this process, or in ``workers`` processes
+    (spawned, one torch thread each)."""
 
     name = "local"
 
+    def __init__(self, workers: int = 1):
+        if workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {workers}")
+        self.workers = workers
+
     def run(self, jobs: Sequence[Job], progress: Callable[[str], None] | None = None) -> list[Outcome]:
         _check_unique(jobs)
-        outcomes = []
-        for job in jobs:
-            if progress:
-                progress(job.key)
-            try:
-                outcomes.append(Outcome(job.key, value=call_job(job)))
-            except Exception as error:  # contained: reported with the job, the sweep goes on
-                logging.getLogger(__name__).debug("job %s failed:\n%s", job.key, traceback.format_exc())
-                outcomes.append(Outcome(job.key, error=error_line(error)))
-        return outcomes
+        if self.workers == 1:
+            outcomes = []
+            for job in jobs:
+                if progress:
+                    progress(job.key)
+                outcomes.append(_contained(job))
+            return outcomes
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        if progress:
+            progress(f"{len(jobs)} jobs in {self.workers} processes")
+        with ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_worker_start) as pool:
+            return list(pool.map(_contained, jobs))
 
 
 def _tune_trial(config: dict[str, Any]) -> None:
@@ -151,7 +178,7 @@ class RayBackend:
         out: the sweep's output folder; Tune's experiment lives in ``out/ray/<name>``.
         address: a running cluster (``auto`` or ``ray://host:10001``); None starts a local instance.
         resources: one trial's resources (see :func:`parse_resources`).
-        name: the experiment's name (one per kind of sweep in the same folder).
+        name: the experiment's name prefix (the kind of sweep; a digest of the jobs follows it).
         verbose: keep Ray's and Tune's console output.
     """
 
@@ -197,29 +224,25 @@ class RayBackend:
         from ray import tune
 
         storage = self.out / "ray"
-        experiment = storage / self.experiment
+        # the experiment is named by its jobs: the same sweep run again finds its own state to
+        # restore; another sweep in the same folder gets its own experiment, never a mixed one
         fingerprint = hashlib.sha256(json.dumps([asdict(job) for job in jobs], sort_keys=True,
-                                                default=list).encode()).hexdigest()
-        marker = storage / f"{self.experiment}.jobs.sha256"
+                                                default=list).encode()).hexdigest()[:12]
+        experiment = storage / f"{self.experiment}-{fingerprint}"
         threads = max(1, int(self.resources.get("CPU", 1)))
         trainable = tune.with_resources(_tune_trial, self.resources)
         if tune.Tuner.can_restore(str(experiment)):
-            if marker.exists() and marker.read_text().strip() != fingerprint:
-                raise ValueError(f"{experiment} holds another sweep (other controllers, seeds or settings): "
-                                 "choose another --out, or delete that folder to start over")
             if progress:
                 progress(f"resuming the Ray Tune experiment in {experiment}")
             tuner = tune.Tuner.restore(str(experiment), trainable=trainable, restart_errored=True)
         else:
-            storage.mkdir(parents=True, exist_ok=True)
-            marker.write_text(fingerprint + "\n")
             space = [{"key": job.key, "function": job.function, "kwargs": job.kwargs, "imports": list(job.imports)}
                      for job in jobs]
             tuner = tune.Tuner(
                 trainable,
                 param_space={"job": tune.grid_search(space), "threads": threads},
                 tune_config=tune.TuneConfig(trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"),
-                run_config=tune.RunConfig(name=self.experiment, storage_path=str(storage), verbose=0,
+                run_config=tune.RunConfig(name=experiment.name, storage_path=str(storage), verbose=0,
                                           failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)))
         if progress:
             progress(f"{len(jobs)} Ray Tune trials, {self.resources} each")
@@ -238,8 +261,8 @@ class RayBackend:
 
 def make_backend(name: str, out: str | Path | None = None, address: str | None = None,
                  resources: str | dict[str, float] | None = None, experiment: str = "sweep",
-                 verbose: bool = False) -> LocalBackend | RayBackend:
-    """The backend called ``name`` (``local`` or ``ray``).
+                 verbose: bool = False, workers: int = 1) -> LocalBackend | RayBackend:
+    """The backend called ``name`` (``local``, with ``workers`` processes, or ``ray``).
 
     Raises:
         ValueError: for an unknown name, for Ray options given to the local backend, or for the Ray
@@ -250,7 +273,7 @@ def make_backend(name: str, out: str | Path | None = None, address: str | None =
     if name == "local":
         if address is not None or resources is not None:
             raise ValueError("--address and --resources are for --backend ray")
-        return LocalBackend()
+        return LocalBackend(workers)
     if out is None:
         raise ValueError("--backend ray needs --out: Tune keeps the sweep's state there (to resume it)")
     return RayBackend(out, address=address, resources=parse_resources(resources), name=experiment, verbose=verbose)
