@@ -145,3 +145,46 @@ class EpisodeRandomness:
 def fresh_generator(device: torch.device | str = "cpu") -> torch.Generator:
     """A generator seeded from OS entropy (for callers that supply none)."""
     return torch.Generator(device=torch.device(device)).manual_seed(_seed_from(secrets.token_bytes(8)))
+
+
+#: tensors at least this large get their CPU noise drawn in parallel chunks (smaller ones in one draw)
+PARALLEL_NOISE_MIN = 1 << 22
+#: elements per chunk of a parallel draw (a chunk's buffer is all the extra memory a draw needs)
+NOISE_CHUNK = 1 << 20
+
+
+def add_gaussian_noise_(total: torch.Tensor, std: float, generator: torch.Generator,
+                        secure_mode: bool = False) -> torch.Tensor:
+    """``total += N(0, std^2 I)`` in place, every draw from ``generator`` (the update's secret noise
+    generator); returns ``total``.
+
+    Why not Opacus' ``_generate_noise`` alone: it draws the whole tensor from one generator, on one
+    core, into a second tensor of the same size. Drawing 124M Gaussians that way (GPT-2-small, full
+    fine-tuning) costs about a third of a non-private step on 2 CPU cores, and the extra tensor is
+    the size of the group. So a large CPU tensor is drawn in chunks of ``NOISE_CHUNK`` elements, on
+    torch's intra-op threads, each chunk from its own generator whose 63-bit seed is drawn from
+    ``generator``: the chunk seeds are as secret as ``generator`` is, and the chunks are
+    independent streams, so the sum is the same Gaussian mechanism. Small tensors, other devices and
+    ``secure_mode`` (Opacus' floating-point-attack-resistant sampler) take Opacus' path unchanged.
+    """
+    threads = torch.get_num_threads()
+    if secure_mode or total.device.type != "cpu" or threads < 2 or total.numel() < PARALLEL_NOISE_MIN \
+            or not total.is_contiguous():
+        from opacus.optimizers.optimizer import _generate_noise
+
+        return total.add_(_generate_noise(std, total, generator, secure_mode))
+    flat = total.view(-1)
+    starts = range(0, flat.numel(), NOISE_CHUNK)
+    seeds = torch.randint(0, 2**63 - 1, (len(starts),), generator=generator).tolist()
+
+    def draw(job: tuple[int, int]) -> None:
+        start, seed = job
+        part = flat[start : start + NOISE_CHUNK]
+        noise = torch.empty_like(part).normal_(0.0, std, generator=torch.Generator().manual_seed(seed))
+        part.add_(noise)
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(draw, zip(starts, seeds, strict=True)))
+    return total

@@ -54,3 +54,27 @@ def test_the_episode_secret_is_never_pickled_or_copied_into_a_checkpoint():
         pickle.dumps(randomness)
     with pytest.raises(TypeError, match="never pickled"):
         copy.deepcopy(randomness)
+
+
+def test_large_noise_is_drawn_in_parallel_chunks_from_the_generator_given(monkeypatch):
+    import torch
+
+    from dp_gym.engine import randomness
+
+    monkeypatch.setattr(randomness, "PARALLEL_NOISE_MIN", 1000)
+    monkeypatch.setattr(randomness, "NOISE_CHUNK", 256)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        draws = []
+        for seed in (7, 7, 8):
+            total = torch.full((40_000,), 3.0)
+            randomness.add_gaussian_noise_(total, 2.0, torch.Generator().manual_seed(seed))
+            draws.append(total - 3.0)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])  # the generator decides
+    assert abs(float(draws[0].mean())) < 0.05 and abs(float(draws[0].std()) - 2.0) < 0.05
+    chunks = draws[0][: 256 * 4].view(4, 256)
+    assert not any(torch.equal(chunks[0], chunks[k]) for k in (1, 2, 3))  # independent streams
+    assert abs(float(torch.corrcoef(chunks[:2])[0, 1])) < 0.25

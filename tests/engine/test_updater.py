@@ -286,3 +286,36 @@ def test_kth_smallest_is_exact_on_large_inputs_with_ties(k):
     assert float(kth_smallest(values, k)) == float(torch.sort(values).values[k - 1])
     pruned, dropped = prune_smallest(values, k / 2_000_000)
     assert dropped == k and int((pruned == 0).sum()) >= k
+
+
+@pytest.mark.parametrize("make_optimizer", [
+    lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
+    lambda params: torch.optim.Adam(params, lr=0.01, weight_decay=0.01),
+    lambda params: torch.optim.AdamW(params, lr=0.01, amsgrad=True),
+], ids=["sgd-nesterov", "adam", "adamw-amsgrad"])
+def test_stepping_one_parameter_at_a_time_is_the_joint_step_bit_for_bit(make_optimizer):
+    """What the updater's memory saving rests on: torch's optimizers keep state per parameter and
+    skip a parameter without .grad, so per-parameter steps equal one step of all parameters."""
+    model, reference = micro_gpt2(), micro_gpt2()
+    updater = DPUpdater(model, make_optimizer(model.parameters()), ParameterGroups(model), 5.0, sample_rate=0.1,
+                        loss_fn=per_sample_loss)
+    joint = make_optimizer(reference.parameters())
+    same = dict(zip(model.parameters(), reference.parameters(), strict=True))  # model's -> reference's
+    generator = torch.Generator().manual_seed(0)
+    for step in range(3):
+        noisy = {group: torch.randn(updater.groups.numel(group), generator=generator) for group in updater.group_names}
+        before = {p: p.detach().clone() for p in reference.parameters()}
+        for group in updater.group_names:  # the joint step on the same updates
+            offset = 0
+            for parameter in updater.groups.parameters(group):
+                same[parameter].grad = noisy[group][offset : offset + parameter.numel()].view_as(parameter).clone()
+                offset += parameter.numel()
+        joint.step()
+        joint.zero_grad(set_to_none=True)
+        norms = updater._apply(noisy, frozen=set())
+        for (name, expected), actual in zip(reference.named_parameters(), model.parameters(), strict=True):
+            assert torch.equal(actual, expected), (step, name)
+        expected_norms = [float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(
+            [before[same[p]] - same[p].detach() for p in updater.groups.parameters(group)]))))
+            for group in updater.group_names]
+        assert norms.tolist() == expected_norms
