@@ -33,7 +33,8 @@ class InstanceDistribution:
     """What an episode of a proxy may be.
 
     Attributes:
-        corpora: public corpora to draw from (``dp_gym.data.proxy_corpora``, or ``"user"``).
+        corpora: public corpora to draw from (for text ``dp_gym.data.proxy_corpora`` or ``"user"``;
+            for vision ``patterns`` or ``digits``); None: the task's own (``Task.proxy_corpora``).
         epsilon: ``(low, high)``; drawn log-uniformly.
         sample_rates: Poisson rates to draw from.
         train_sizes: proxy training-set sizes to draw from.
@@ -46,7 +47,7 @@ class InstanceDistribution:
         ConfigError: naming the field, for an empty choice or a bad range.
     """
 
-    corpora: tuple[str, ...] = ("public_notes", "python_docs")
+    corpora: tuple[str, ...] | None = None
     epsilon: tuple[float, float] = (1.0, 8.0)
     sample_rates: tuple[float, ...] = (0.02, 0.05)
     train_sizes: tuple[int, ...] = (128, 256)
@@ -57,7 +58,7 @@ class InstanceDistribution:
 
     def __post_init__(self) -> None:
         for name in ("corpora", "sample_rates", "train_sizes", "seeds"):
-            if not getattr(self, name):
+            if not getattr(self, name) and not (name == "corpora" and self.corpora is None):
                 raise ConfigError(f"proxy.{name} must not be empty")
         low, high = self.epsilon
         if not (0 < low <= high and math.isfinite(high)):
@@ -76,11 +77,19 @@ class InstanceDistribution:
             raise ConfigError(f"proxy has unknown keys {unknown}; allowed: {sorted(known)}")
         return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in data.items()})
 
-    def sample(self, rng: np.random.Generator, config: EnvConfig) -> dict[str, Any]:
-        """One instance: ``{"corpus", "n_train", "seed", "epsilon", "sample_rate", "max_updates"}``."""
+    def sample(self, rng: np.random.Generator, config: EnvConfig, corpora: tuple[str, ...] = ()) -> dict[str, Any]:
+        """One instance: ``{"corpus", "n_train", "seed", "epsilon", "sample_rate", "max_updates"}``;
+        ``corpora``: the task's own, used when the distribution names none.
+
+        Raises:
+            ConfigError: when neither names a corpus.
+        """
+        corpora = self.corpora or corpora
+        if not corpora:
+            raise ConfigError(f"proxy.corpora: task {config.task!r} names no public corpora of its own; give them")
         low, high = self.epsilon
         return {
-            "corpus": str(rng.choice(self.corpora)),
+            "corpus": str(rng.choice(corpora)),
             "n_train": int(rng.choice(self.train_sizes)),
             "seed": int(rng.choice(self.seeds)),
             "epsilon": float(math.exp(rng.uniform(math.log(low), math.log(high)))),
@@ -110,10 +119,11 @@ class ProxyEnv(gym.Env):
         self.config = validate_config(config)
         self.distribution = distribution or InstanceDistribution()
         self.task_class = resolve_task(config.task)
+        self.corpora = self.task_class.proxy_corpora(config.task_arguments())
         self.secret_key, self.noise_stream = secret_key, noise_stream
         self._cache: OrderedDict[tuple, DPFineTuneEnv] = OrderedDict()
         self._cache_size = max(1, cache)
-        first = self.distribution.sample(np.random.default_rng(0), config)
+        first = self.distribution.sample(np.random.default_rng(0), config, self.corpora)
         self.current = self._proxy(first)
         self.instance = first
         self.action_space = self.current.action_space
@@ -184,7 +194,8 @@ class ProxyEnv(gym.Env):
         """Draw an instance (or take ``options["proxy_instance"]``) and start its episode."""
         super().reset(seed=seed)
         options = dict(options or {})
-        instance = options.pop("proxy_instance", None) or self.distribution.sample(self.np_random, self.config)
+        instance = (options.pop("proxy_instance", None)
+                    or self.distribution.sample(self.np_random, self.config, self.corpora))
         self.instance = instance
         self.current = self._proxy(instance)
         budget = {key: instance[key] for key in ("epsilon", "sample_rate", "max_updates")}

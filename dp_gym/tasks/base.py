@@ -93,6 +93,13 @@ class Task(abc.ABC):
         raise NotImplementedError(f"task {cls.__name__} has no public proxy: implement Task.proxy (the same model, "
                                   "public training records)")
 
+    @classmethod
+    def proxy_corpora(cls, task_kwargs: dict[str, Any]) -> tuple[str, ...]:
+        """The public corpora :meth:`proxy` draws from by default for the task of ``task_kwargs`` (an
+        instance distribution may name others); never the task's own private data. Default: none,
+        so a distribution must name them."""
+        return ()
+
     def metric(self, loss: float) -> float:
         """The public metric of a validation loss (default: perplexity of a mean per-token NLL)."""
         return perplexity(loss)

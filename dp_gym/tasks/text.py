@@ -102,6 +102,11 @@ class TextTask(EncodedTrainSplit, Task):
         self._val = self._encode(self.val_records)
 
     @classmethod
+    def proxy_corpora(cls, task_kwargs: dict[str, Any]) -> tuple[str, ...]:
+        """Clinical-like notes of other templates and vocabularies, and CPython's help topics."""
+        return ("public_notes", "python_docs")
+
+    @classmethod
     def proxy(cls, task_kwargs: dict[str, Any], corpus: str = "public_notes", n_train: int = 256, n_val: int = 32,
               seed: int = 0) -> TextTask:
         """A public proxy: the same model and tokenizer, trained on a public corpus instead of the

@@ -31,6 +31,7 @@ from torch import nn
 
 from dp_gym.config import parse_token_pruning as parse_config_token_pruning
 from dp_gym.data.digits import digit_splits
+from dp_gym.data.patterns import make_patterns
 from dp_gym.data.scenes import PRIVATE_SEED, PUBLIC_VALIDATION_SEED, make_scenes
 from dp_gym.models.local import load_local, load_local_tokenizer
 from dp_gym.models.lora import apply_lora
@@ -45,7 +46,11 @@ from dp_gym.models.token_pruning import (
 )
 from dp_gym.tasks.base import Batch, EncodedTrainSplit, Task, register_task, trim_padding
 
-DATASETS = ("scenes", "digits")
+DATASETS = ("scenes", "digits", "patterns")
+#: the public corpora a proxy trains on (never the deployment's own dataset; never the scene generator)
+PROXY_CORPORA = ("patterns", "digits")
+#: keyword arguments a proxy keeps from its deployment task (the model and how it reads images)
+PROXY_KEPT = ("model", "token_pruning", "max_text_length", "tiny", "train_vision", "cache_vision_features")
 
 
 def parse_token_pruning(token_pruning: dict[str, Any] | None) -> tuple[str, float]:
@@ -67,7 +72,9 @@ class VisionLanguageTask(EncodedTrainSplit, Task):
             mapping ``{path, dtype, lora}`` (:class:`dp_gym.models.spec.ModelSpec`; with ``lora``
             only the adapters train: add the projector's ``linear_1``/``linear_2`` to
             ``target_modules`` to adapt it too).
-        dataset: ``"scenes"`` (generated shapes) or ``"digits"`` (scikit-learn's digits).
+        dataset: ``"scenes"`` (generated shapes), ``"digits"`` (scikit-learn's digits) or
+            ``"patterns"`` (generated textile patterns, :mod:`dp_gym.data.patterns`: the public
+            corpus of the proxies).
         n_train, n_val: private training and public validation examples.
         token_pruning: ``{"rule": name, "keep_ratio": r}``; ``None`` keeps every visual token.
         max_text_length: caption tokens (longer captions are truncated).
@@ -117,8 +124,11 @@ class VisionLanguageTask(EncodedTrainSplit, Task):
         if dataset == "scenes":
             train = [(s.image, s.caption) for s in make_scenes(n_train, PRIVATE_SEED + seed, self.image_size)]
             val = [(s.image, s.caption) for s in make_scenes(n_val, PUBLIC_VALIDATION_SEED + seed, self.image_size)]
-        else:
+        elif dataset == "digits":
             train, val = digit_splits(n_train, n_val, seed=seed, image_size=self.image_size)
+        else:
+            pairs = make_patterns(n_train + n_val, seed, self.image_size)
+            train, val = pairs[:n_train], pairs[n_train:]
         positions = getattr(self.model_config.text_config, "max_position_embeddings", None)
         if positions is not None and self.visual_tokens + max_text_length > positions:
             raise ValueError(f"{self.visual_tokens} visual tokens + max_text_length {max_text_length} exceed the "
@@ -136,6 +146,37 @@ class VisionLanguageTask(EncodedTrainSplit, Task):
             self._tower_fingerprint = _fingerprint(tower)
             for split in (self._train, self._val):
                 split.update(self._encode_images(tower, split["pixel_values"]))
+
+    @classmethod
+    def proxy_corpora(cls, task_kwargs: dict[str, Any]) -> tuple[str, ...]:
+        """Generated textile patterns and scikit-learn's digits, less the deployment's own dataset."""
+        return tuple(corpus for corpus in PROXY_CORPORA if corpus != task_kwargs.get("dataset", "scenes"))
+
+    @classmethod
+    def proxy(cls, task_kwargs: dict[str, Any], corpus: str = "patterns", n_train: int = 256, n_val: int = 32,
+              seed: int = 0) -> VisionLanguageTask:
+        """A public proxy: the same LLaVA (model, token pruning, caption length), trained on a public
+        image-caption corpus instead of the private split; no private image or caption is read.
+
+        Args:
+            task_kwargs: the deployment task's keyword arguments (its data is not touched).
+            corpus: ``"patterns"`` or ``"digits"``, but not the deployment's own dataset.
+            n_train, n_val: proxy training and validation examples.
+            seed: which public examples.
+
+        Raises:
+            ValueError: for another corpus, or the deployment's own dataset.
+        """
+        own = task_kwargs.get("dataset", "scenes")
+        if corpus not in PROXY_CORPORA:
+            raise ValueError(f"a vision proxy trains on one of {list(PROXY_CORPORA)}, got {corpus!r}")
+        if corpus == own:
+            raise ValueError(f"corpus {corpus!r} is the deployment's own dataset: a proxy must train on other, "
+                             "public data")
+        kept = {key: task_kwargs[key] for key in PROXY_KEPT if key in task_kwargs}
+        task = cls(**kept, dataset=corpus, n_train=n_train, n_val=n_val, seed=seed)
+        task.public_training_data = True
+        return task
 
     def _encode(self, pairs) -> dict[str, torch.Tensor]:
         captions = [caption + self.tokenizer.eos_token for _, caption in pairs]

@@ -110,11 +110,11 @@ def test_an_episode_instance_sets_the_budget_and_is_checked():
         env.reset(options={"instance": {"epsilon": -1.0}})
 
 
-def test_every_text_preset_has_a_registered_proxy_id_that_gym_make_builds():
+def test_every_preset_has_a_registered_proxy_id_that_gym_make_builds():
     proxies = dp_gym.list_proxy_envs()
     assert proxies["dp_gym/TinyTextFlatScheduleProxy-v0"] == "dp_gym/TinyTextFlatSchedule-v0"
-    assert {dp_gym.config_of(of).task for of in proxies.values()} == {"text"}
-    assert "dp_gym/TinyVisionProxy-v0" not in gym.registry  # the vision task has no proxy yet
+    assert proxies["dp_gym/TinyVisionProxy-v0"] == "dp_gym/TinyVision-v0"
+    assert {dp_gym.config_of(of).task for of in proxies.values()} == {"text", "vision"}
     env = gym.make("dp_gym/TinyTextFlatScheduleProxy-v0", proxy=CHEAP.to_dict(), **SMALL)
     private = dp_gym.make("dp_gym/TinyTextFlatSchedule-v0", **SMALL)
     assert env.observation_space == private.observation_space and env.action_space == private.action_space
