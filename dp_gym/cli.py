@@ -122,11 +122,14 @@ def _train_seeds(args) -> None:
     runs = {outcome.key: ({"model": outcome.value} if not outcome.failed else {"error": outcome.error})
             for outcome in outcomes}
     for key, run in runs.items():
-        console.print(f"{key}: " + (f"model {run['model']}" if "model" in run else f"[red]raised[/] {run['error']}"),
-                      soft_wrap=True)
+        console.print(f"{key}: " + (f"model {run['model']}" if "model" in run else f"raised {run['error']}"),
+                      soft_wrap=True, markup=False)
     write_json({"env_id": args.env, "algo": args.algo, "timesteps": args.timesteps, "runs": runs},
                out / "seeds.json")
-    console.print(f"TensorBoard: tensorboard --logdir {out}\nlearning curves: dp-gym plot {out}/seed_*")
+    console.print(f"TensorBoard: tensorboard --logdir {out}\nlearning curves: dp-gym plot {out}/seed_*", markup=False)
+    failed = [key for key, run in runs.items() if "error" in run]
+    if failed:  # the other runs finished and are kept; the command still says that not all did
+        raise ValueError(f"{len(failed)} of {len(runs)} training runs raised ({', '.join(failed)}); see {out / 'seeds.json'}")
 
 
 #: canaries ``compare --audit`` inserts when the environment has none (exposure needs them)
@@ -159,7 +162,6 @@ def _compare_and_report(env_id, specs: dict[str, Any], seeds, out, overrides, re
     for name, factory in specs.items():
         own = (overrides_of or {}).get(name, {})
         groups.setdefault(json.dumps(own, sort_keys=True), {})[name] = factory
-    results = []
     if backend is not None and backend.name != "local":
         from agents.controllers import deploy
 
@@ -170,13 +172,14 @@ def _compare_and_report(env_id, specs: dict[str, Any], seeds, out, overrides, re
                              progress=lambda text: status.update(f"sweep: {text}"))
         for result in results:
             result.privacy = end_to_end(result.privacy, (priors or {}).get(result.controller))
-        groups = {}
-    with console.status("running episodes") as status:
-        for key, group in groups.items():
-            merged = {**overrides, **json.loads(key)}
-            results += compare(group, lambda merged=merged: dp_gym.make(env_id, **merged), seeds,
-                               progress=lambda text: status.update(f"episode: {text}"), audit=audit, prior=priors,
-                               streams=streams)
+    else:
+        results = []
+        with console.status("running episodes") as status:
+            for key, group in groups.items():
+                merged = {**overrides, **json.loads(key)}
+                results += compare(group, lambda merged=merged: dp_gym.make(env_id, **merged), seeds,
+                                   progress=lambda text: status.update(f"episode: {text}"), audit=audit,
+                                   prior=priors, streams=streams)
     order = list(specs)
     results.sort(key=lambda r: order.index(r.controller))
     paths = write_report(results, out, reference=reference if reference in specs else None,

@@ -218,3 +218,25 @@ def test_ray_tunes_the_same_grid_and_trains_seeds(local_ray, tmp_path):
                  "--proxy", PROXY, "--env-overrides", json.dumps({"updates_per_step": 2}),
                  "--out", str(tmp_path / "train"), "--backend", "ray"]) == 0
     assert all((tmp_path / "train" / f"seed_{seed}" / "model.zip").exists() for seed in (0, 1))
+
+
+def test_train_seeds_keeps_the_runs_that_finished_and_says_which_raised(tmp_path, monkeypatch, capsys):
+    import agents.rl
+
+    real = agents.rl.train
+
+    def train(**kwargs):
+        if kwargs["seed"] == 1:
+            raise RuntimeError("the [learner] diverged")
+        return real(**kwargs)
+
+    monkeypatch.setattr(agents.rl, "train", train)
+    code = main(["train", "--env", ENV, "--seeds", "0", "1", "--timesteps", "2", "--checkpoint-every", "2",
+                 "--proxy", PROXY, "--env-overrides", json.dumps({"updates_per_step": 2}), "--threads", "1",
+                 "--out", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert code == 2 and "1 of 2 training runs raised (seed=1)" in captured.err
+    assert "seed=1: raised RuntimeError: the [learner] diverged" in captured.out  # no markup eaten
+    runs = json.loads((tmp_path / "seeds.json").read_text())["runs"]
+    assert runs["seed=1"] == {"error": "RuntimeError: the [learner] diverged"}
+    assert (tmp_path / "seed_0" / "model.zip").exists()
