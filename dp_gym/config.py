@@ -19,6 +19,7 @@ import yaml
 
 from dp_gym.privacy.ledger import ACCOUNTANTS
 from dp_gym.utils.devices import PRECISIONS, check_device
+from dp_gym.utils.redaction import RECORD_KEYS_SUFFIX, public_config  # noqa: F401  (part of this module's API)
 
 CONTROLS = ("clip", "noise", "prune")
 BUDGET_MODES = ("project", "terminate")
@@ -339,27 +340,3 @@ class EnvConfig:
         return cls.from_dict(data, **overrides)
 
 
-#: task_kwargs keys that hold records (never written to a results file)
-RECORD_KEYS_SUFFIX = "_records"
-
-
-def public_config(data: Any) -> Any:
-    """A copy of a config mapping (or overrides) that is safe to write into a shared file.
-
-    Every ``*_records`` list (``train_records``, ``val_records``, ...) becomes
-    ``{"count": n, "redacted": true}``: records are never written out. No fingerprint of the records
-    is written either: under the adversary of DP (who knows every record but one), a deterministic
-    hash of the data set tells which candidate the last record is. A run is identified by its
-    results file, not by a hash of its data.
-    """
-    if isinstance(data, dict):
-        clean = {}
-        for key, value in data.items():
-            if isinstance(key, str) and key.endswith(RECORD_KEYS_SUFFIX) and isinstance(value, (list, tuple)):
-                clean[key] = {"count": len(value), "redacted": True}
-            else:
-                clean[key] = public_config(value)
-        return clean
-    if isinstance(data, (list, tuple)):
-        return [public_config(item) for item in data]
-    return data

@@ -52,6 +52,17 @@ def test_backend_options_are_checked(arguments, message):
         make_backend(**arguments)
 
 
+def test_ray_never_receives_private_records(tmp_path):
+    """Tune writes each trial's arguments into its experiment folder: records must not be among them."""
+    from dp_gym.utils.backends import RayBackend
+
+    records = {"task_kwargs": {"train_records": ["Quimbleford, a private note"], "n_val": 2}}
+    job = Job("x", "tests.test_sweeps:_halve", {"x": 1, "overrides": records})
+    with pytest.raises(ValueError, match="hold private records"):
+        RayBackend(tmp_path).run([job])
+    assert not (tmp_path / "ray").exists()
+
+
 def test_resources_default_to_one_cpu():
     assert parse_resources(None) == {"CPU": 1.0}
     assert parse_resources('{"CPU": 1, "GPU": 0.25}') == {"CPU": 1.0, "GPU": 0.25}

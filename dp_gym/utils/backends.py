@@ -13,7 +13,8 @@ jobs>``; running the same sweep again with the same folder restores it with Tune
 *different* sweep in the same folder is a different experiment, never mixed with the first.
 
 Nothing secret travels through Ray: a job's arguments are public (env id, overrides, controller
-spec, public seed, noise-stream label). With a secret key (``$DP_GYM_SECRET_KEY``), workers read it
+spec, public seed, noise-stream label), and a job whose arguments hold private records is refused
+(Tune writes every trial's arguments into its experiment folder). With a secret key (``$DP_GYM_SECRET_KEY``), workers read it
 from their own environment: a local Ray instance started here inherits this process's; on a
 cluster, set it where each node's ``ray start`` runs. It is never put in the job, the runtime
 environment or any file Tune writes.
@@ -31,6 +32,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from dp_gym.utils.redaction import holds_records
 
 BACKENDS = ("local", "ray")
 #: public environment variables a Ray job needs to behave like a local one (never the secret key)
@@ -220,6 +223,11 @@ class RayBackend:
 
     def run(self, jobs: Sequence[Job], progress: Callable[[str], None] | None = None) -> list[Outcome]:
         _check_unique(jobs)
+        for job in jobs:  # Tune writes every trial's arguments into the experiment folder
+            if holds_records(job.kwargs):
+                raise ValueError(f"{job.key}: its arguments hold private records (a *_records list), which Ray Tune "
+                                 "would write into its experiment folder; put them in an environment YAML (--env "
+                                 "my.yaml), which the trials read, or use --backend local")
         self._start()
         from ray import tune
 
