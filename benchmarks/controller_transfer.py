@@ -151,7 +151,7 @@ def main() -> None:
     configure_threads()
     out = Path(args.out)
     proxy = InstanceDistribution()
-    rows = []
+    rows, tuned_by_env = [], {}
     for env_id in args.envs:
         if args.sac_model:
             model = pretrained_model("sac", env_id) if args.sac_model == "pretrained" else Path(args.sac_model)
@@ -167,7 +167,7 @@ def main() -> None:
             trained_for = args.timesteps
         episodes = trained_for // dp_gym.make(env_id).spec.max_episode_steps
         print(f"== tuning the baselines on the same proxies ({episodes} episodes each)")
-        tuned = tune_baselines(env_id, episodes, proxy, print,
+        tuned = tuned_by_env[env_id] = tune_baselines(env_id, episodes, proxy, print,
                                make_backend(args.backend, out, args.address, args.resources, workers=args.workers,
                                             experiment=f"{env_id.replace('/', '_')}-tuning"))
         for epsilon in args.epsilons:
@@ -180,7 +180,7 @@ def main() -> None:
             for row in cell:
                 row["old_protocol_epsilon"] = old if row["controller"] == "sac" else None
             rows += cell
-            write_json({"rows": rows, "tuned": {k: v for k, v in tuned.items()}, "args": vars(args)},
+            write_json({"rows": rows, "tuned": tuned_by_env, "args": vars(args)},
                        out / "transfer.json")
     print("\n| env | epsilon | controller | IQM relative ppl vs best baseline [95% CI] | mean ppl | P(improvement) | "
           "updates to reach best baseline | epsilon end to end (private episodes) | old protocol epsilon |")
@@ -191,7 +191,7 @@ def main() -> None:
         print(f"| {r['env']} | {r['epsilon']:g} | {r['controller']} | {100 * r['iqm_relative']:+.1f}% "
               f"[{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}] | {r['mean_ppl']:.2f} | {r['p_improvement']:.2f} | "
               f"{reach} | {r['epsilon_end_to_end']:.3f} ({r['private_episodes']}) | {old} |")
-    print(f"\n(best baseline per cell; tuned values: {json.dumps({k: v for k, v in tuned.items()})})")
+    print(f"\n(best baseline per cell; tuned values per env: {json.dumps(tuned_by_env)})")
 
 
 if __name__ == "__main__":
