@@ -90,8 +90,7 @@ def _run_grid(backend, env_id: str, points: dict[Any, tuple[dict[str, Any], str,
     """Run every grid point (``key -> (overrides, controller, kwargs, label)``; the label is its noise
     stream and job key) on ``backend`` (default: here). A point that raised scores +inf: its
     episodes are :func:`dp_gym.evaluation.crashed_episode` s, each private one bounded by its budget."""
-    import dp_gym
-    from dp_gym.evaluation import crashed_episode
+    from agents.controllers import crashed_deployment
     from dp_gym.utils.backends import Job, LocalBackend
 
     proxy_dict = None if private else (proxy or InstanceDistribution()).to_dict()
@@ -104,10 +103,10 @@ def _run_grid(backend, env_id: str, points: dict[Any, tuple[dict[str, Any], str,
         if not outcome.failed:
             runs[key] = [EpisodeResult.from_dict(data) for data in outcome.value]
             continue
-        config = dp_gym.config_of(env_id, **job.kwargs["overrides"])
-        crashed = [crashed_episode(job.key, seed + k, outcome.error, config) for k in range(episodes)]
+        crashed = [crashed_deployment(job.key, seed + k, outcome.error, env_id, job.kwargs["overrides"])
+                   for k in range(episodes)]
         if not private:  # a proxy episode touches no private data, finished or not
-            crashed = [replace(r, privacy=PrivacyReport.nothing(config.delta, TUNING_SCOPE_PUBLIC)) for r in crashed]
+            crashed = [replace(r, privacy=PrivacyReport.nothing(r.privacy.delta, TUNING_SCOPE_PUBLIC)) for r in crashed]
         runs[key] = crashed
     return runs
 

@@ -158,10 +158,6 @@ def _compare_and_report(env_id, specs: dict[str, Any], seeds, out, overrides, re
             raise ValueError(f"--audit attacks text models; {env_id} has task {config.task!r}")
         if not config.task_kwargs.get("n_canaries"):
             overrides = {**overrides, "task_kwargs": {**config.task_kwargs, **AUDIT_CANARIES}}
-    groups: dict[str, dict[str, Any]] = {}
-    for name, factory in specs.items():
-        own = (overrides_of or {}).get(name, {})
-        groups.setdefault(json.dumps(own, sort_keys=True), {})[name] = factory
     if backend is not None and backend.name != "local":
         from agents.controllers import deploy
 
@@ -173,6 +169,10 @@ def _compare_and_report(env_id, specs: dict[str, Any], seeds, out, overrides, re
         for result in results:
             result.privacy = end_to_end(result.privacy, (priors or {}).get(result.controller))
     else:
+        groups: dict[str, dict[str, Any]] = {}  # controllers that share their overrides share an environment
+        for name, factory in specs.items():
+            own = (overrides_of or {}).get(name, {})
+            groups.setdefault(json.dumps(own, sort_keys=True), {})[name] = factory
         results = []
         with console.status("running episodes") as status:
             for key, group in groups.items():
