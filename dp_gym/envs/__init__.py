@@ -4,7 +4,7 @@ from dp_gym.envs.actions import ActionCodec, DecodedAction
 from dp_gym.envs.dp_finetune_env import DPFineTuneEnv
 from dp_gym.envs.fine_tuning import FineTuningRun, RunFailure
 from dp_gym.envs.observations import ObservationBuilder
-from dp_gym.envs.proxy import InstanceDistribution, ProxyEnv
+from dp_gym.envs.proxy import InstanceDistribution, ProxyEnv, noise_to_signal
 from dp_gym.envs.registration import (
     config_of,
     import_gym_packages,
@@ -38,6 +38,7 @@ __all__ = [
     "proxy_id",
     "make",
     "make_from_config",
+    "noise_to_signal",
     "config_of",
     "import_gym_packages",
     "resolve_env_id",

@@ -1,4 +1,4 @@
-"""Public proxy instances: train controllers (and tune baselines) without touching private data.
+r"""Public proxy instances: train controllers (and tune baselines) without touching private data.
 
 A controller trained over many episodes on the private data carries every one of those episodes'
 privacy cost. :class:`ProxyEnv` is the same environment (the same model family, the same action and
@@ -8,6 +8,23 @@ differs from the private data), and every episode draws an **instance** from an
 rate, the training-set size and the public seed. One policy must serve every budget, so the
 observation carries everything budget-relative (epsilon spent / budget, updates done / max, the
 budget's epsilon and expected batch size).
+
+**The batch regime decides the step size, so the proxies must cover the deployment's.** Under
+DP-SGD the averaged noisy gradient is ``(1/qN) (sum_i clip(g_i) + N(0, z^2 C^2 I))``: the noise
+that reaches the update, relative to a clipped gradient, is the *noise-to-signal ratio*
+
+.. math:: \rho = z(\varepsilon, \delta, q, T) / (qN).
+
+The calibrated ``z`` grows with ``q`` more slowly than ``q`` (at epsilon 3 and 200 updates: 0.74
+at ``q = 0.01``, 1.37 at 0.05), so at a fixed expected batch a larger public set at a smaller
+sampling rate has the smaller ``rho``: proxies reach a deployment's ``rho`` at a fraction of its
+batch (its compute). The defaults (``N`` in {512, 1024}, ``q`` in
+{0.01, 0.02}, epsilon 1 to 8) give ``rho`` from about 0.03 to 0.22 with expected batches of 5 to
+20; the presets' deployment (``N = 512``, ``q = 0.05``: batch 25.6) has ``rho`` 0.12, 0.054 and
+0.033 at epsilon 1, 3 and 8. The earlier defaults (``N`` in {128, 256}, ``q`` in {0.02, 0.05})
+gave 0.065 to 0.58, at every epsilon at least twice the deployment's ``rho`` at that epsilon, so
+proxy-tuned step sizes came out too small (docs/BENCHMARKS.md, session 6).
+:func:`noise_to_signal` computes ``rho``.
 
 Its episodes spend no private data's privacy: each one's report says so (``private_episodes: 0``).
 """
@@ -25,6 +42,7 @@ import numpy as np
 from dp_gym.config import ConfigError, EnvConfig
 from dp_gym.envs.dp_finetune_env import DPFineTuneEnv
 from dp_gym.envs.validation import validate_config
+from dp_gym.privacy.calibration import calibrate_noise
 from dp_gym.tasks import resolve_task
 
 
@@ -49,8 +67,8 @@ class InstanceDistribution:
 
     corpora: tuple[str, ...] | None = None
     epsilon: tuple[float, float] = (1.0, 8.0)
-    sample_rates: tuple[float, ...] = (0.02, 0.05)
-    train_sizes: tuple[int, ...] = (128, 256)
+    sample_rates: tuple[float, ...] = (0.01, 0.02)
+    train_sizes: tuple[int, ...] = (512, 1024)
     max_updates: tuple[int, ...] = ()
     n_val: int = 16
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -99,6 +117,20 @@ class InstanceDistribution:
 
     def to_dict(self) -> dict[str, Any]:
         return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
+
+
+def noise_to_signal(epsilon: float, delta: float, sample_rate: float, n_train: int, updates: int,
+                    accountant: str = "rdp") -> float:
+    r"""The noise-to-signal ratio of plain DP-SGD on a budget: ``rho = z / (q N)``.
+
+    ``z`` is the noise multiplier that spends ``epsilon`` in ``updates`` Poisson-sampled updates
+    (:func:`dp_gym.privacy.calibration.calibrate_noise`); ``q N`` is the expected batch. The
+    averaged update carries noise of std ``rho C`` per coordinate against clipped gradients of
+    norm at most ``C``, so two instances with the same ``rho`` want about the same step size.
+    Public bookkeeping only (no data is read).
+    """
+    z = calibrate_noise(float(epsilon), float(delta), float(sample_rate), int(updates), accountant)
+    return z / (sample_rate * n_train)
 
 
 class ProxyEnv(gym.Env):

@@ -11,7 +11,7 @@ from dp_gym.config import ConfigError
 from dp_gym.data.clinical_notes import DIAGNOSES, FIRST_NAMES, LAST_NAMES, clinical_notes
 from dp_gym.data.proxy_corpora import PROXY_CORPORA
 from dp_gym.data.public_notes import public_notes
-from dp_gym.envs import DPFineTuneEnv, InstanceDistribution, ProxyEnv
+from dp_gym.envs import DPFineTuneEnv, InstanceDistribution, ProxyEnv, noise_to_signal
 from dp_gym.tasks import Task, TextTask
 
 SMALL = {"task_kwargs": {"n_train": 64, "n_val": 8}, "max_updates": 8, "updates_per_step": 2}
@@ -121,3 +121,22 @@ def test_every_preset_has_a_registered_proxy_id_that_gym_make_builds():
     _, info = env.reset(seed=0)
     assert info["proxy_instance"]["n_train"] in (32, 64)
     assert env.unwrapped.privacy_report().private_episodes == 0
+
+
+@pytest.mark.parametrize("env_id", ["dp_gym/TinyTextFlatSchedule-v0", "dp_gym/TinyVisionSchedule-v0"])
+def test_the_default_proxies_cover_the_deployments_noise_to_signal_ratio(env_id):
+    """At every epsilon of the transfer table, the deployment's rho = z / (qN) lies inside the range
+    of the default instances' rho at that epsilon (the old defaults were at least twice as noisy)."""
+    config = dp_gym.config_of(env_id)
+    deployment_n = config.task_arguments()["n_train"]
+
+    def rho_range(distribution, epsilon):
+        return [noise_to_signal(epsilon, config.delta, q, n, config.max_updates)
+                for q in distribution.sample_rates for n in distribution.train_sizes]
+
+    for epsilon in (1.0, 3.0, 8.0):
+        deployed = noise_to_signal(epsilon, config.delta, config.sample_rate, deployment_n, config.max_updates)
+        proxies = rho_range(InstanceDistribution(), epsilon)
+        assert min(proxies) <= deployed <= max(proxies), (epsilon, deployed, proxies)
+        old = rho_range(InstanceDistribution(sample_rates=(0.02, 0.05), train_sizes=(128, 256)), epsilon)
+        assert min(old) >= 1.99 * deployed  # twice, up to rounding
