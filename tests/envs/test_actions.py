@@ -67,3 +67,15 @@ def test_the_recommended_env_at_action_zero_is_tuned_dp_sgd():
     assert {round(v["clip"], 9) for v in decoded.values()} == {0.1}
     np.testing.assert_allclose([v["noise"] for v in decoded.values()], env.unwrapped.calibrated_group_noise())
     assert env.unwrapped.config.learning_rate == 0.0025
+
+
+def test_the_recommended_vision_env_at_action_zero_is_tuned_dp_sgd():
+    env = dp_gym.make("dp_gym/TinyVisionSchedule-v0", task_kwargs={"dataset": "scenes", "n_train": 32, "n_val": 4},
+                      max_updates=4, updates_per_step=2)
+    env.reset(seed=0)
+    zero = np.zeros(env.action_space.shape, dtype=np.float32)
+    decoded = env.unwrapped.decode_action(zero)
+    assert len(decoded) > 1 and {round(v["clip"], 9) for v in decoded.values()} == {0.5}
+    assert {v["prune"] for v in decoded.values()} == {0.0}
+    np.testing.assert_allclose([v["noise"] for v in decoded.values()], env.unwrapped.calibrated_group_noise())
+    assert env.unwrapped.config.learning_rate == 0.0025
