@@ -14,7 +14,7 @@ import dp_gym
 from agents.controllers import crashed_deployment
 from dp_gym.cli import main
 from dp_gym.evaluation import EpisodeResult, compare, summarize, write_report
-from dp_gym.utils.backends import Job, LocalBackend, make_backend, parse_resources
+from dp_gym.utils.backends import WITHHELD, Job, LocalBackend, file_safe_error, make_backend, parse_resources
 
 KEY = "sweep-test-key-0123456789"
 TINY = {"max_updates": 4, "updates_per_step": 2, "task_kwargs": {"n_train": 64, "n_val": 8}}
@@ -27,16 +27,26 @@ def _halve(x: float) -> float:
     return x / 2
 
 
-def test_local_backend_keeps_order_and_contains_failures():
+def test_local_backend_keeps_order_and_contains_failures(capsys):
     jobs = [Job(f"j{x}", "tests.test_sweeps:_halve", {"x": x}) for x in (4, -1, 6)]
     outcomes = LocalBackend().run(jobs)
     assert [o.key for o in outcomes] == ["j4", "j-1", "j6"]
     assert [o.value for o in outcomes] == [2, None, 3]
-    assert outcomes[1].failed and outcomes[1].error == "ValueError: negative input -1"
+    # a foreign exception's message may quote data: the outcome (what files get) names its type only,
+    # the console gets the line
+    assert outcomes[1].failed and outcomes[1].error == f"ValueError {WITHHELD}"
+    assert "j-1: raised ValueError: negative input -1" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unique; repeated: j4"):
         LocalBackend().run([jobs[0], jobs[0]])
     # in worker processes: the same outcomes, in the same order
     assert LocalBackend(workers=2).run(jobs) == outcomes
+
+
+def test_only_dp_gyms_own_messages_reach_a_results_file():
+    from dp_gym.config import ConfigError
+
+    assert file_safe_error(ConfigError("epsilon must be > 0, got -1")) == "ConfigError: epsilon must be > 0, got -1"
+    assert file_safe_error(KeyError("Patient Quimbleford, 1961")) == f"KeyError {WITHHELD}"
 
 
 @pytest.mark.parametrize("arguments, message", [
@@ -98,7 +108,7 @@ def test_an_episode_that_raises_is_a_row_not_a_crash(tmp_path):
     results = compare({"vanilla": controller_factory("vanilla"), "broken": _RaisesOnSecondAction},
                       lambda: dp_gym.make(ENV, **TINY), seeds=[0, 1])
     crashed = [r for r in results if r.controller == "broken"]
-    assert [r.error for r in crashed] == ["RuntimeError: controller broke"] * 2
+    assert [r.error for r in crashed] == [f"RuntimeError {WITHHELD}"] * 2
     budget = dp_gym.config_of(ENV, **TINY).epsilon
     assert all(r.epsilon == budget and math.isnan(r.final_val_ppl) for r in crashed)
     rows = {row["controller"]: row for row in summarize(results)}
@@ -107,7 +117,8 @@ def test_an_episode_that_raises_is_a_row_not_a_crash(tmp_path):
     assert rows["vanilla"]["errors"] == 0 and math.isfinite(rows["vanilla"]["final_val_ppl"])
     paths = write_report(results, tmp_path, plots=False)
     assert "broken (2 raised)" in paths["markdown"].read_text()
-    assert "broken, seed 1: raised RuntimeError: controller broke" in paths["markdown"].read_text()
+    assert f"broken, seed 1: raised RuntimeError {WITHHELD}" in paths["markdown"].read_text()
+    assert not [path for path in tmp_path.rglob("*") if path.is_file() and b"controller broke" in path.read_bytes()]
 
 
 def test_a_crashed_deployment_whose_config_does_not_build_spent_nothing():
@@ -191,7 +202,11 @@ def test_ray_backend_gives_the_local_rows_and_resumes(local_ray, tmp_path):
     probe = [*base, "--controllers", "sweep_probe:Counted", "sweep_probe:Flaky", "--out", str(tmp_path / "flaky"),
              "--backend", "ray"]
     assert main([*probe, "--seeds", "1"]) == 0
-    assert [row["error"] for row in _rows(tmp_path / "flaky")] == ["", "RuntimeError: flaky: not yet"]
+    assert [row["error"] for row in _rows(tmp_path / "flaky")] == ["", f"RuntimeError {WITHHELD}"]
+    # nor is its message in Tune's experiment folder (a failed trial's error.txt)
+    files = [path for path in (tmp_path / "flaky").rglob("*") if path.is_file()]
+    assert any(path.name == "error.txt" for path in files)
+    assert not [path for path in files if b"flaky: not yet" in path.read_bytes()]
     # re-run with the same folder: Tune restores, the finished trial is skipped, the failed one runs again
     (local_ray / "allow").touch()
     assert main([*probe, "--seeds", "1"]) == 0
@@ -247,7 +262,8 @@ def test_train_seeds_keeps_the_runs_that_finished_and_says_which_raised(tmp_path
                  "--out", str(tmp_path)])
     captured = capsys.readouterr()
     assert code == 2 and "1 of 2 training runs raised (seed=1)" in captured.err
-    assert "seed=1: raised RuntimeError: the [learner] diverged" in captured.out  # no markup eaten
+    assert "seed=1: raised RuntimeError: the [learner] diverged" in captured.err  # the console has the line
+    assert f"seed=1: raised RuntimeError {WITHHELD}" in captured.out
     runs = json.loads((tmp_path / "seeds.json").read_text())["runs"]
-    assert runs["seed=1"] == {"error": "RuntimeError: the [learner] diverged"}
+    assert runs["seed=1"] == {"error": f"RuntimeError {WITHHELD}"}
     assert (tmp_path / "seed_0" / "model.zip").exists()

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from dp_gym.privacy import PrivacyReport, compose
-from dp_gym.utils.backends import error_line
+from dp_gym.utils.backends import report_contained
 
 
 @dataclass
@@ -201,7 +201,7 @@ def compare(controllers: dict[str, Callable[[Any], Any]], make_env: Callable[[],
             try:
                 result = run_episode(controller, env, seed, name, after=after, stream=(streams or {}).get(name))
             except Exception as error:  # contained: the row says so, the comparison goes on
-                result = crashed_episode(name, seed, error_line(error), unwrapped.config)
+                result = crashed_episode(name, seed, report_contained(f"{name}, seed {seed}", error), unwrapped.config)
             result.privacy = end_to_end(result.privacy, (prior or {}).get(name))
             mine.append(result)
         if audit:

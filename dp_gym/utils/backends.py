@@ -58,7 +58,7 @@ class Job:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a job gave: its return value, or the error it raised (one line: type and message)."""
+    """What a job gave: its return value, or the error it raised (its :func:`file_safe_error` line)."""
 
     key: str
     value: Any = None
@@ -78,13 +78,52 @@ def call_job(job: Job) -> Any:
     return function(**job.kwargs)
 
 
+#: top-level packages whose exception messages dp-gym wrote (they name fields and public values)
+OWN_PACKAGES = ("dp_gym", "agents")
+#: what a results file says instead of a foreign exception's message
+WITHHELD = "(its message is kept out of results files: it may quote data; see stderr)"
+
+
+class JobError(RuntimeError):
+    """A job raised; the message is its :func:`file_safe_error` line (how a Ray trial fails)."""
+
+
+def _unwrapped(error: BaseException) -> BaseException:
+    while getattr(error, "cause", None) is not None:  # Ray wraps a trial's exception
+        error = error.cause
+    return error
+
+
 def error_line(error: BaseException) -> str:
-    """An exception as one line, ``Type: first line of its message`` (unwrapped from Ray's task error)."""
-    cause = error
-    while getattr(cause, "cause", None) is not None:  # Ray wraps a trial's exception
-        cause = cause.cause
+    """An exception as one line, ``Type: first line of its message`` (for the console)."""
+    cause = _unwrapped(error)
+    if isinstance(cause, JobError):
+        return str(cause)
     text = str(cause).strip().splitlines()
     return f"{type(cause).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def file_safe_error(error: BaseException) -> str:
+    """The line a results file may hold for ``error``.
+
+    Private records never appear in a results file, and an exception's message may quote the data
+    it was processing (a tokenizer's, a user reward's or controller's error). dp-gym's own
+    exceptions (:data:`OWN_PACKAGES`) name config fields and public values only, so their line is
+    kept; any other exception is named by its type only, and its message goes to the console
+    (stderr, see :func:`report_contained`), never to a file.
+    """
+    cause = _unwrapped(error)
+    if isinstance(cause, JobError) or type(cause).__module__.split(".")[0] in OWN_PACKAGES:
+        return error_line(cause)
+    return f"{type(cause).__name__} {WITHHELD}"
+
+
+def report_contained(where: str, error: BaseException) -> str:
+    """Print a contained error's full line to stderr; return its :func:`file_safe_error` line."""
+    import sys
+
+    print(f"{where}: raised {error_line(error)}", file=sys.stderr, flush=True)
+    return file_safe_error(error)
 
 
 def _check_unique(jobs: Sequence[Job]) -> None:
@@ -99,7 +138,7 @@ def _contained(job: Job) -> Outcome:
         return Outcome(job.key, value=call_job(job))
     except Exception as error:  # contained: reported with the job, the sweep goes on
         logging.getLogger(__name__).debug("job %s failed:\n%s", job.key, traceback.format_exc())
-        return Outcome(job.key, error=error_line(error))
+        return Outcome(job.key, error=report_contained(job.key, error))
 
 
 def _worker_start() -> None:
@@ -148,7 +187,16 @@ def _tune_trial(config: dict[str, Any]) -> None:
 
     configure_threads(config["threads"])
     job = Job(**{**config["job"], "imports": tuple(config["job"]["imports"])})
-    tune.report({"payload": json.dumps(call_job(job))})
+    try:
+        payload = json.dumps(call_job(job))
+    except Exception as error:
+        # Tune writes a failed trial's traceback into the experiment folder: it gets the file-safe
+        # line only, raised outside this block so that no original exception rides along as context
+        failure = JobError(report_contained(job.key, error))
+    else:
+        tune.report({"payload": payload})
+        return
+    raise failure
 
 
 def parse_resources(text: str | dict[str, float] | None) -> dict[str, float]:
@@ -259,7 +307,7 @@ class RayBackend:
         for result in grid:
             key = result.config["job"]["key"]
             if result.error is not None:
-                found[key] = Outcome(key, error=error_line(result.error))
+                found[key] = Outcome(key, error=file_safe_error(result.error))
             elif "payload" in (result.metrics or {}):
                 found[key] = Outcome(key, value=json.loads(result.metrics["payload"]))
             else:
