@@ -140,3 +140,19 @@ def test_the_default_proxies_cover_the_deployments_noise_to_signal_ratio(env_id)
         assert min(proxies) <= deployed <= max(proxies), (epsilon, deployed, proxies)
         old = rho_range(InstanceDistribution(sample_rates=(0.02, 0.05), train_sizes=(128, 256)), epsilon)
         assert min(old) >= 1.99 * deployed  # twice, up to rounding
+
+
+def test_the_default_text_proxies_are_not_the_base_models_pretraining_text():
+    """Fine-tuning on what the model was pre-trained on has nothing to learn: such a proxy teaches
+    controllers to take small steps. The built-in model's proxies share no record with its
+    pre-training text; a checkpoint of your own also gets CPython's help topics."""
+    from dp_gym.models.tiny_lm import TinyLMConfig, public_text
+
+    pretraining = set(public_text(TinyLMConfig()))
+    corpora = TextTask.proxy_corpora({})
+    assert "python_docs" not in corpora and "public_notes" in corpora
+    for corpus in corpora:
+        assert not set(PROXY_CORPORA.get(corpus)(64, 0)) & pretraining, corpus
+    assert not set(PROXY_CORPORA.get("python_docs")(64, 0)) - pretraining  # why it is left out
+    assert TextTask.proxy_corpora({"tiny": {"public_captions": 100}}) == ("public_notes",)
+    assert "python_docs" in TextTask.proxy_corpora({"model": "/models/my-gpt2"})
