@@ -39,17 +39,18 @@ test-rllib:
 	$(RLLIB_VENV)/bin/pip install -q -e '.[dev,rllib]'
 	OMP_NUM_THREADS=1 $(RLLIB_VENV)/bin/python -m pytest -m slow -q tests/test_rllib_example.py
 
-# The shipped controller (`sac:pretrained`): SAC trained on public proxies only, seed 0. Proxy episodes
-# touch no private data, so their noise may be public: the published key below makes the run
-# reproducible. Never use a published key on private data.
-PRETRAINED_ENV := dp_gym/TinyTextFlatSchedule-v0
-PRETRAINED_DIR := agents/pretrained/sac/TinyTextFlatSchedule-v0
+# The shipped controllers (`sac:pretrained`): SAC trained on public proxies only, seed 0, one per
+# recommended env. Proxy episodes touch no private data, so their noise may be public: the published
+# key below makes the runs reproducible. Never use a published key on private data.
+PRETRAINED_ENVS := TinyTextFlatSchedule-v0 TinyVisionSchedule-v0
 pretrained: setup
-	DP_GYM_SECRET_KEY=dp-gym-public-proxy-key-0 $(VENV)/bin/dp-gym train --env $(PRETRAINED_ENV) --algo sac \
-		--timesteps 1000 --seed 0 --n-envs 2 --actor-init zero --checkpoint-every 1000 --no-progress \
-		--out runs/pretrained/sac
-	mkdir -p $(PRETRAINED_DIR)
-	cp runs/pretrained/sac/model.zip runs/pretrained/sac/run.json $(PRETRAINED_DIR)/
+	for name in $(PRETRAINED_ENVS); do \
+		DP_GYM_SECRET_KEY=dp-gym-public-proxy-key-0 $(VENV)/bin/dp-gym train --env dp_gym/$$name --algo sac \
+			--timesteps 1000 --seed 0 --n-envs 2 --actor-init zero --checkpoint-every 1000 --no-progress \
+			--out runs/pretrained/sac/$$name || exit 1; \
+		mkdir -p agents/pretrained/sac/$$name; \
+		cp runs/pretrained/sac/$$name/model.zip runs/pretrained/sac/$$name/run.json agents/pretrained/sac/$$name/; \
+	done
 
 bench: setup
 	$(PY) benchmarks/dp_step.py

@@ -137,13 +137,16 @@ def test_compare_writes_csv_json_png_one_row_per_controller_and_seed(tmp_path):
     assert "| vanilla |" in (tmp_path / "results.md").read_text()
 
 
-def test_the_shipped_pretrained_sac_deploys_once_and_carries_nothing(tmp_path):
+@pytest.mark.parametrize("env_id, task_kwargs, clip", [
+    ("dp_gym/TinyTextFlatSchedule-v0", {"n_train": 64, "n_val": 8}, 0.1),
+    ("dp_gym/TinyVisionSchedule-v0", {"dataset": "scenes", "n_train": 32, "n_val": 4}, 0.5)])
+def test_the_shipped_pretrained_sac_deploys_once_and_carries_nothing(tmp_path, env_id, task_kwargs, clip):
     from agents.pretrained import available
 
-    assert "dp_gym/TinyTextFlatSchedule-v0" in available()["sac"]
-    small = json.dumps({"task_kwargs": {"n_train": 64, "n_val": 8}, "max_updates": 8})
-    code = main(["compare", "--env", "dp_gym/TinyTextFlatSchedule-v0", "--controllers", "sac:pretrained",
-                 "schedule:clip=0.1,clip_knots=2/1/0.5", "--seeds", "1", "--env-overrides", small,
+    assert env_id in available()["sac"]
+    small = json.dumps({"task_kwargs": task_kwargs, "max_updates": 8})
+    code = main(["compare", "--env", env_id, "--controllers", "sac:pretrained",
+                 f"schedule:clip={clip},clip_knots=2/1/0.5", "--seeds", "1", "--env-overrides", small,
                  "--out", str(tmp_path)])
     assert code == 0
     data = json.loads((tmp_path / "results.json").read_text())
