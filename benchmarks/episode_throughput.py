@@ -4,10 +4,13 @@ and two environment processes, and what torch's default threads cost when two pr
 Rows, side by side in one run (the same zero action, i.e. plain DP-SGD at the middle clip):
 
 * ``dp_gym/TinyText-v0`` itself (private data, 200 updates of batch ~26 x 96 tokens);
-* its public proxy instances (``ProxyEnv``, the default ``InstanceDistribution``: batch 3 to 13,
-  48 tokens), one process;
+* its public proxy instances (``ProxyEnv``, the default ``InstanceDistribution``: 512 or 1024
+  records at sample rate 0.01 or 0.02, batch 5 to 20, 48 tokens; the deployment's noise-to-signal
+  regime), one process;
 * the proxies in 2 processes (``SubprocVecEnv``), one torch thread each (dp-gym's policy);
-* the proxies in 2 processes with torch's default threads (one per core in each: oversubscribed).
+* the proxies in 2 processes with torch's default threads (one per core in each: oversubscribed);
+* the session-5 proxies (128 or 256 records at 0.02 or 0.05: batch 3 to 13, twice as noisy as the
+  deployment), 1 and 2 processes: what covering the deployment's regime costs.
 
     python benchmarks/episode_throughput.py [--episodes 6]
 """
@@ -23,6 +26,7 @@ from stable_baselines3.common.vec_env import SubprocVecEnv
 import dp_gym
 from agents.rl import EnvFactory
 from dp_gym.envs import InstanceDistribution, ProxyEnv
+from dp_gym.utils.quiet import quiet_libraries
 from dp_gym.utils.threads import available_cores, configure_threads
 
 
@@ -58,6 +62,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=6, help="proxy episodes per row")
     parser.add_argument("--private-episodes", type=int, default=2)
     args = parser.parse_args()
+    quiet_libraries()
     cores = available_cores()
     configure_threads(cores)
     distribution = InstanceDistribution()
@@ -71,6 +76,11 @@ def main() -> None:
     for threads in (1, None):
         factory = EnvFactory("dp_gym/TinyText-v0", {}, None, distribution, threads=threads, monitor=False)
         rows.append(("its public proxies", 2, threads or cores, processes(factory, 2, args.episodes), steps))
+    old = InstanceDistribution(sample_rates=(0.02, 0.05), train_sizes=(128, 256))
+    rate, old_steps = one_process(ProxyEnv(dp_gym.config_of("dp_gym/TinyText-v0"), old), args.episodes)
+    rows.append(("session-5 proxies (twice as noisy)", 1, cores, rate, old_steps))
+    factory = EnvFactory("dp_gym/TinyText-v0", {}, None, old, threads=1, monitor=False)
+    rows.append(("session-5 proxies (twice as noisy)", 2, 1, processes(factory, 2, args.episodes), old_steps))
     base = rows[0][3]
     print(f"\n{cores} cores; zero action; episodes per hour (x the private preset)\n")
     print("| environment | processes | torch threads each | episodes / hour | x TinyText-v0 | steps / episode |")
