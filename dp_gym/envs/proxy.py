@@ -9,21 +9,22 @@ rate, the training-set size and the public seed. One policy must serve every bud
 observation carries everything budget-relative (epsilon spent / budget, updates done / max, the
 budget's epsilon and expected batch size).
 
-**The batch regime decides the step size, so the proxies must cover the deployment's.** Under
-DP-SGD the averaged noisy gradient is ``(1/qN) (sum_i clip(g_i) + N(0, z^2 C^2 I))``: the noise
-that reaches the update, relative to a clipped gradient, is the *noise-to-signal ratio*
+**The noise-to-signal regime decides the step size, so the proxies must cover the deployment's.**
+Under DP-SGD the averaged noisy gradient is ``(1/qN) (sum_i clip(g_i) + N(0, z^2 C^2 I))``: the
+noise that reaches the update, relative to a clipped gradient, is the *noise-to-signal ratio*
 
 .. math:: \rho = z(\varepsilon, \delta, q, T) / (qN).
 
 The calibrated ``z`` grows with ``q`` more slowly than ``q`` (at epsilon 3 and 200 updates: 0.74
 at ``q = 0.01``, 1.37 at 0.05), so at a fixed expected batch a larger public set at a smaller
 sampling rate has the smaller ``rho``: proxies reach a deployment's ``rho`` at a fraction of its
-batch (its compute). The defaults (``N`` in {512, 1024}, ``q`` in
-{0.01, 0.02}, epsilon 1 to 8) give ``rho`` from about 0.03 to 0.22 with expected batches of 5 to
-20; the presets' deployment (``N = 512``, ``q = 0.05``: batch 25.6) has ``rho`` 0.12, 0.054 and
-0.033 at epsilon 1, 3 and 8. The earlier defaults (``N`` in {128, 256}, ``q`` in {0.02, 0.05})
-gave 0.065 to 0.58, at every epsilon at least twice the deployment's ``rho`` at that epsilon, so
-proxy-tuned step sizes came out too small (docs/BENCHMARKS.md, session 6).
+batch (its compute). The defaults (``N`` in {512, 1024}, ``q`` in {0.01, 0.02}, epsilon 1 to 8)
+give ``rho`` from about 0.03 to 0.22 with expected batches of 5 to 20; the presets' deployment
+(``N = 512``, ``q = 0.05``: batch 25.6) has ``rho`` 0.12, 0.054 and 0.033 at epsilon 1, 3 and 8.
+The earlier defaults (``N`` in {128, 256}, ``q`` in {0.02, 0.05}) gave 0.065 to 0.58, at every
+epsilon at least twice the deployment's ``rho`` at that epsilon, so proxy-tuned step sizes came
+out too small (docs/BENCHMARKS.md, sessions 6 and 9; the other cause was a proxy corpus the model
+was pre-trained on, see ``TextTask.proxy_corpora``).
 :func:`noise_to_signal` computes ``rho``.
 
 Its episodes spend no private data's privacy: each one's report says so (``private_episodes: 0``).
