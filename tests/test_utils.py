@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -32,3 +34,20 @@ def test_a_registry_names_what_is_allowed_and_resolves_import_paths():
         registry.register("square", lambda x: x)
     with pytest.raises(ValueError, match="must be callable"):
         registry.register("two", 2)
+
+
+def test_an_atomic_write_gets_the_mode_a_plain_write_would(tmp_path):
+    import stat
+
+    from dp_gym.utils import files
+
+    saved = os.umask(0o022)
+    files._default_mode.cache_clear()
+    try:
+        (tmp_path / "plain.json").write_text("{}")
+        files.atomic_write_text(tmp_path / "atomic.json", "{}")
+    finally:
+        os.umask(saved)
+        files._default_mode.cache_clear()
+    plain, atomic = (stat.S_IMODE((tmp_path / name).stat().st_mode) for name in ("plain.json", "atomic.json"))
+    assert atomic == plain == 0o644  # mkstemp alone gives 0o600
