@@ -27,6 +27,7 @@ import importlib
 import json
 import logging
 import os
+import sys
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -113,15 +114,13 @@ def file_safe_error(error: BaseException) -> str:
     (stderr, see :func:`report_contained`), never to a file.
     """
     cause = _unwrapped(error)
-    if isinstance(cause, JobError) or type(cause).__module__.split(".")[0] in OWN_PACKAGES:
+    if type(cause).__module__.split(".")[0] in OWN_PACKAGES:  # JobError too: it carries a safe line
         return error_line(cause)
     return f"{type(cause).__name__} {WITHHELD}"
 
 
 def report_contained(where: str, error: BaseException) -> str:
     """Print a contained error's full line to stderr; return its :func:`file_safe_error` line."""
-    import sys
-
     print(f"{where}: raised {error_line(error)}", file=sys.stderr, flush=True)
     return file_safe_error(error)
 
