@@ -427,7 +427,10 @@ def prune_smallest(update: torch.Tensor, ratio: float) -> tuple[torch.Tensor, in
     if missing > 0:
         ties = torch.nonzero(magnitudes == threshold).squeeze(1)[:missing]
         zeroed[ties] = True
-    return update.masked_fill(zeroed, 0.0), drop
+    if not math.isfinite(float(threshold)):
+        return update.masked_fill(zeroed, 0.0), drop  # an inf to zero: inf * 0 would be NaN
+    # a product with the kept mask: 3x faster than ``masked_fill`` on a CPU (session 10's profile)
+    return update * zeroed.logical_not_(), drop
 
 
 #: above this many coordinates, :func:`kth_smallest` narrows the search with a sample first
@@ -445,7 +448,7 @@ def kth_smallest(values: torch.Tensor, k: int) -> torch.Tensor:
     """
     n = values.numel()
     if n <= SELECTION_SAMPLE_ABOVE:
-        return torch.kthvalue(values, k).values
+        return _select(values, k)
     generator = torch.Generator(device=values.device).manual_seed(0)
     sample = values[torch.randint(n, (65536,), generator=generator, device=values.device)].float()
     rank = k / n
@@ -454,5 +457,14 @@ def kth_smallest(values: torch.Tensor, k: int) -> torch.Tensor:
     below = int((values < low).sum())
     window = values[(values >= low) & (values <= high)]
     if below < k <= below + window.numel():
-        return torch.kthvalue(window, k - below).values
+        return _select(window, k - below)
+    return _select(values, k)
+
+
+def _select(values: torch.Tensor, k: int) -> torch.Tensor:
+    """The exact ``k``-th smallest of a flat tensor: NumPy's introselect on a CPU (half the time of
+    ``torch.kthvalue`` on a fresh update of 446k coordinates), ``torch.kthvalue`` elsewhere."""
+    if values.device.type == "cpu" and values.dtype in (torch.float32, torch.float64):
+        array = values.detach().numpy()
+        return torch.as_tensor(np.partition(array, k - 1)[k - 1])
     return torch.kthvalue(values, k).values

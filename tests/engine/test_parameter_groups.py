@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from dp_gym.engine import ParameterGroups
 from tests.conftest import micro_gpt2
@@ -50,3 +51,14 @@ def test_frozen_model_rejected():
     model.requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameter"):
         ParameterGroups(model)
+
+
+def test_nonfinite_parameters_names_every_tensor_with_a_nan_or_an_inf():
+    model = micro_gpt2()
+    groups = ParameterGroups(model, "per_block")
+    assert groups.nonfinite_parameters() == []
+    with torch.no_grad():
+        model.transformer.wpe.weight[3, 1] = float("nan")
+        model.transformer.ln_f.bias[0] = float("-inf")
+        model.transformer.h[0].mlp.c_fc.weight[0, 0] = 3e38  # finite: a norm would overflow, max |w| does not
+    assert groups.nonfinite_parameters() == ["transformer.wpe.weight", "transformer.ln_f.bias"]

@@ -278,6 +278,22 @@ def test_prune_smallest_breaks_ties_by_index():
     assert pruned.tolist() == [0.0, 0.0, 0.0, 1.0, 1.0]
 
 
+def test_prune_smallest_zeroes_infinite_coordinates_without_making_nan():
+    pruned, dropped = prune_smallest(torch.tensor([math.inf, -math.inf, math.inf, 1.0]), 0.5)
+    assert dropped == 2 and pruned.tolist() == [0.0, -math.inf, math.inf, 0.0]
+    pruned, _ = prune_smallest(torch.tensor([2.0, math.nan, -3.0, 0.5]), 0.25)
+    assert pruned[3] == 0 and math.isnan(pruned[1]) and pruned[[0, 2]].tolist() == [2.0, -3.0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_kth_smallest_matches_a_sort_in_every_dtype(dtype):
+    from dp_gym.engine.updater import kth_smallest
+
+    values = torch.randn(5000, generator=torch.Generator().manual_seed(1)).abs().to(dtype)
+    for k in (1, 17, 2500, 5000):
+        assert float(kth_smallest(values, k)) == float(torch.sort(values).values[k - 1])
+
+
 @pytest.mark.parametrize("k", [1, 700_000, 1_250_000, 2_000_000])
 def test_kth_smallest_is_exact_on_large_inputs_with_ties(k):
     from dp_gym.engine.updater import kth_smallest
