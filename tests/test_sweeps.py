@@ -14,7 +14,8 @@ import dp_gym
 from agents.controllers import crashed_deployment
 from dp_gym.cli import main
 from dp_gym.evaluation import EpisodeResult, compare, summarize, write_report
-from dp_gym.utils.backends import WITHHELD, Job, LocalBackend, file_safe_error, make_backend, parse_resources
+from dp_gym.utils.backends import Job, LocalBackend, make_backend, parse_resources
+from dp_gym.utils.redaction import WITHHELD, file_safe_error
 
 KEY = "sweep-test-key-0123456789"
 TINY = {"max_updates": 4, "updates_per_step": 2, "task_kwargs": {"n_train": 64, "n_val": 8}}

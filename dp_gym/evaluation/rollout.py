@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from dp_gym.privacy import PrivacyReport, compose
-from dp_gym.utils.backends import report_contained
+from dp_gym.utils.redaction import report_contained
 
 
 @dataclass
