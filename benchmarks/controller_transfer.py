@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +75,20 @@ def tune_baselines(env_id: str, episodes: int, proxy: InstanceDistribution, repo
             "decay": ({"clip": clip, "clip_start": start, "clip_end": end, "noise_start": 1.0, "noise_end": 1.0}, {}),
             "schedule": (schedule.params[schedule.best], {}),
             "adaptive_quantile": ({}, {})}
+
+
+def earlier_tuning(path: Path, env_id: str, episodes: int) -> dict:
+    """``env_id``'s tuned baselines from an earlier run's ``transfer.json``, if that run tuned them
+    with ``episodes`` proxy episodes each (the same as SAC's training here) on today's proxies."""
+    earlier = json.loads(path.read_text())
+    if env_id not in earlier.get("tuned", {}):
+        raise SystemExit(f"{path} has no tuned baselines for {env_id}")
+    if earlier.get("episodes", {}).get(env_id) != episodes:
+        raise SystemExit(f"{path} tuned {env_id} with {earlier.get('episodes', {}).get(env_id)} proxy episodes "
+                         f"per baseline, SAC trained for {episodes}: tune again (drop --tuned)")
+    if earlier.get("proxy") != json.loads(json.dumps(asdict(InstanceDistribution()))):
+        raise SystemExit(f"{path} tuned on other proxies than today's default InstanceDistribution: tune again")
+    return {name: (kwargs, overrides) for name, (kwargs, overrides) in earlier["tuned"][env_id].items()}
 
 
 def heuristic_spec(name: str, kwargs: dict) -> str:
@@ -146,12 +161,15 @@ def main() -> None:
     parser.add_argument("--address", default=None, help="with --backend ray: a running cluster (auto, ray://...)")
     parser.add_argument("--resources", default=None, help='with --backend ray: one trial\'s resources, JSON')
     parser.add_argument("--out", default="runs/bench/transfer")
+    parser.add_argument("--tuned", default=None,
+                        help="an earlier run's transfer.json: deploy its tuned baselines instead of tuning again "
+                             "(it must have tuned each env for as many proxy episodes as SAC trained here)")
     args = parser.parse_args()
     quiet_libraries()
     configure_threads()
     out = Path(args.out)
     proxy = InstanceDistribution()
-    rows, tuned_by_env = [], {}
+    rows, tuned_by_env, episodes_by_env = [], {}, {}
     for env_id in args.envs:
         if args.sac_model:
             model = pretrained_model("sac", env_id) if args.sac_model == "pretrained" else Path(args.sac_model)
@@ -165,11 +183,16 @@ def main() -> None:
             model = train(env_id, "sac", args.timesteps, 0, out / env_id.replace("/", "_") / "sac", progress_bar=False,
                           checkpoint_every=args.timesteps, actor_init="zero", proxy=proxy, n_envs=args.n_envs)
             trained_for = args.timesteps
-        episodes = trained_for // dp_gym.make(env_id).spec.max_episode_steps
-        print(f"== tuning the baselines on the same proxies ({episodes} episodes each)")
-        tuned = tuned_by_env[env_id] = tune_baselines(env_id, episodes, proxy, print,
-                               make_backend(args.backend, out, args.address, args.resources, workers=args.workers,
-                                            experiment=f"{env_id.replace('/', '_')}-tuning"))
+        episodes = episodes_by_env[env_id] = trained_for // dp_gym.make(env_id).spec.max_episode_steps
+        if args.tuned:
+            tuned = tuned_by_env[env_id] = earlier_tuning(Path(args.tuned), env_id, episodes)
+            print(f"== the baselines as tuned by {args.tuned} ({episodes} proxy episodes each)")
+        else:
+            print(f"== tuning the baselines on the same proxies ({episodes} episodes each)")
+            tuned = tuned_by_env[env_id] = tune_baselines(
+                env_id, episodes, proxy, print, make_backend(args.backend, out, args.address, args.resources,
+                                                             workers=args.workers,
+                                                             experiment=f"{env_id.replace('/', '_')}-tuning"))
         for epsilon in args.epsilons:
             print(f"== deploying on the private data at epsilon {epsilon:g}, {args.seeds} seeds")
             backend = make_backend(args.backend, out, args.address, args.resources, workers=args.workers,
@@ -180,8 +203,8 @@ def main() -> None:
             for row in cell:
                 row["old_protocol_epsilon"] = old if row["controller"] == "sac" else None
             rows += cell
-            write_json({"rows": rows, "tuned": tuned_by_env, "args": vars(args)},
-                       out / "transfer.json")
+            write_json({"rows": rows, "tuned": tuned_by_env, "episodes": episodes_by_env,
+                        "proxy": asdict(proxy), "args": vars(args)}, out / "transfer.json")
     print("\n| env | epsilon | controller | IQM relative ppl vs best baseline [95% CI] | mean ppl | P(improvement) | "
           "updates to reach best baseline | epsilon end to end (private episodes) | old protocol epsilon |")
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
