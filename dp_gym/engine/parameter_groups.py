@@ -136,7 +136,11 @@ class ParameterGroups:
                  if parameter.numel() > 0]
         if not named:
             return []
-        peaks = torch.stack([peak.float() for peak in torch._foreach_max(torch._foreach_abs([t for _, t in named]))])
+        tensors = [tensor for _, tensor in named]
+        if hasattr(torch, "_foreach_max"):  # torch >= 2.6
+            peaks = torch.stack([peak.float() for peak in torch._foreach_max(torch._foreach_abs(tensors))])
+        else:
+            peaks = torch.stack([tensor.abs().max().float() for tensor in tensors])
         bad = (~torch.isfinite(peaks)).nonzero().flatten().tolist()
         return [named[index][0] for index in bad]
 
