@@ -25,6 +25,7 @@ CONTROLS = ("clip", "noise", "prune")
 BUDGET_MODES = ("project", "terminate")
 NOISE_SCALES = ("absolute", "paced")
 NOISE_ALLOCATIONS = ("per_group", "shares")
+PACE_UNITS = ("noise", "budget")
 OBSERVATION_MODES = ("private", "oracle")
 #: the optimizers a run can fine-tune with (``dp_gym.envs.fine_tuning.OPTIMIZERS`` maps them to torch)
 OPTIMIZER_NAMES = ("adam", "adamw", "sgd")
@@ -128,6 +129,15 @@ class EnvConfig:
             per-layer clipping with one noise; see :class:`dp_gym.envs.ActionCodec`).
         share_range: with ``shares``, a share entry of ``a`` multiplies its group's share by
             ``share_range ** a`` (> 1).
+        pace_unit: with ``shares``, what the pace factor ``f`` scales. ``noise`` (the default):
+            the pace's noise, ``sigma = f * pace``. ``budget``: the step's share of what is left
+            of the budget; the step spends ``f^-2`` times the even share (the exact ratio where
+            RDP is ``~1/z^2``), i.e. its noise is the pace for ``remaining * f^2`` updates, and
+            the episode's last step spends everything left. The same action then costs the same
+            fraction of the budget on every instance and at every epsilon. Under ``noise`` it
+            does not: where ``z`` sits against the subsampled Gaussian's amplification regime
+            decides the cost, and ``f = 0.8`` costs 1.7x to 5.5x the even share on the presets
+            but 16x to 1900x on the public proxies (docs/BENCHMARKS.md, session 10).
         prune_max: the largest prune ratio, mapped linearly from the action, in [0, 1].
         budget_mode: ``project`` (raise the noise to fit the budget) or ``terminate``.
         reward: ``{"name": ..., "kwargs": {...}}``; see :func:`dp_gym.envs.register_reward`.
@@ -164,6 +174,7 @@ class EnvConfig:
     noise_scale: str = "absolute"
     noise_allocation: str = "per_group"
     share_range: float = 4.0
+    pace_unit: str = "noise"
     prune_max: float = 0.9
     budget_mode: str = "project"
     reward: dict[str, Any] = field(default_factory=lambda: {"name": "utility", "kwargs": {}})
@@ -211,6 +222,10 @@ class EnvConfig:
         _choice("noise_allocation", self.noise_allocation, NOISE_ALLOCATIONS)
         if self.noise_allocation == "shares" and (self.noise_scale != "paced" or self.controls["noise"] != "control"):
             raise ConfigError("noise_allocation 'shares' needs noise_scale 'paced' and controls.noise 'control'")
+        _choice("pace_unit", self.pace_unit, PACE_UNITS)
+        if self.pace_unit == "budget" and self.noise_allocation != "shares":
+            raise ConfigError("pace_unit 'budget' needs noise_allocation 'shares' (one pace factor for every group), "
+                              f"got {self.noise_allocation!r}")
         self.share_range = _number("share_range", self.share_range)
         if self.share_range <= 1:
             raise ConfigError(f"share_range must be > 1, got {self.share_range:g}")

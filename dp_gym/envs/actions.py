@@ -92,18 +92,7 @@ class ActionCodec:
         Raises:
             ValueError: for a wrong shape, or a NaN/inf entry (named).
         """
-        vector = np.asarray(action, dtype=np.float64).reshape(-1)
-        if vector.shape != (len(self.layout),):
-            raise ValueError(f"action must have shape ({len(self.layout)},), got {np.shape(action)}")
-        bad = np.flatnonzero(~np.isfinite(vector))
-        if bad.size:
-            raise ValueError(f"action entry {self.layout[bad[0]]!r} (index {bad[0]}) is {vector[bad[0]]}; "
-                             "actions must be finite")
-        vector = np.clip(vector, -1.0, 1.0)
-        values, offset = {}, 0
-        for control, names in self.blocks:
-            values[control] = vector[offset : offset + len(names)]
-            offset += len(names)
+        values = self._blocks(action)
         cfg, n = self.config, len(self.group_names)
         unit = {control: (block + 1.0) / 2.0 for control, block in values.items()}
         clip = self._log_map(unit["clip"], cfg.clip_range) if "clip" in unit else np.full(n, cfg.controls["clip"])
@@ -120,9 +109,34 @@ class ActionCodec:
         prune = unit["prune"] * cfg.prune_max if "prune" in unit else np.full(n, float(cfg.controls["prune"]))
         return DecodedAction(clip=clip, noise=noise, prune=prune)
 
+    def pace_factor(self, action) -> float:
+        """The pace factor ``f`` of ``action`` (``noise_allocation: shares`` only). Under
+        ``pace_unit: budget`` the environment turns it into the reference noise it then passes to
+        :meth:`decode` (the pace for ``remaining * f^2`` updates), and decoding applies it no more."""
+        if not self.shares:
+            raise ValueError("pace_factor needs noise_allocation 'shares' (one pace factor for every group)")
+        return float(self._log_map((self._blocks(action)["noise"][:1] + 1.0) / 2.0, self.config.noise_range)[0])
+
+    def _blocks(self, action) -> dict[str, np.ndarray]:
+        """The action's entries per control, checked (shape, finite) and clipped to [-1, 1]."""
+        vector = np.asarray(action, dtype=np.float64).reshape(-1)
+        if vector.shape != (len(self.layout),):
+            raise ValueError(f"action must have shape ({len(self.layout)},), got {np.shape(action)}")
+        bad = np.flatnonzero(~np.isfinite(vector))
+        if bad.size:
+            raise ValueError(f"action entry {self.layout[bad[0]]!r} (index {bad[0]}) is {vector[bad[0]]}; "
+                             "actions must be finite")
+        vector = np.clip(vector, -1.0, 1.0)
+        values, offset = {}, 0
+        for control, names in self.blocks:
+            values[control] = vector[offset : offset + len(names)]
+            offset += len(names)
+        return values
+
     def _shared_noise(self, block: np.ndarray, clip: np.ndarray, pace: np.ndarray) -> np.ndarray:
         cfg = self.config
-        factor = float(self._log_map((block[:1] + 1.0) / 2.0, cfg.noise_range)[0])
+        # under pace_unit 'budget' the reference is already the pace that spends f^-2 even shares
+        factor = 1.0 if cfg.pace_unit == "budget" else float(self._log_map((block[:1] + 1.0) / 2.0, cfg.noise_range)[0])
         logits = block[1:] if len(block) > 1 else np.zeros(1)
         weights = clip**2 / np.sum(clip**2) * np.exp(logits * np.log(cfg.share_range))
         weights = weights / weights.sum()
@@ -131,7 +145,9 @@ class ActionCodec:
 
     def encode(self, clip=None, noise=None, prune=None, noise_reference: np.ndarray | None = None) -> np.ndarray:
         """The action that decodes to the given per-group controls (for heuristics); clipped to range.
-        ``noise_reference``: the pace, for ``noise_scale: paced``."""
+        ``noise_reference``: the pace, for ``noise_scale: paced``. Under ``pace_unit: budget`` a
+        noise of ``c`` times the pace encodes as pace factor ``c``: the step then spends ``c^-2``
+        even shares, what that noise would cost where RDP is ``~1/z^2``."""
         cfg, n = self.config, len(self.group_names)
         given = {"clip": clip, "noise": noise, "prune": prune}
         parts = []

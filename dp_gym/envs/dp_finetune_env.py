@@ -133,7 +133,16 @@ class DPFineTuneEnv(gym.Env):
 
     def decode_action(self, action) -> dict[str, dict[str, float]]:
         """Per-group ``{"clip", "noise", "prune"}`` the action asks for now (before the budget's fit)."""
-        return self.codec.decode(action, self.noise_reference()).as_dict(self.group_names)
+        return self._decode(action).as_dict(self.group_names)
+
+    def _decode(self, action):
+        """The action's controls against the budget's noise (under ``pace_unit: budget`` the pace
+        for the share of the budget the action spends, see :meth:`_spending_pace`)."""
+        reference = self.noise_reference()
+        if self._paced and self.config.pace_unit == "budget":
+            updates = min(self.config.updates_per_step, self.config.max_updates - self.run.updates)
+            reference = self._spending_pace(self.codec.pace_factor(action), updates)
+        return self.codec.decode(action, reference)
 
     # ------------------------------------------------------------------ gym API
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -180,7 +189,7 @@ class DPFineTuneEnv(gym.Env):
         if self._episode["done"]:
             raise RuntimeError("the episode has ended; call reset()")
         cfg, run, episode, budget = self.config, self.run, self._episode, self.budget
-        decoded = self.codec.decode(action, self.noise_reference())
+        decoded = self._decode(action)
         updates = min(cfg.updates_per_step, cfg.max_updates - run.updates)
         with self._timed("accounting"):
             epsilon_before = budget.epsilon_spent()
@@ -231,6 +240,20 @@ class DPFineTuneEnv(gym.Env):
         return observation, float(reward), bool(terminated), bool(truncated), info
 
     # ------------------------------------------------------------------ budget
+    def _spending_pace(self, factor: float, updates: int) -> np.ndarray:
+        """``pace_unit: budget``: the equal per-group noise under which this step spends ``f^-2``
+        times the even share of what is left, the pace for ``round(remaining * f^2)`` updates (at
+        least this step's). The step that ends the episode spends everything left. A function of
+        the ledger and the action only: it costs no privacy."""
+        remaining = self.config.max_updates - self.run.updates
+        spread = remaining if remaining <= updates else max(updates, round(remaining * factor**2))
+        if spread == remaining:
+            return self._pace.copy()  # the even pace (at the first step plain DP-SGD's calibrated noise)
+        try:
+            return self.budget.pace(spread)
+        except BudgetExhaustedError:  # nothing left: the fit is infeasible and the episode ends
+            return np.full(len(self.group_names), MAX_NOISE_MULTIPLIER)
+
     def _largest_noise(self) -> np.ndarray:
         """The largest per-group noise the config lets an interval use (the range's top for noise in
         the action; no limit for paced or fixed noise, which the projection may raise)."""

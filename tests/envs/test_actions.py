@@ -79,3 +79,52 @@ def test_the_recommended_vision_env_at_action_zero_is_tuned_dp_sgd():
     assert {v["prune"] for v in decoded.values()} == {0.0}
     np.testing.assert_allclose([v["noise"] for v in decoded.values()], env.unwrapped.calibrated_group_noise())
     assert env.unwrapped.config.learning_rate == 0.0025
+
+
+def test_pace_unit_budget_needs_shares():
+    with pytest.raises(ConfigError, match="pace_unit must be one of"):
+        EnvConfig(**{**CONFIG.to_dict(), "pace_unit": "joules"})
+    with pytest.raises(ConfigError, match="pace_unit 'budget' needs noise_allocation 'shares'"):
+        EnvConfig(noise_scale="paced", noise_range=[0.8, 1.25], pace_unit="budget")
+
+
+def _budget_paced_env(pace_unit: str, epsilon: float = 1.0):
+    """A proxy-like instance where a noise cut is steep: 256 records at rate 0.02, epsilon 1."""
+    return dp_gym.make("dp_gym/TinyTextSchedule-v0", task_kwargs={"n_train": 256, "n_val": 4}, sample_rate=0.02,
+                       max_updates=40, updates_per_step=4, epsilon=epsilon, pace_unit=pace_unit)
+
+
+def _pace_action(env, entry: float) -> np.ndarray:
+    action = np.zeros(env.action_space.shape, dtype=np.float32)
+    action[env.unwrapped.codec.layout.index("noise/pace")] = entry
+    return action
+
+
+@pytest.mark.parametrize("entry", [-1.0, 1.0])
+def test_pace_unit_budget_spends_the_same_share_of_the_budget_whatever_the_noise_regime(entry):
+    """Factor f spends f^-2 even shares: 10 even steps, so f = 0.8 spends 1.5625/10 of the budget in its
+    first step (up to the rounding of remaining * f^2), where a 0.8 noise factor spends far more."""
+    fractions = {}
+    for unit in ("noise", "budget"):
+        env = _budget_paced_env(unit)
+        env.reset(seed=0)
+        env.step(_pace_action(env, entry))
+        fractions[unit] = env.unwrapped.budget.fraction_spent()
+    spread = round(40 * (0.8 if entry < 0 else 1.25) ** 2)  # the updates the first step's pace spreads over
+    assert fractions["budget"] == pytest.approx(4 / spread, rel=0.02)
+    if entry < 0:
+        assert fractions["noise"] > 4 * fractions["budget"]  # the noise factor's cliff this unit removes
+
+
+def test_pace_unit_budget_is_plain_dp_sgd_at_action_zero_and_its_last_step_spends_what_is_left():
+    env = _budget_paced_env("budget")
+    env.reset(seed=0)
+    zero = np.zeros(env.action_space.shape, dtype=np.float32)
+    np.testing.assert_allclose([v["noise"] for v in env.unwrapped.decode_action(zero).values()],
+                               env.unwrapped.calibrated_group_noise())
+    done, steps = False, 0
+    while not done:  # always the most noise the action allows: f = 1.25 spends 0.64 even shares a step
+        *_, terminated, truncated, info = env.step(_pace_action(env, 1.0))
+        done, steps = terminated or truncated, steps + 1
+    assert steps == 10 and info["updates"] == 40
+    assert env.unwrapped.budget.fraction_spent() == pytest.approx(1.0, abs=1e-3)
