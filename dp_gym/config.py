@@ -122,8 +122,9 @@ class EnvConfig:
             ``f_g`` on the pace, the equal per-group noise that would spend the *remaining* budget
             exactly over the remaining updates, recomputed every step. ``f = 1`` (action 0 for a
             range symmetric in log scale) is plain DP-SGD; ``f < 1`` spends faster now and the pace
-            rises later to pay for it (only a controller that keeps ``f < 1`` to the end runs out
-            of budget before ``max_updates``).
+            rises later to pay for it. How much faster depends on the instance (see ``pace_unit``):
+            where ``z`` is small for the sample rate, one step at ``f = 0.8`` can spend the whole
+            budget (the projection then ends the episode).
         noise_allocation: ``per_group`` (one noise factor per group) or ``shares`` (paced noise only:
             one pace factor and per-group shares of the gradient noise, whose zero action is
             per-layer clipping with one noise; see :class:`dp_gym.envs.ActionCodec`).
