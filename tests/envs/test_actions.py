@@ -128,3 +128,12 @@ def test_pace_unit_budget_is_plain_dp_sgd_at_action_zero_and_its_last_step_spend
         done, steps = terminated or truncated, steps + 1
     assert steps == 10 and info["updates"] == 40
     assert env.unwrapped.budget.fraction_spent() == pytest.approx(1.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("base", ["dp_gym/TinyTextSchedule-v0", "dp_gym/TinyVisionSchedule-v0"])
+def test_the_budget_paced_ids_are_their_base_env_with_the_pace_in_budget_units(base):
+    budget_id = base.replace("Schedule-v0", "BudgetSchedule-v0")
+    config, base_config = dp_gym.config_of(budget_id).to_dict(), dp_gym.config_of(base).to_dict()
+    assert config.pop("pace_unit") == "budget" and base_config.pop("pace_unit") == "noise"
+    assert config == base_config  # the same instance, model, zero action and reward
+    assert dp_gym.list_proxy_envs()[budget_id.replace("-v0", "Proxy-v0")] == budget_id
