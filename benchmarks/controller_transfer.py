@@ -18,7 +18,9 @@ Aggregates (``dp_gym.evaluation.aggregate``): per (env, epsilon) cell, the IQM o
 relative final perplexity against the best baseline of that cell (lower is better) with a 95%
 stratified-bootstrap interval, the probability that SAC improves on it, and the updates SAC needs to
 reach the best baseline's final perplexity. The composed epsilon of the old protocol (the same SAC
-trained on the private data instead) is shown next to it.
+trained on the private data instead) is shown next to it. ``deployments.json`` holds every
+deployment with its trajectory: the clip and noise each step chose, the epsilon spent so far and
+the public validation perplexity.
 
 Deployments run in ``--workers`` processes with one torch thread each, or with ``--backend ray``
 as one Ray Tune trial each (the results do not depend on where: with a secret key the same rows,
@@ -169,7 +171,7 @@ def main() -> None:
     configure_threads()
     out = Path(args.out)
     proxy = InstanceDistribution()
-    rows, tuned_by_env, episodes_by_env = [], {}, {}
+    rows, tuned_by_env, episodes_by_env, deployments = [], {}, {}, []
     for env_id in args.envs:
         if args.sac_model:
             model = pretrained_model("sac", env_id) if args.sac_model == "pretrained" else Path(args.sac_model)
@@ -203,6 +205,10 @@ def main() -> None:
             for row in cell:
                 row["old_protocol_epsilon"] = old if row["controller"] == "sac" else None
             rows += cell
+            # every deployment's trajectory (the controls it chose, the budget it spent, public
+            # validation perplexity after each step): what the policy does, for learning curves
+            deployments += [{"env": env_id, "epsilon": epsilon, **result.to_dict()} for result in results]
+            write_json({"deployments": deployments}, out / "deployments.json")
             write_json({"rows": rows, "tuned": tuned_by_env, "episodes": episodes_by_env,
                         "proxy": asdict(proxy), "args": vars(args)}, out / "transfer.json")
     print("\n| env | epsilon | controller | IQM relative ppl vs best baseline [95% CI] | mean ppl | P(improvement) | "
