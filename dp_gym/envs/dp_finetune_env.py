@@ -280,6 +280,8 @@ class DPFineTuneEnv(gym.Env):
         info: dict[str, Any] = {
             "epsilon": budget.epsilon_spent(),
             "epsilon_budget": cfg.epsilon,
+            # the share of the budget spent, linear in evenly paced updates (the filter's RDP units)
+            "budget_spent": budget.fraction_spent(),
             "delta": cfg.delta,
             "accounting": budget.rule,
             "noise_multiplier": self._episode["noise_multiplier"],

@@ -129,7 +129,7 @@ def run_episode(controller, env, seed: int, name: str,
     start = time.perf_counter()
     observation, info = env.reset(seed=seed, options={"noise_stream": name if stream is None else stream})
     base_ppl = info["val_metric"]
-    trajectory = [{"updates": 0, "epsilon": 0.0, "val_ppl": base_ppl}]
+    trajectory = [{"updates": 0, "epsilon": 0.0, "budget_spent": 0.0, "val_ppl": base_ppl}]
     episode_start, state, steps, done = np.array([True]), None, 0, False
     while not done:
         action, state = controller.predict(observation, state=state, episode_start=episode_start, deterministic=True)
@@ -138,7 +138,8 @@ def run_episode(controller, env, seed: int, name: str,
         steps += 1
         done = terminated or truncated
         trajectory.append({
-            "updates": info["updates"], "epsilon": info["epsilon"], "val_ppl": info["val_metric"],
+            "updates": info["updates"], "epsilon": info["epsilon"], "budget_spent": info["budget_spent"],
+            "val_ppl": info["val_metric"],
             "clip": info["clip"].tolist(), "noise": info["noise"].tolist(), "prune": info["prune"].tolist(),
             "budget_projected": info["budget_projected"],
         })

@@ -247,11 +247,15 @@ def test_real_episode_on_the_tiny_default_improves_utility_within_budget():
     unwrapped = env.unwrapped
     # plain DP-SGD noise that spends the budget in 24 updates, the released statistics included
     action = unwrapped.encode_action(clip=0.5, noise=unwrapped.calibrated_group_noise(), prune=0.0)
-    done = False
+    done, spent = False, [info["budget_spent"]]
     while not done:
         observation, reward, terminated, truncated, info = env.step(action)
         done = terminated or truncated
+        spent.append(info["budget_spent"])
     assert truncated and info["updates"] == 24
+    # the calibrated noise spends the budget evenly: equal shares a step, in the filter's units
+    np.testing.assert_allclose(np.diff(spent), spent[-1] / 6, rtol=1e-6)
+    assert spent[0] == 0.0 and 0.98 <= spent[-1] <= 1.0
     assert 2.9 <= info["epsilon"] <= 3.0 and info["privacy_valid"] and info["epsilon_budget"] == 3.0
     assert unwrapped.privacy_report().epsilon == 3.0  # the filter's guarantee: the noise was the controller's
     assert info["val_ppl"] < 0.7 * base
