@@ -19,8 +19,8 @@ relative final perplexity against the best baseline of that cell (lower is bette
 stratified-bootstrap interval, the probability that SAC improves on it, and the updates SAC needs to
 reach the best baseline's final perplexity. The composed epsilon of the old protocol (the same SAC
 trained on the private data instead) is shown next to it. ``deployments.json`` holds every
-deployment with its trajectory: the clip and noise each step chose, the epsilon spent so far and
-the public validation perplexity.
+deployment with its trajectory: the clip and noise each step chose, the epsilon and the share of
+the budget spent so far, and the public validation perplexity.
 
 Deployments run in ``--workers`` processes with one torch thread each, or with ``--backend ray``
 as one Ray Tune trial each (the results do not depend on where: with a secret key the same rows,

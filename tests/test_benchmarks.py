@@ -1,6 +1,7 @@
 """The benchmark scripts run against today's API (two of them silently broke when DPUpdater.step's
 signature changed). Smallest settings, one repeat: behaviour only, never a number."""
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,14 @@ def test_a_benchmark_runs_at_its_smallest_setting(arguments):
     assert "Opacus" in process.stdout
 
 
+def _benchmark(name: str):
+    """A script of benchmarks/ as a module (the folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _deployment(seed: int, clips: list[float], spent: list[float], ppl: list[float]) -> dict:
     trajectory = [{"updates": 0, "budget_spent": 0.0, "val_ppl": 50.0}]
     trajectory += [{"updates": 4 * (i + 1), "budget_spent": s, "val_ppl": p, "clip": [c, c]}
@@ -29,11 +38,7 @@ def _deployment(seed: int, clips: list[float], spent: list[float], ppl: list[flo
 
 
 def test_transfer_policy_reads_how_a_controller_spent_its_budget():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        from transfer_policy import summarize
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    summarize = _benchmark("transfer_policy").summarize
     front_loaded = _deployment(0, [0.4, 0.4, 0.1, 0.1], [0.5, 0.8, 0.9, 1.0], [30.0, 20.0, 15.0, 12.0])
     even = _deployment(1, [0.2, 0.2, 0.4, 0.4], [0.25, 0.5, 0.75, 1.0], [40.0, 30.0, 20.0, 14.0])
     (row,) = summarize([front_loaded, even])
@@ -44,11 +49,7 @@ def test_transfer_policy_reads_how_a_controller_spent_its_budget():
 
 
 def test_proxy_check_pairs_controllers_with_action_zero_on_public_instances():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        from proxy_check import check
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    check = _benchmark("proxy_check").check
     from dp_gym.envs import InstanceDistribution
 
     distribution = InstanceDistribution(train_sizes=(64,), max_updates=(8,), n_val=4)
