@@ -22,6 +22,7 @@ import numpy as np
 import dp_gym
 from agents.controllers import controller_factory
 from dp_gym.envs import InstanceDistribution, ProxyEnv
+from dp_gym.evaluation import run_episode
 from dp_gym.utils.quiet import quiet_libraries
 from dp_gym.utils.threads import configure_threads
 
@@ -36,17 +37,6 @@ class ActionZero:
         return np.zeros(self.shape, dtype=np.float32), None
 
 
-def final_metric(controller, env: ProxyEnv, seed: int) -> float:
-    """The public validation metric after one episode of ``controller`` on the instance of ``seed``."""
-    observation, info = env.reset(seed=seed)
-    done = False
-    while not done:
-        action, _ = controller.predict(observation, deterministic=True)
-        observation, _, terminated, truncated, info = env.step(action)
-        done = terminated or truncated
-    return float(info["val_metric"])
-
-
 def check(env_id: str, specs: list[str], seeds, distribution: InstanceDistribution | None = None,
           secret_key=None, **overrides) -> dict[str, np.ndarray]:
     """``{"action 0": metrics, spec: metrics, ...}``, one metric per proxy instance (seed); a
@@ -54,7 +44,8 @@ def check(env_id: str, specs: list[str], seeds, distribution: InstanceDistributi
     env = ProxyEnv(dp_gym.config_of(env_id, **overrides), distribution or InstanceDistribution(), secret_key=secret_key)
     controllers = {"action 0": ActionZero(env)}
     controllers.update({spec: controller_factory(spec, env_id)(env) for spec in specs})
-    return {name: np.array([final_metric(controller, env, seed) for seed in seeds])
+    # one noise stream for all: with a key, every controller meets the same instance *and* noise on a seed
+    return {name: np.array([run_episode(controller, env, seed, name, stream="").final_val_ppl for seed in seeds])
             for name, controller in controllers.items()}
 
 
