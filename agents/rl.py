@@ -127,7 +127,8 @@ def start_at_action_zero(model: BaseAlgorithm, std: float = 0.1) -> None:
 
 #: the learning-curve file of a training run: one row per finished episode
 EPISODES_CSV = "episodes.csv"
-EPISODE_COLUMNS = ("timesteps", "env", "final_val_metric", "epsilon", "epsilon_budget", "failure")
+EPISODE_COLUMNS = ("timesteps", "env", "final_val_metric", "epsilon", "epsilon_budget", "failure",
+                   "reference_val_metric")
 
 
 def _continue_learning_curve(source: Path, target: Path, done_steps: int) -> None:
@@ -161,9 +162,13 @@ class DPInfoLogger(BaseCallback):
     def _episode_finished(self, env_index: int, info: dict[str, Any]) -> None:
         row = {"timesteps": self.num_timesteps, "env": env_index, "final_val_metric": info.get("val_metric"),
                "epsilon": info.get("epsilon"), "epsilon_budget": info.get("epsilon_budget"),
-               "failure": info.get("failure", "")}
-        if row["final_val_metric"] is not None and np.isfinite(row["final_val_metric"]):
-            self.logger.record_mean("episode/final_val_metric", float(row["final_val_metric"]))
+               "failure": info.get("failure", ""), "reference_val_metric": info.get("reference_val_metric")}
+        final, reference = row["final_val_metric"], row["reference_val_metric"]
+        if final is not None and np.isfinite(final):
+            self.logger.record_mean("episode/final_val_metric", float(final))
+            if reference is not None and np.isfinite(reference) and reference > 0:
+                # a paired proxy episode (ProxyEnv paired): the learning curve against action 0
+                self.logger.record_mean("episode/val_metric_vs_action0", float(final) / float(reference) - 1.0)
         if row["epsilon"] is not None:
             self.logger.record_mean("episode/epsilon", float(row["epsilon"]))
         if self.episodes_csv is not None:

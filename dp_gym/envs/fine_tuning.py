@@ -105,6 +105,20 @@ class FineTuningRun:
                                             context=config_digest(c) if self.secret_key is not None else "")
         self.updates = 0
 
+    def share_randomness(self, randomness: EpisodeRandomness) -> None:
+        """Use another episode's secret randomness for this one: the same Poisson batch and the same
+        standard-normal noise draws at every update index (common random numbers). Only for public
+        proxy episodes (``ProxyEnv``'s paired reward): on private data two episodes that share
+        noise release their difference without it.
+
+        Raises:
+            ValueError: when the run trains on private data.
+        """
+        if not self.task.public_training_data:
+            raise ValueError("share_randomness: this run trains on private data; only public proxy episodes may "
+                             "share their noise")
+        self.randomness = randomness
+
     @property
     def expected_batch_size(self) -> float:
         return self.config.sample_rate * self.task.train_size

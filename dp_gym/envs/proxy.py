@@ -28,6 +28,20 @@ was pre-trained on, see ``TextTask.proxy_corpora``).
 :func:`noise_to_signal` computes ``rho``.
 
 Its episodes spend no private data's privacy: each one's report says so (``private_episodes: 0``).
+
+**Paired reward** (``paired: true``). Instances differ far more than controllers do: under the
+same action the final perplexity of two instances can differ twentyfold, so a critic trained on
+the raw reward mostly learns which instance it is on. With ``paired`` every episode first runs a
+*reference twin*: the env's action 0 (on the recommended ids, proxy-tuned DP-SGD) on the same
+instance, with the same secret randomness (the same Poisson batch and standard-normal noise draws
+at every update: common random numbers). The reward of step ``t`` is then
+
+.. math:: r'_t = r_t - r^0_t \quad (t < T), \qquad r'_T = r_T - \sum_{s \ge T} r^0_s,
+
+so the return is ``R(policy) - R(action 0)`` on that instance. The subtracted terms do not depend
+on the policy's actions, so the expected return of every policy moves by the same constant and the
+best policy is unchanged; only the variance shrinks. The twin runs on public data and its rewards
+are public numbers: it costs no privacy, only a second episode's compute.
 """
 
 from __future__ import annotations
@@ -61,6 +75,8 @@ class InstanceDistribution:
         n_val: public validation records of each proxy.
         seeds: public seeds of the proxy data to draw from (which records of a corpus).
         max_length: tokens per proxy record (None: the deployment task's); shorter is cheaper.
+        paired: reward each episode relative to its action-0 twin (see the module docstring); about
+            doubles an episode's cost.
 
     Raises:
         ConfigError: naming the field, for an empty choice or a bad range.
@@ -74,6 +90,7 @@ class InstanceDistribution:
     n_val: int = 16
     seeds: tuple[int, ...] = (0, 1, 2)
     max_length: int | None = 48
+    paired: bool = False
 
     def __post_init__(self) -> None:
         for name in ("corpora", "sample_rates", "train_sizes", "seeds"):
@@ -86,6 +103,8 @@ class InstanceDistribution:
             raise ConfigError(f"proxy.sample_rates must be in (0, 1], got {self.sample_rates}")
         if any(n < 2 for n in self.train_sizes) or self.n_val < 1:
             raise ConfigError(f"proxy.train_sizes must be >= 2 and proxy.n_val >= 1, got {self.train_sizes}, {self.n_val}")
+        if not isinstance(self.paired, bool):
+            raise ConfigError(f"proxy.paired must be true or false, got {self.paired!r}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> InstanceDistribution:
@@ -134,6 +153,26 @@ def noise_to_signal(epsilon: float, delta: float, sample_rate: float, n_train: i
     return z / (sample_rate * n_train)
 
 
+@dataclass
+class ReferenceEpisode:
+    """The action-0 twin of a paired proxy episode: its per-step rewards and final public
+    validation loss and metric (public numbers: the twin ran on a public proxy)."""
+
+    rewards: list[float]
+    val_loss: float
+    val_metric: float
+    steps_taken: int = 0  # steps of the paired episode so far
+
+    def subtract(self, done: bool) -> float:
+        """What the paired episode's next step subtracts: the twin's reward at that step, and at the
+        paired episode's last step every twin reward after it (so the return is the difference)."""
+        index = self.steps_taken
+        self.steps_taken += 1
+        if done:
+            return float(sum(self.rewards[index:]))
+        return float(self.rewards[index]) if index < len(self.rewards) else 0.0
+
+
 class ProxyEnv(gym.Env):
     """The environment of ``config`` on public proxy instances (see the module docstring).
 
@@ -154,6 +193,7 @@ class ProxyEnv(gym.Env):
         self.task_class = resolve_task(config.task)
         self.corpora = self.task_class.proxy_corpora(config.task_arguments())
         self.secret_key, self.noise_stream = secret_key, noise_stream
+        self.reference: ReferenceEpisode | None = None
         self._cache: OrderedDict[tuple, DPFineTuneEnv] = OrderedDict()
         self._cache_size = max(1, cache)
         first = self.distribution.sample(np.random.default_rng(0), config, self.corpora)
@@ -233,21 +273,53 @@ class ProxyEnv(gym.Env):
         self.current = self._proxy(instance)
         budget = {key: instance[key] for key in ("epsilon", "sample_rate", "max_updates")}
         episode_seed = int(self.np_random.integers(2**63 - 1))
-        observation, info = self.current.reset(seed=episode_seed, options={**options, "instance": budget})
+        options = {**options, "instance": budget}
+        self.reference, randomness = (self._reference_episode(episode_seed, options) if self.distribution.paired
+                                      else (None, None))
+        observation, info = self.current.reset(seed=episode_seed, options=options)
+        if randomness is not None:
+            self.current.run.share_randomness(randomness)  # common random numbers with the twin
         return observation, {**info, "proxy_instance": dict(instance)}
 
+    def _reference_episode(self, seed: int, options: dict[str, Any]):
+        """Run the action-0 twin of the episode about to start; returns it and its secret randomness
+        (kept in memory only, for the paired episode)."""
+        env = self.current
+        env.reset(seed=seed, options=options)
+        action = np.zeros(self.action_space.shape, dtype=self.action_space.dtype)
+        rewards, done, info = [], False, {}
+        while not done:
+            _, reward, terminated, truncated, info = env.step(action)
+            rewards.append(float(reward))
+            done = terminated or truncated
+        reference = ReferenceEpisode(rewards, float(info["val_loss"]), float(info["val_metric"]))
+        return reference, env.run.randomness
+
     def step(self, action):
-        return self.current.step(action)
+        observation, reward, terminated, truncated, info = self.current.step(action)
+        if self.reference is not None:
+            done = terminated or truncated
+            info["unpaired_reward"] = float(reward)
+            reward = float(reward) - self.reference.subtract(done)
+            if done:
+                info["reference_val_loss"] = self.reference.val_loss
+                info["reference_val_metric"] = self.reference.val_metric
+        return observation, reward, terminated, truncated, info
 
     def state_dict(self) -> dict[str, Any]:
         return {"instance": dict(self.instance), "np_random": self.np_random.bit_generator.state,
-                "env": self.current.state_dict()}
+                "env": self.current.state_dict(),
+                "reference": None if self.reference is None else asdict(self.reference)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue a checkpointed episode (a paired one keeps its twin's rewards; the twin's shared
+        randomness is re-derived with the same secret key, or fresh without one, as for any resume)."""
         self.instance = dict(state["instance"])
         self.current = self._proxy(self.instance)
         self.np_random.bit_generator.state = state["np_random"]
         self.current.load_state_dict(state["env"])
+        reference = state.get("reference")
+        self.reference = None if reference is None else ReferenceEpisode(**reference)
 
     def close(self) -> None:
         for env in self._cache.values():

@@ -1,3 +1,4 @@
+import csv
 import json
 import math
 import subprocess
@@ -65,6 +66,19 @@ def test_train_writes_tensorboard_epsilon_and_a_loadable_model_and_resumes(tmp_p
     assert main(["plot", str(tmp_path), str(tmp_path), "--out", str(tmp_path / "curves.png")]) == 0
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["plot", str(tmp_path / "checkpoints")]) == 2  # not a training run: one clear line
+
+
+def test_paired_training_logs_its_learning_curve_against_action_zero(tmp_path):
+    proxy = {"paired": True, "train_sizes": [32], "n_val": 4, "max_length": 24}
+    train("dp_gym/TinyTextFlat-v0", "sac", timesteps=8, out=tmp_path, env_overrides=SMALL, checkpoint_every=8,
+          progress_bar=False, hyperparams={"learning_starts": 2, "batch_size": 4}, proxy=proxy)
+    relative = scalars(tmp_path / "tb")["episode/val_metric_vs_action0"]
+    with (tmp_path / "episodes.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 2 and all(float(row["reference_val_metric"]) > 1 for row in rows)
+    expected = [float(r["final_val_metric"]) / float(r["reference_val_metric"]) - 1 for r in rows]
+    assert relative == pytest.approx(expected, rel=1e-5)  # one point an episode
+    assert json.loads((tmp_path / "run.json").read_text())["proxy"]["paired"] is True
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):

@@ -156,3 +156,62 @@ def test_the_default_text_proxies_are_not_the_base_models_pretraining_text():
     assert not set(PROXY_CORPORA.get("python_docs")(64, 0)) - pretraining  # why it is left out
     assert TextTask.proxy_corpora({"tiny": {"public_captions": 100}}) == ("public_notes",)
     assert "python_docs" in TextTask.proxy_corpora({"model": "/models/my-gpt2"})
+
+
+PAIRED = InstanceDistribution(train_sizes=(32, 64), n_val=4, max_length=24, epsilon=(1.0, 8.0), paired=True)
+
+
+def _episode(env, action_of, seed):
+    observation, _ = env.reset(seed=seed)
+    rewards, unpaired, done = [], [], False
+    while not done:
+        observation, reward, terminated, truncated, info = env.step(action_of(observation))
+        rewards.append(reward)
+        unpaired.append(info["unpaired_reward"])
+        done = terminated or truncated
+    return np.array(rewards), np.array(unpaired), info
+
+
+@pytest.mark.parametrize("key", [None, KEY])
+def test_action_zero_ties_its_paired_twin_at_every_step(key):
+    # same instance, same secret batches and noise (shared even without a key): the same run
+    env = ProxyEnv(dp_gym.config_of("dp_gym/TinyTextFlat-v0", **SMALL), PAIRED, secret_key=key)
+    zero = np.zeros(env.action_space.shape, dtype=np.float32)
+    rewards, unpaired, info = _episode(env, lambda _: zero, seed=3)
+    assert np.all(unpaired != 0) and np.all(rewards == 0.0)
+    assert info["val_loss"] == info["reference_val_loss"] and info["reference_val_metric"] == info["val_metric"]
+
+
+def test_a_paired_return_is_the_policys_return_minus_action_zeros():
+    env = ProxyEnv(dp_gym.config_of("dp_gym/TinyTextFlat-v0", **SMALL), PAIRED, secret_key=KEY)
+    rng = np.random.default_rng(0)
+    rewards, unpaired, info = _episode(env, lambda _: rng.uniform(-1, 1, env.action_space.shape).astype(np.float32), 4)
+    twin = env.reference.rewards
+    assert rewards.sum() == pytest.approx(unpaired.sum() - sum(twin), abs=1e-9)
+    assert np.allclose(rewards[:-1], unpaired[:-1] - np.array(twin[:len(rewards) - 1]))
+    assert info["val_loss"] != info["reference_val_loss"]
+    unpaired_env = ProxyEnv(dp_gym.config_of("dp_gym/TinyTextFlat-v0", **SMALL), CHEAP)
+    unpaired_env.reset(seed=4)
+    assert "unpaired_reward" not in unpaired_env.step(np.zeros(env.action_space.shape, dtype=np.float32))[-1]
+
+
+def test_a_paired_episode_resumes_with_its_twin():
+    config = dp_gym.config_of("dp_gym/TinyTextFlat-v0", **SMALL)
+    action = np.full(ProxyEnv(config, PAIRED).action_space.shape, 0.5, dtype=np.float32)
+    env = ProxyEnv(config, PAIRED, secret_key=KEY)
+    env.reset(seed=5)
+    first = env.step(action)[1]
+    state = env.state_dict()
+    rest = [env.step(action)[1] for _ in range(3)]
+    resumed = ProxyEnv(config, PAIRED, secret_key=KEY)
+    resumed.load_state_dict(state)
+    assert first != 0 and [resumed.step(action)[1] for _ in range(3)] == pytest.approx(rest)
+
+
+def test_only_public_runs_share_their_secret_randomness():
+    env = DPFineTuneEnv(SMALL)
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="trains on private data"):
+        env.run.share_randomness(env.run.randomness)
+    with pytest.raises(ConfigError, match="proxy.paired must be true or false"):
+        InstanceDistribution(paired="yes")
