@@ -14,6 +14,19 @@ from typing import Any
 from dp_gym.privacy import PrivacyReport
 
 
+def resolve_selected(spec: str) -> str:
+    """``"selected:RUN"`` -> the spec that ``RUN/selection.json`` chose (``dp-gym select``); any
+    other spec unchanged."""
+    name, _, rest = spec.partition(":")
+    if name != "selected":
+        return spec
+    if not rest:
+        raise ValueError("controller 'selected' needs a training run folder: selected:runs/train")
+    from agents.selection import selected_spec
+
+    return selected_spec(rest)
+
+
 def _policy_path(algo: str, rest: str, env_id: str | None) -> str:
     """The model file of ``algo:rest``: a path, or ``pretrained`` (the one shipped for ``env_id``)."""
     if rest == "pretrained":
@@ -25,10 +38,12 @@ def _policy_path(algo: str, rest: str, env_id: str | None) -> str:
 
 def controller_factory(spec: str, env_id: str | None = None):
     """``"vanilla"``, ``"adaptive_quantile:initial_clip=0.3"``, ``"schedule:clip_knots=2/1/0.5"`` (a list
-    of numbers separated by ``/``), ``"sac:PATH"``, ``"sac:pretrained"`` -> factory(env)."""
+    of numbers separated by ``/``), ``"sac:PATH"``, ``"sac:pretrained"``,
+    ``"selected:RUN"`` (what ``dp-gym select`` chose for a training run) -> factory(env)."""
     from agents.heuristics import CONTROLLERS, make_controller, registered_controllers
     from agents.rl import algorithms, load_policy
 
+    spec = resolve_selected(spec)
     name, _, rest = spec.partition(":")
     if name in algorithms():
         if not rest:
@@ -64,6 +79,7 @@ def noise_stream(command: str, spec: str, env_id: str | None = None) -> str:
 
     from agents.rl import algorithms
 
+    spec = resolve_selected(spec)
     name, _, rest = spec.partition(":")
     if name in algorithms() and rest:
         digest = hashlib.sha256(Path(_policy_path(name, rest, env_id)).read_bytes()).hexdigest()[:16]
@@ -77,6 +93,7 @@ def controller_prior(spec: str, delta: float, env_id: str | None = None):
     parameters came from elsewhere (they may have been tuned on the private data)."""
     from agents.rl import algorithms, training_privacy_of
 
+    spec = resolve_selected(spec)  # the selection itself ran on public proxies only
     name, _, rest = spec.partition(":")
     if name in algorithms():
         return training_privacy_of(_policy_path(name, rest, env_id))

@@ -179,6 +179,17 @@ class DecayController(ScheduleController):
         super().__init__(env, clip, (clip_start, clip_end), (noise_start, noise_end))
 
 
+class ActionZeroController(Controller):
+    """The env's action 0 at every step: on the recommended ids (pace and share layouts), DP-SGD
+    with the proxy-tuned clip, evenly paced noise and Opacus' per-layer noise allocation; the policy
+    a controller trained with ``actor_init="zero"`` starts from, and the reference of a paired reward."""
+
+    name = "action0"
+
+    def act(self, observation, env_index):
+        return np.zeros(self.env.action_space.shape, dtype=np.float32)
+
+
 class RandomController(Controller):
     """Uniformly random actions (seeded)."""
 
@@ -211,5 +222,5 @@ def make_controller(name: str, env, **kwargs: Any) -> Controller:
 
 
 for _cls in (VanillaController, DualPrivController, AdaptiveQuantileController, ScheduleController, DecayController,
-             RandomController):
+             ActionZeroController, RandomController):
     register_controller(_cls.name, _cls)

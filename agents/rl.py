@@ -407,8 +407,13 @@ def train_job(out: str, **kwargs: Any) -> str:
 
 def training_privacy_of(model_path: str | Path) -> PrivacyReport | None:
     """What a trained controller carries into a deployment, read from the ``run.json`` beside its
-    model (None when there is none: then nothing is known about how it was trained)."""
-    run = Path(model_path).parent / "run.json"
+    model, or of the run whose checkpoint it is (``RUN/checkpoints/step_<n>/model.zip``: the whole
+    run's report, an upper bound for a checkpoint's); None when there is none: then nothing is known
+    about how it was trained."""
+    folder = Path(model_path).parent
+    run = folder / "run.json"
+    if not run.exists() and folder.parent.name == "checkpoints":
+        run = folder.parent.parent / "run.json"
     if not run.exists():
         return None
     data = json.loads(run.read_text())

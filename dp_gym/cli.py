@@ -233,6 +233,23 @@ def cmd_plot(args) -> None:
     console.print(f"written: {path}")
 
 
+def cmd_select(args) -> None:
+    """Choose what to deploy from a training run: its checkpoints or action 0, on held-out public
+    proxy instances (no private data); writes ``RUN/selection.json``."""
+    from agents.selection import select_checkpoint
+
+    run = Path(args.run) / "run.json"
+    if not run.exists():
+        raise FileNotFoundError(f"{run} does not exist: give the --out folder of a finished `dp-gym train` run")
+    trained = json.loads(run.read_text())
+    console.print(f"selecting among the checkpoints of {args.run} and action 0 on {args.instances} held-out public "
+                  f"proxy instances of {trained['env_id']} (no private data, no privacy spent)")
+    selection = select_checkpoint(trained["env_id"], args.run, args.instances, args.first_seed, report=console.print,
+                                  **trained.get("env_overrides", {}))
+    console.print(f"deploy: {selection.chosen}  (as `--controllers selected:{args.run}`; written: "
+                  f"{Path(args.run) / 'selection.json'})")
+
+
 def cmd_evaluate(args) -> None:
     from agents.controllers import controller_factory, noise_stream
 
@@ -530,6 +547,14 @@ def build_parser() -> argparse.ArgumentParser:
                       help="run: one curve (mean and 95%% interval) per algorithm, env and training data; folder: one "
                            "per folder")
 
+    select = command("select", "choose what to deploy from a training run: its checkpoints or action 0, compared "
+                     "on held-out public proxy instances (no private data, no privacy spent)")
+    select.add_argument("run", help="a finished `dp-gym train --out` folder")
+    select.add_argument("--instances", type=_positive_int, default=8, help="held-out public proxy instances")
+    select.add_argument("--first-seed", type=int, default=100, help="public seed of the first instance")
+    select.add_argument("--threads", type=_positive_int, default=None,
+                        help="torch threads (default: $DP_GYM_THREADS, else the cores available)")
+
     evaluate = command("evaluate", "evaluate one controller")
     common(evaluate, "runs/evaluate")
     evaluate.add_argument("--policy", required=True, help="a heuristic name, 'module:Factory', ALGO:PATH or ALGO:pretrained")
@@ -595,7 +620,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"envs": cmd_envs, "algos": cmd_algos, "plot": cmd_plot, "train": cmd_train, "evaluate": cmd_evaluate, "compare": cmd_compare,
+COMMANDS = {"envs": cmd_envs, "algos": cmd_algos, "plot": cmd_plot, "train": cmd_train, "select": cmd_select, "evaluate": cmd_evaluate, "compare": cmd_compare,
             "tune-vanilla": cmd_tune_vanilla, "finetune": cmd_finetune, "audit": cmd_audit, "demo": cmd_demo}
 
 

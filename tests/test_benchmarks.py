@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,25 +47,9 @@ def test_transfer_policy_reads_how_a_controller_spent_its_budget():
     assert row["clip_early"] == pytest.approx(0.3) and row["clip_late"] == pytest.approx(0.25)
 
 
-def test_proxy_check_pairs_controllers_with_action_zero_on_public_instances():
-    check = _benchmark("proxy_check").check
-    from dp_gym.envs import InstanceDistribution
-
-    distribution = InstanceDistribution(train_sizes=(64,), max_updates=(8,), n_val=4)
-    results = check("dp_gym/TinyTextFlatSchedule-v0", ["vanilla:clip=0.1"], [3, 4, 3],
-                    distribution, secret_key="dp-gym-test-secret-key-0001")
-    assert list(results) == ["action 0", "vanilla:clip=0.1"]
-    assert all(metrics.shape == (3,) and np.isfinite(metrics).all() for metrics in results.values())
-    # with one key every controller meets the same instance and noise on a seed: vanilla at the
-    # action-0 clip is action 0 (up to its action's rounding); seed 3 again is the same episode
-    reference = results["action 0"]
-    np.testing.assert_allclose(results["vanilla:clip=0.1"], reference, rtol=1e-4)  # its action rounds to 0
-    assert reference[0] == reference[2] != reference[1]
-
-
 def test_proxy_check_runs_from_the_command_line():
     process = subprocess.run([sys.executable, "benchmarks/proxy_check.py", "--env", "dp_gym/TinyTextFlatSchedule-v0",
                               "--controllers", "vanilla", "--instances", "1", "--max-updates", "4", "--threads", "1"],
                              cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert process.returncode == 0, process.stderr[-2000:]
-    assert "| action 0 | +0.0% |" in process.stdout and "| vanilla |" in process.stdout
+    assert "| action0 | +0.0% |" in process.stdout and "| vanilla |" in process.stdout

@@ -14,7 +14,7 @@ def env():
     return dp_gym.make("dp_gym/TinyText-v0", **SMALL)
 
 
-@pytest.mark.parametrize("name", ["vanilla", "adaptive_quantile", "decay", "dual_priv", "random"])
+@pytest.mark.parametrize("name", ["vanilla", "adaptive_quantile", "decay", "dual_priv", "action0", "random"])
 def test_predict_returns_in_range_actions_of_the_right_shape(env, name):
     controller = make_controller(name, env)
     observation, _ = env.reset(seed=0)
