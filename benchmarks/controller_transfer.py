@@ -5,7 +5,10 @@ The honest protocol (issue: controllers that learn and transfer). For every envi
 1. SAC is trained on public proxy instances (``ProxyEnv``: public corpora, epsilon 1 to 8) for
    ``--timesteps`` steps, starting at action 0 (on the recommended ids, proxy-tuned DP-SGD), or
    ``--sac-model`` is loaded (``pretrained``: the shipped controller, trained that way by
-   ``make pretrained``);
+   ``make pretrained``); with ``--paired`` its proxy episodes are rewarded against their action-0
+   twin (``InstanceDistribution.paired``); with ``--select N`` what is deployed as ``sac`` is the
+   best of its checkpoints and action 0 on ``N`` held-out public proxy instances
+   (``agents.selection``, ``dp-gym select``);
 2. every baseline is tuned on the same proxies with the same number of episodes SAC trained on:
    ``vanilla`` (plain DP-SGD at the env's action-0 clip; the learning rate), ``decay`` (a linear clip
    schedule; its start and end factors), ``schedule`` (Optuna's TPE over a 3-knot piecewise-linear
@@ -27,13 +30,15 @@ as one Ray Tune trial each (the results do not depend on where: with a secret ke
 without one each deployment draws its own secret noise).
 
     python benchmarks/controller_transfer.py [--envs dp_gym/TinyTextFlatSchedule-v0] [--epsilons 1 3 8]
-        [--seeds 10] [--timesteps 1000] [--sac-model pretrained] [--workers 2 | --backend ray [--address auto]]
+        [--seeds 10] [--timesteps 1000] [--sac-model pretrained] [--paired] [--select 8]
+        [--workers 2 | --backend ray [--address auto]]
         [--out runs/bench/transfer]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -41,9 +46,10 @@ from pathlib import Path
 import numpy as np
 
 import dp_gym
-from agents.controllers import deploy, noise_stream
+from agents.controllers import controller_prior, deploy, noise_stream
 from agents.pretrained import pretrained_model
-from agents.rl import private_training_privacy, train, training_privacy_of
+from agents.rl import private_training_privacy, train
+from agents.selection import select_checkpoint
 from agents.tuning import tune_controller, tune_schedule
 from dp_gym.envs import InstanceDistribution
 from dp_gym.evaluation import write_json
@@ -88,7 +94,7 @@ def earlier_tuning(path: Path, env_id: str, episodes: int) -> dict:
     if earlier.get("episodes", {}).get(env_id) != episodes:
         raise SystemExit(f"{path} tuned {env_id} with {earlier.get('episodes', {}).get(env_id)} proxy episodes "
                          f"per baseline, SAC trained for {episodes}: tune again (drop --tuned)")
-    if earlier.get("proxy") != json.loads(json.dumps(asdict(InstanceDistribution()))):
+    if InstanceDistribution.from_dict(earlier.get("proxy")) != InstanceDistribution():
         raise SystemExit(f"{path} tuned on other proxies than today's default InstanceDistribution: tune again")
     return {name: (kwargs, overrides) for name, (kwargs, overrides) in earlier["tuned"][env_id].items()}
 
@@ -100,19 +106,21 @@ def heuristic_spec(name: str, kwargs: dict) -> str:
     return name + (":" + ",".join(items) if items else "")
 
 
-def deploy_cell(backend, env_id: str, epsilon: float, tuned: dict, model: str, seeds) -> list:
+def deploy_cell(backend, env_id: str, epsilon: float, tuned: dict, sac_spec: str, seeds) -> list:
     """Each controller once per seed on the private data at ``epsilon``, every deployment one job of
-    ``backend``; each controller was trained or tuned on public proxies only, so what it carries
-    into its deployment is nothing for a tuned heuristic and the model's ``run.json`` report for SAC."""
+    ``backend``; each controller was trained, tuned or selected on public proxies only, so what it
+    carries into its deployment is nothing for a tuned heuristic and the model's ``run.json`` report
+    for SAC (``sac_spec``: a model, or what a selection chose)."""
     specs = {name: heuristic_spec(name, kwargs) for name, (kwargs, _) in tuned.items()}
-    specs["sac"] = f"sac:{model}"
+    specs["sac"] = sac_spec
     overrides_of = {name: overrides for name, (_, overrides) in tuned.items()}
     # with a secret key, the stream names everything that decides the actions
     streams = {name: f"transfer/{name}:{json.dumps({**kwargs, **overrides}, sort_keys=True)}"
                for name, (kwargs, overrides) in tuned.items()}
-    streams["sac"] = noise_stream("transfer", f"sac:{model}")
-    priors = {name: PrivacyReport.nothing(dp_gym.config_of(env_id).delta, "tuned on public proxies") for name in tuned}
-    priors["sac"] = training_privacy_of(model)
+    streams["sac"] = noise_stream("transfer", sac_spec)
+    delta = dp_gym.config_of(env_id).delta
+    priors = {name: PrivacyReport.nothing(delta, "tuned on public proxies") for name in tuned}
+    priors["sac"] = controller_prior(sac_spec, delta, env_id)
     results = deploy(backend, env_id, specs, seeds, {"epsilon": epsilon}, overrides_of, streams)
     for result in results:
         if result.error:
@@ -163,6 +171,11 @@ def main() -> None:
     parser.add_argument("--address", default=None, help="with --backend ray: a running cluster (auto, ray://...)")
     parser.add_argument("--resources", default=None, help='with --backend ray: one trial\'s resources, JSON')
     parser.add_argument("--out", default="runs/bench/transfer")
+    parser.add_argument("--paired", action="store_true",
+                        help="train SAC with the paired reward (each proxy episode against its action-0 twin)")
+    parser.add_argument("--select", type=int, default=0, metavar="N",
+                        help="deploy the best of SAC's checkpoints and action 0 on N held-out public proxy "
+                             "instances (0: the final model)")
     parser.add_argument("--tuned", default=None,
                         help="an earlier run's transfer.json: deploy its tuned baselines instead of tuning again "
                              "(it must have tuned each env for as many proxy episodes as SAC trained here)")
@@ -170,8 +183,9 @@ def main() -> None:
     quiet_libraries()
     configure_threads()
     out = Path(args.out)
-    proxy = InstanceDistribution()
-    rows, tuned_by_env, episodes_by_env, deployments = [], {}, {}, []
+    proxy = InstanceDistribution()  # the baselines' tuning: final perplexity, no twin needed
+    sac_proxy = dataclasses.replace(proxy, paired=args.paired)
+    rows, tuned_by_env, episodes_by_env, deployments, selections = [], {}, {}, [], {}
     for env_id in args.envs:
         if args.sac_model:
             model = pretrained_model("sac", env_id) if args.sac_model == "pretrained" else Path(args.sac_model)
@@ -183,9 +197,15 @@ def main() -> None:
         else:
             print(f"== {env_id}: SAC on proxies for {args.timesteps} steps")
             model = train(env_id, "sac", args.timesteps, 0, out / env_id.replace("/", "_") / "sac", progress_bar=False,
-                          checkpoint_every=args.timesteps, actor_init="zero", proxy=proxy, n_envs=args.n_envs)
+                          checkpoint_every=max(args.timesteps // 4, 1) if args.select else args.timesteps,
+                          actor_init="zero", proxy=sac_proxy, n_envs=args.n_envs)
             trained_for = args.timesteps
         episodes = episodes_by_env[env_id] = trained_for // dp_gym.make(env_id).spec.max_episode_steps
+        sac_spec = f"sac:{model}"
+        if args.select:
+            print(f"== choosing among {model.parent}'s checkpoints and action 0 on {args.select} held-out proxies")
+            selection = select_checkpoint(env_id, model.parent, args.select, report=print)
+            sac_spec, selections[env_id] = selection.chosen, selection.to_dict()
         if args.tuned:
             tuned = tuned_by_env[env_id] = earlier_tuning(Path(args.tuned), env_id, episodes)
             print(f"== the baselines as tuned by {args.tuned} ({episodes} proxy episodes each)")
@@ -199,7 +219,7 @@ def main() -> None:
             print(f"== deploying on the private data at epsilon {epsilon:g}, {args.seeds} seeds")
             backend = make_backend(args.backend, out, args.address, args.resources, workers=args.workers,
                                    experiment=f"{env_id.replace('/', '_')}@{epsilon:g}")
-            results = deploy_cell(backend, env_id, epsilon, tuned, str(model), range(1000, 1000 + args.seeds))
+            results = deploy_cell(backend, env_id, epsilon, tuned, sac_spec, range(1000, 1000 + args.seeds))
             cell = aggregate(results, env_id, epsilon)
             old = private_training_privacy(dp_gym.config_of(env_id, epsilon=epsilon), trained_for).epsilon
             for row in cell:
@@ -209,8 +229,12 @@ def main() -> None:
             # validation perplexity after each step): what the policy does, for learning curves
             deployments += [{"env": env_id, "epsilon": epsilon, **result.to_dict()} for result in results]
             write_json({"deployments": deployments}, out / "deployments.json")
+            # SAC's proxy compute beyond its learning episodes: each one's twin when paired, and
+            # the selection's (instances x (checkpoints + action 0)); the baselines get `episodes`
             write_json({"rows": rows, "tuned": tuned_by_env, "episodes": episodes_by_env,
-                        "proxy": asdict(proxy), "args": vars(args)}, out / "transfer.json")
+                        "sac_twin_episodes": {env: n if args.paired else 0 for env, n in episodes_by_env.items()},
+                        "selections": selections, "proxy": asdict(proxy), "sac_proxy": asdict(sac_proxy),
+                        "args": vars(args)}, out / "transfer.json")
     print("\n| env | epsilon | controller | IQM relative ppl vs best baseline [95% CI] | mean ppl | P(improvement) | "
           "updates to reach best baseline | epsilon end to end (private episodes) | old protocol epsilon |")
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|")

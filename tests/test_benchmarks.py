@@ -2,6 +2,7 @@
 signature changed). Smallest settings, one repeat: behaviour only, never a number."""
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -53,3 +54,21 @@ def test_proxy_check_runs_from_the_command_line():
                              cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert process.returncode == 0, process.stderr[-2000:]
     assert "| action0 | +0.0% |" in process.stdout and "| vanilla |" in process.stdout
+
+
+def test_transfer_reuses_tuning_only_of_the_same_proxies_and_episodes(tmp_path):
+    earlier_tuning = _benchmark("controller_transfer").earlier_tuning
+    from dp_gym.envs import InstanceDistribution
+
+    tuned = {"vanilla": [{"clip": 0.1}, {"learning_rate": 0.002}]}
+    proxy = InstanceDistribution().to_dict()
+    proxy.pop("paired")  # written before the field existed: the same (unpaired) proxies
+    path = tmp_path / "transfer.json"
+    path.write_text(json.dumps({"tuned": {"dp_gym/X-v0": tuned}, "episodes": {"dp_gym/X-v0": 40}, "proxy": proxy}))
+    assert earlier_tuning(path, "dp_gym/X-v0", 40) == {"vanilla": ({"clip": 0.1}, {"learning_rate": 0.002})}
+    with pytest.raises(SystemExit, match="tune again"):
+        earlier_tuning(path, "dp_gym/X-v0", 80)
+    path.write_text(json.dumps({"tuned": {"dp_gym/X-v0": tuned}, "episodes": {"dp_gym/X-v0": 40},
+                                "proxy": {**proxy, "train_sizes": [64]}}))
+    with pytest.raises(SystemExit, match="other proxies"):
+        earlier_tuning(path, "dp_gym/X-v0", 40)
