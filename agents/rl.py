@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import importlib.resources
+import inspect
 import json
 import math
 import re
@@ -86,6 +87,24 @@ def load_hyperparams(algo: str, env_id: str, path: Path | None = None) -> tuple[
     if isinstance(entry.get("policy_kwargs"), str):
         entry["policy_kwargs"] = _parse_policy_kwargs(entry["policy_kwargs"])
     return entry, zoo
+
+
+def checked_hyperparams(cls: type[BaseAlgorithm], hyperparams: dict[str, Any]) -> dict[str, Any]:
+    """``hyperparams`` as ``cls``'s constructor takes them (``policy_kwargs`` may be the zoo's
+    ``"dict(...)"`` string).
+
+    Raises:
+        ValueError: naming a key the constructor does not take, and the ones it does.
+    """
+    allowed = set(inspect.signature(cls.__init__).parameters) - {"self", "policy", "env", "seed", "verbose",
+                                                                  "tensorboard_log"}  # train() sets these
+    unknown = sorted(set(hyperparams) - allowed)
+    if unknown:
+        raise ValueError(f"hyperparams {unknown} are not {cls.__name__} arguments; allowed: {sorted(allowed)}")
+    checked = dict(hyperparams)
+    if isinstance(checked.get("policy_kwargs"), str):
+        checked["policy_kwargs"] = _parse_policy_kwargs(checked["policy_kwargs"])
+    return checked
 
 
 ACTOR_INITS = ("default", "zero")
@@ -306,7 +325,7 @@ def train(env_id: str, algo: str = "sac", timesteps: int = 1000, seed: int = 0, 
     distribution = proxy if isinstance(proxy, InstanceDistribution) else InstanceDistribution.from_dict(proxy)
     cls = algorithm(algo)
     kwargs, zoo = load_hyperparams(algo, env_id)
-    kwargs.update(hyperparams or {})
+    kwargs.update(checked_hyperparams(cls, hyperparams or {}))
     out = Path(out)
     env_overrides = dict(env_overrides or {})
     stream = f"train/{algo}/seed={seed}"

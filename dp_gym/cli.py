@@ -91,7 +91,8 @@ def cmd_train(args) -> None:
                      env_overrides=args.env_overrides, checkpoint_every=args.checkpoint_every,
                      progress_bar=not args.no_progress, actor_init=args.actor_init,
                      actor_init_std=args.actor_init_std, report=lambda line: console.print(line, markup=False),
-                     private_training=args.private_training, proxy=args.proxy, n_envs=args.n_envs)
+                     private_training=args.private_training, proxy=args.proxy, n_envs=args.n_envs,
+                     hyperparams=args.hyperparams)
     except BaseException:
         # a run that failed before its first checkpoint leaves nothing to resume: no folder behind
         if fresh and out.is_dir() and not any((out / "checkpoints").glob("step_*")):
@@ -115,7 +116,8 @@ def _train_seeds(args) -> None:
                  "out": str(out / f"seed_{seed}"), "env_overrides": args.env_overrides,
                  "checkpoint_every": args.checkpoint_every, "actor_init": args.actor_init,
                  "actor_init_std": args.actor_init_std, "private_training": args.private_training,
-                 "proxy": args.proxy, "n_envs": args.n_envs}, tuple(args.gym_packages))
+                 "proxy": args.proxy, "n_envs": args.n_envs, "hyperparams": args.hyperparams},
+                tuple(args.gym_packages))
             for seed in args.seeds]
     with console.status("training") as status:
         outcomes = _backend(args, "train").run(jobs, progress=lambda text: status.update(f"training: {text}"))
@@ -524,6 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train on the private data: every training episode's epsilon is reported and carried")
     train.add_argument("--proxy", type=_overrides, default={},
                        help="JSON of the proxy instance distribution, e.g. '{\"epsilon\": [1, 8]}' (see ProxyEnv)")
+    train.add_argument("--hyperparams", type=_overrides, default={},
+                       help='JSON of algorithm arguments over the shipped RL Zoo file, e.g. \'{"ent_coef": 0.005}\'')
     train.add_argument("--n-envs", type=_positive_int, default=1,
                        help="environments in parallel processes (one torch thread each)")
     train.add_argument("--algo", default="sac", choices=["sac", "td3", "ppo", "a2c", "tqc"], help="SB3 algorithm")

@@ -71,14 +71,17 @@ def test_train_writes_tensorboard_epsilon_and_a_loadable_model_and_resumes(tmp_p
 def test_paired_training_logs_its_learning_curve_against_action_zero(tmp_path):
     proxy = {"paired": True, "train_sizes": [32], "n_val": 4, "max_length": 24}
     train("dp_gym/TinyTextFlat-v0", "sac", timesteps=8, out=tmp_path, env_overrides=SMALL, checkpoint_every=8,
-          progress_bar=False, hyperparams={"learning_starts": 2, "batch_size": 4}, proxy=proxy)
+          progress_bar=False, hyperparams={"learning_starts": 2, "batch_size": 4, "ent_coef": 0.01}, proxy=proxy)
     relative = scalars(tmp_path / "tb")["episode/val_metric_vs_action0"]
     with (tmp_path / "episodes.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 2 and all(float(row["reference_val_metric"]) > 1 for row in rows)
     expected = [float(r["final_val_metric"]) / float(r["reference_val_metric"]) - 1 for r in rows]
     assert relative == pytest.approx(expected, rel=1e-5)  # one point an episode
-    assert json.loads((tmp_path / "run.json").read_text())["proxy"]["paired"] is True
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["proxy"]["paired"] is True and run["hyperparams"]["ent_coef"] == 0.01
+    assert main(["train", "--env", "dp_gym/TinyTextFlat-v0", "--hyperparams", '{"ent_coeff": 0.01}',
+                 "--out", str(tmp_path / "bad")]) == 2  # names the key, before anything runs
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
