@@ -25,6 +25,7 @@ releases nothing.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import re
@@ -103,7 +104,8 @@ class Selection:
 
 def checkpoint_specs(run_dir: str | Path) -> list[str]:
     """The candidates of a training run: every checkpoint's model and the final model, as specs
-    (``algo:PATH``; the algorithm from the run's ``run.json``), oldest first."""
+    (``algo:PATH``; the algorithm from the run's ``run.json``), oldest first; a file identical to
+    an earlier one (the final model is the last checkpoint's when training ended on one) once."""
     run_dir = Path(run_dir)
     run_json = run_dir / "run.json"
     if not run_json.exists():
@@ -111,9 +113,15 @@ def checkpoint_specs(run_dir: str | Path) -> list[str]:
     algo = json.loads(run_json.read_text())["algo"]
     steps = sorted((int(match.group(1)), path) for path in (run_dir / "checkpoints").glob("step_*")
                    if (match := re.fullmatch(r"step_(\d+)", path.name)) and (path / "model.zip").exists())
-    specs = [f"{algo}:{path / 'model.zip'}" for _, path in steps]
+    files = [path / "model.zip" for _, path in steps]
     if (run_dir / "model.zip").exists():
-        specs.append(f"{algo}:{run_dir / 'model.zip'}")
+        files.append(run_dir / "model.zip")
+    specs, seen = [], set()
+    for file in files:
+        digest = hashlib.sha256(file.read_bytes()).hexdigest()
+        if digest not in seen:
+            seen.add(digest)
+            specs.append(f"{algo}:{file}")
     return specs
 
 

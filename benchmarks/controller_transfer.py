@@ -30,7 +30,7 @@ as one Ray Tune trial each (the results do not depend on where: with a secret ke
 without one each deployment draws its own secret noise).
 
     python benchmarks/controller_transfer.py [--envs dp_gym/TinyTextFlatSchedule-v0] [--epsilons 1 3 8]
-        [--seeds 10] [--timesteps 1000] [--sac-model pretrained] [--paired] [--select 8]
+        [--seeds 10] [--timesteps 1000] [--sac-model pretrained] [--paired] [--select 8 | --selected]
         [--workers 2 | --backend ray [--address auto]]
         [--out runs/bench/transfer]
 """
@@ -49,7 +49,7 @@ import dp_gym
 from agents.controllers import controller_prior, deploy, noise_stream
 from agents.pretrained import pretrained_model
 from agents.rl import private_training_privacy, train
-from agents.selection import select_checkpoint
+from agents.selection import SELECTION_JSON, select_checkpoint, selected_spec
 from agents.tuning import tune_controller, tune_schedule
 from dp_gym.envs import InstanceDistribution
 from dp_gym.evaluation import write_json
@@ -176,6 +176,8 @@ def main() -> None:
     parser.add_argument("--select", type=int, default=0, metavar="N",
                         help="deploy the best of SAC's checkpoints and action 0 on N held-out public proxy "
                              "instances (0: the final model)")
+    parser.add_argument("--selected", action="store_true",
+                        help="with --sac-model: deploy what its run's selection.json chose (`dp-gym select` ran)")
     parser.add_argument("--tuned", default=None,
                         help="an earlier run's transfer.json: deploy its tuned baselines instead of tuning again "
                              "(it must have tuned each env for as many proxy episodes as SAC trained here)")
@@ -206,6 +208,10 @@ def main() -> None:
             print(f"== choosing among {model.parent}'s checkpoints and action 0 on {args.select} held-out proxies")
             selection = select_checkpoint(env_id, model.parent, args.select, report=print)
             sac_spec, selections[env_id] = selection.chosen, selection.to_dict()
+        elif args.selected:
+            selections[env_id] = json.loads((model.parent / SELECTION_JSON).read_text())
+            sac_spec = selected_spec(model.parent)
+            print(f"== deploying as sac what {model.parent / SELECTION_JSON} chose: {sac_spec}")
         if args.tuned:
             tuned = tuned_by_env[env_id] = earlier_tuning(Path(args.tuned), env_id, episodes)
             print(f"== the baselines as tuned by {args.tuned} ({episodes} proxy episodes each)")

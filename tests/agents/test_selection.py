@@ -47,8 +47,8 @@ def test_select_chooses_among_a_runs_checkpoints_and_deploys_as_selected(tmp_pat
     train("dp_gym/TinyTextFlatSchedule-v0", "sac", timesteps=8, out=tmp_path, env_overrides=SMALL, checkpoint_every=4,
           progress_bar=False, hyperparams={"learning_starts": 2, "batch_size": 4}, actor_init="zero")
     candidates = selection.checkpoint_specs(tmp_path)
-    assert [spec.split("/")[-2:] for spec in candidates] == [["step_4", "model.zip"], ["step_8", "model.zip"],
-                                                             [tmp_path.name, "model.zip"]]
+    # the final model is step 8's checkpoint: one candidate
+    assert [spec.split("/")[-2:] for spec in candidates] == [["step_4", "model.zip"], ["step_8", "model.zip"]]
     assert main(["select", str(tmp_path), "--instances", "2", "--threads", "1"]) == 0
     chosen = json.loads((tmp_path / "selection.json").read_text())
     assert set(chosen["scores"]) == {"action0", *candidates} and chosen["data_seeds"] == [101, 102, 103]
