@@ -3,7 +3,7 @@ proxy instances.
 
 A controller trained on proxies is worth deploying only if it beats the env's action 0 (on the
 recommended ids, proxy-tuned DP-SGD) on proxies it was not trained on; the checkpoints of one run
-can differ by a factor of ten (docs/BENCHMARKS.md, session 11). :func:`proxy_check` runs every
+can range from 21% better to 33% worse than action 0 (docs/BENCHMARKS.md, session 12). :func:`proxy_check` runs every
 candidate and action 0 on the same public proxy instances and :func:`select_controller` keeps the
 candidate with the lowest score
 
@@ -11,15 +11,16 @@ candidate with the lowest score
 
 (the log of the geometric-mean ratio of the final public-validation metric, lower is better;
 action 0 scores 0 and wins ties). Every episode runs on a public proxy (``ProxyEnv``) whose data
-comes from *held-out data seeds* (public records the training instances never drew), so the choice
+comes from *held-out data seeds* (other draws of the same public corpora, which the training
+distribution never uses; a templated corpus can repeat a record), so the choice
 touches no private data and spends no privacy: the chosen controller carries exactly what its
 training carried.
 
 **Common random numbers.** With a secret key every candidate meets, on instance ``i``, the same
 Poisson batches and the same noise draws (one noise stream for all), so the comparison is of
-controllers, not of luck. Without one, :func:`select_controller` draws a fresh key for the call
-(kept in memory, never written): the proxies are public, so sharing noise between their episodes
-releases nothing.
+controllers, not of luck. Without one (neither given nor in ``$DP_GYM_SECRET_KEY``),
+:func:`select_controller` draws a fresh key for the call (kept in memory, never written): the
+proxies are public, so sharing noise between their episodes releases nothing.
 """
 
 from __future__ import annotations
@@ -131,13 +132,13 @@ def select_controller(env_id: str, candidates: Sequence[str], instances: int = 8
     """The candidate (or action 0) with the lowest :func:`score` on ``instances`` held-out public
     proxy instances (public seeds ``first_seed`` onwards, data seeds :data:`HELD_OUT_DATA_SEEDS`
     unless ``distribution`` names its own). Spends no privacy (see the module docstring)."""
-    from dp_gym.engine.randomness import SecretKey
+    from dp_gym.engine.randomness import SecretKey, resolve_secret_key
     from dp_gym.envs import InstanceDistribution
 
     if instances < 1:
         raise ValueError(f"instances must be >= 1, got {instances}")
     distribution = distribution or dataclasses.replace(InstanceDistribution(), seeds=HELD_OUT_DATA_SEEDS)
-    key = secret_key if secret_key is not None else SecretKey(secrets.token_hex(32))
+    key = resolve_secret_key(secret_key) or SecretKey(secrets.token_hex(32))
     seeds = list(range(first_seed, first_seed + instances))
     results = proxy_check(env_id, list(candidates), seeds, distribution, key, **overrides)
     reference = results[ACTION_ZERO]
