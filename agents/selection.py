@@ -29,7 +29,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import re
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from agents.checkpointing import checkpoints
 
 #: the spec of the env's action 0 as a controller
 ACTION_ZERO = "action0"
@@ -112,9 +113,8 @@ def checkpoint_specs(run_dir: str | Path) -> list[str]:
     if not run_json.exists():
         raise FileNotFoundError(f"{run_json} does not exist: give the --out folder of a finished `dp-gym train` run")
     algo = json.loads(run_json.read_text())["algo"]
-    steps = sorted((int(match.group(1)), path) for path in (run_dir / "checkpoints").glob("step_*")
-                   if (match := re.fullmatch(r"step_(\d+)", path.name)) and (path / "model.zip").exists())
-    files = [path / "model.zip" for _, path in steps]
+    files = [path / "model.zip" for _, path in reversed(checkpoints(run_dir / "checkpoints"))
+             if (path / "model.zip").exists()]
     if (run_dir / "model.zip").exists():
         files.append(run_dir / "model.zip")
     specs, seen = [], set()

@@ -209,8 +209,9 @@ def main() -> None:
             selection = select_checkpoint(env_id, model.parent, args.select, report=print)
             sac_spec, selections[env_id] = selection.chosen, selection.to_dict()
         elif args.selected:
+            selected_spec(model.parent)  # a clear line when dp-gym select has not run
             selections[env_id] = json.loads((model.parent / SELECTION_JSON).read_text())
-            sac_spec = selected_spec(model.parent)
+            sac_spec = selections[env_id]["chosen"]
             print(f"== deploying as sac what {model.parent / SELECTION_JSON} chose: {sac_spec}")
         if args.tuned:
             tuned = tuned_by_env[env_id] = earlier_tuning(Path(args.tuned), env_id, episodes)
