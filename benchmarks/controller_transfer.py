@@ -9,7 +9,9 @@ The honest protocol (issue: controllers that learn and transfer). For every envi
    twin (``InstanceDistribution.paired``); with ``--select N`` what is deployed as ``sac`` is the
    best of its checkpoints and action 0 on ``N`` held-out public proxy instances
    (``agents.selection``, ``dp-gym select``);
-2. every baseline is tuned on the same proxies with the same number of episodes SAC trained on:
+2. every baseline is tuned on the same proxies with as many proxy episodes as SAC used in all
+   (``sac_proxy_episodes``: its learning episodes, their action-0 twins when paired, and the
+   selection's episodes):
    ``vanilla`` (plain DP-SGD at the env's action-0 clip; the learning rate), ``decay`` (a linear clip
    schedule; its start and end factors), ``schedule`` (Optuna's TPE over a 3-knot piecewise-linear
    clip and noise schedule, one episode per trial), ``adaptive_quantile`` (Andrew et al.;
@@ -31,7 +33,7 @@ without one each deployment draws its own secret noise).
 
     python benchmarks/controller_transfer.py [--envs dp_gym/TinyTextFlatSchedule-v0] [--epsilons 1 3 8]
         [--seeds 10] [--timesteps 1000] [--sac-model pretrained] [--paired] [--select 8 | --selected]
-        [--workers 2 | --backend ray [--address auto]]
+        [--workers 2 | --backend ray [--address auto]] [--tune-only | --tuned transfer.json]
         [--out runs/bench/transfer]
 """
 
@@ -63,8 +65,21 @@ from dp_gym.utils.threads import configure_threads
 BASELINES = ("vanilla", "decay", "schedule", "adaptive_quantile")
 
 
+def sac_proxy_episodes(learning: int, paired: bool, selection: dict | None) -> dict[str, int]:
+    """Every proxy episode SAC's deployed policy cost: ``learning`` episodes, an action-0 twin for
+    each when ``paired``, and a selection's (held-out instances x candidates, action 0 included).
+    The baselines are tuned with ``total`` each, so no controller sees more proxy episodes than another."""
+    twins = learning if paired else 0
+    chosen_among = 0
+    if selection:
+        metrics = selection["metrics"]
+        chosen_among = len(metrics) * len(next(iter(metrics.values())))
+    return {"learning": learning, "twins": twins, "selection": chosen_among,
+            "total": learning + twins + chosen_among}
+
+
 def tune_baselines(env_id: str, episodes: int, proxy: InstanceDistribution, report, backend=None) -> dict:
-    """Each tuned baseline's best grid point, with the same total number of proxy episodes."""
+    """Each tuned baseline's best grid point, with ``episodes`` proxy episodes per baseline."""
     config = dp_gym.config_of(env_id)
     clip = float(np.sqrt(config.clip_range[0] * config.clip_range[1]))  # the action-0 clip
     rates = {f"lr={rate:g}": rate for rate in (config.learning_rate / 2, config.learning_rate, config.learning_rate * 2)}
@@ -87,13 +102,13 @@ def tune_baselines(env_id: str, episodes: int, proxy: InstanceDistribution, repo
 
 def earlier_tuning(path: Path, env_id: str, episodes: int) -> dict:
     """``env_id``'s tuned baselines from an earlier run's ``transfer.json``, if that run tuned them
-    with ``episodes`` proxy episodes each (the same as SAC's training here) on today's proxies."""
+    with ``episodes`` proxy episodes each (SAC's total here) on today's proxies."""
     earlier = json.loads(path.read_text())
     if env_id not in earlier.get("tuned", {}):
         raise SystemExit(f"{path} has no tuned baselines for {env_id}")
     if earlier.get("episodes", {}).get(env_id) != episodes:
         raise SystemExit(f"{path} tuned {env_id} with {earlier.get('episodes', {}).get(env_id)} proxy episodes "
-                         f"per baseline, SAC trained for {episodes}: tune again (drop --tuned)")
+                         f"per baseline, SAC used {episodes}: tune again (drop --tuned)")
     if InstanceDistribution.from_dict(earlier.get("proxy")) != InstanceDistribution():
         raise SystemExit(f"{path} tuned on other proxies than today's default InstanceDistribution: tune again")
     return {name: (kwargs, overrides) for name, (kwargs, overrides) in earlier["tuned"][env_id].items()}
@@ -180,29 +195,42 @@ def main() -> None:
                         help="with --sac-model: deploy what its run's selection.json chose (`dp-gym select` ran)")
     parser.add_argument("--tuned", default=None,
                         help="an earlier run's transfer.json: deploy its tuned baselines instead of tuning again "
-                             "(it must have tuned each env for as many proxy episodes as SAC trained here)")
+                             "(it must have tuned each env with as many proxy episodes as SAC used here)")
+    parser.add_argument("--tune-only", action="store_true",
+                        help="tune the baselines, write transfer.json and stop (deploy later with --tuned)")
     args = parser.parse_args()
+    if args.tune_only and args.tuned:
+        parser.error("--tune-only tunes: drop --tuned")
     quiet_libraries()
     configure_threads()
     out = Path(args.out)
     proxy = InstanceDistribution()  # the baselines' tuning: final perplexity, no twin needed
-    sac_proxy = dataclasses.replace(proxy, paired=args.paired)
-    rows, tuned_by_env, episodes_by_env, deployments, selections = [], {}, {}, [], {}
+    rows, tuned_by_env, episodes_by_env, sac_episodes_by_env, deployments, selections = [], {}, {}, {}, [], {}
+    sac_proxies = {}  # the proxies SAC trained on, per env (a loaded model's from its run.json)
+
+    def write_transfer() -> None:
+        write_json({"rows": rows, "tuned": tuned_by_env, "episodes": episodes_by_env,
+                    "sac_proxy_episodes": sac_episodes_by_env, "selections": selections, "proxy": asdict(proxy),
+                    "sac_proxy": sac_proxies, "args": vars(args)}, out / "transfer.json")
+
     for env_id in args.envs:
         if args.sac_model:
             model = pretrained_model("sac", env_id) if args.sac_model == "pretrained" else Path(args.sac_model)
             if not (model.parent / "run.json").exists():
                 raise SystemExit(f"{model.parent / 'run.json'} does not exist: the benchmark needs to know how "
                                  "the model was trained (a `dp-gym train` output)")
-            trained_for = json.loads((model.parent / "run.json").read_text())["timesteps"]
-            print(f"== {env_id}: SAC from {model} ({trained_for} steps on proxies)")
+            run = json.loads((model.parent / "run.json").read_text())
+            trained_for, paired = run["timesteps"], bool((run.get("proxy") or {}).get("paired"))
+            sac_proxies[env_id] = run.get("proxy")
+            print(f"== {env_id}: SAC from {model} ({trained_for} steps on proxies{', paired' if paired else ''})")
         else:
             print(f"== {env_id}: SAC on proxies for {args.timesteps} steps")
+            sac_proxy = dataclasses.replace(proxy, paired=args.paired)
+            sac_proxies[env_id] = asdict(sac_proxy)
             model = train(env_id, "sac", args.timesteps, 0, out / env_id.replace("/", "_") / "sac", progress_bar=False,
                           checkpoint_every=max(args.timesteps // 4, 1) if args.select else args.timesteps,
                           actor_init="zero", proxy=sac_proxy, n_envs=args.n_envs)
-            trained_for = args.timesteps
-        episodes = episodes_by_env[env_id] = trained_for // dp_gym.make(env_id).spec.max_episode_steps
+            trained_for, paired = args.timesteps, args.paired
         sac_spec = f"sac:{model}"
         if args.select:
             print(f"== choosing among {model.parent}'s checkpoints and action 0 on {args.select} held-out proxies")
@@ -213,6 +241,10 @@ def main() -> None:
             selections[env_id] = json.loads((model.parent / SELECTION_JSON).read_text())
             sac_spec = selections[env_id]["chosen"]
             print(f"== deploying as sac what {model.parent / SELECTION_JSON} chose: {sac_spec}")
+        used = sac_episodes_by_env[env_id] = sac_proxy_episodes(
+            trained_for // dp_gym.make(env_id).spec.max_episode_steps, paired, selections.get(env_id))
+        episodes = episodes_by_env[env_id] = used["total"]
+        print(f"== SAC's proxy episodes: {used}")
         if args.tuned:
             tuned = tuned_by_env[env_id] = earlier_tuning(Path(args.tuned), env_id, episodes)
             print(f"== the baselines as tuned by {args.tuned} ({episodes} proxy episodes each)")
@@ -222,6 +254,9 @@ def main() -> None:
                 env_id, episodes, proxy, print, make_backend(args.backend, out, args.address, args.resources,
                                                              workers=args.workers,
                                                              experiment=f"{env_id.replace('/', '_')}-tuning"))
+        write_transfer()
+        if args.tune_only:
+            continue
         for epsilon in args.epsilons:
             print(f"== deploying on the private data at epsilon {epsilon:g}, {args.seeds} seeds")
             backend = make_backend(args.backend, out, args.address, args.resources, workers=args.workers,
@@ -236,12 +271,7 @@ def main() -> None:
             # validation perplexity after each step): what the policy does, for learning curves
             deployments += [{"env": env_id, "epsilon": epsilon, **result.to_dict()} for result in results]
             write_json({"deployments": deployments}, out / "deployments.json")
-            # SAC's proxy compute beyond its learning episodes: each one's twin when paired, and
-            # the selection's (instances x (checkpoints + action 0)); the baselines get `episodes`
-            write_json({"rows": rows, "tuned": tuned_by_env, "episodes": episodes_by_env,
-                        "sac_twin_episodes": {env: n if args.paired else 0 for env, n in episodes_by_env.items()},
-                        "selections": selections, "proxy": asdict(proxy), "sac_proxy": asdict(sac_proxy),
-                        "args": vars(args)}, out / "transfer.json")
+            write_transfer()
     print("\n| env | epsilon | controller | IQM relative ppl vs best baseline [95% CI] | mean ppl | P(improvement) | "
           "updates to reach best baseline | epsilon end to end (private episodes) | old protocol epsilon |")
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|")

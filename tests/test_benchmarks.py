@@ -72,3 +72,13 @@ def test_transfer_reuses_tuning_only_of_the_same_proxies_and_episodes(tmp_path):
                                 "proxy": {**proxy, "train_sizes": [64]}}))
     with pytest.raises(SystemExit, match="other proxies"):
         earlier_tuning(path, "dp_gym/X-v0", 40)
+
+
+def test_transfer_tunes_the_baselines_with_every_proxy_episode_sac_used():
+    sac_proxy_episodes = _benchmark("controller_transfer").sac_proxy_episodes
+    assert sac_proxy_episodes(40, paired=False, selection=None) == {"learning": 40, "twins": 0, "selection": 0,
+                                                                     "total": 40}
+    # 8 held-out instances x (3 distinct checkpoints + action 0)
+    selection = {"metrics": {name: [1.0] * 8 for name in ("action0", "sac:a", "sac:b", "sac:c")}}
+    assert sac_proxy_episodes(40, paired=True, selection=selection) == {"learning": 40, "twins": 40,
+                                                                        "selection": 32, "total": 112}
