@@ -27,13 +27,18 @@ trained on the private data instead) is shown next to it. ``deployments.json`` h
 deployment with its trajectory: the clip and noise each step chose, the epsilon and the share of
 the budget spent so far, and the public validation perplexity.
 
+``--reuse RUN...`` takes an earlier run's deployment of the same controller (spec and env
+overrides), env, epsilon and seed instead of deploying it again (every deployment is one private
+episode, independent of the others; the first listed run's is taken); ``transfer.json`` names
+each reused deployment's run under ``reused``.
+
 Deployments run in ``--workers`` processes with one torch thread each, or with ``--backend ray``
 as one Ray Tune trial each (the results do not depend on where: with a secret key the same rows,
 without one each deployment draws its own secret noise).
 
     python benchmarks/controller_transfer.py [--envs dp_gym/TinyTextFlatSchedule-v0] [--epsilons 1 3 8]
         [--seeds 10] [--timesteps 1000] [--sac-model pretrained] [--paired] [--select 8 | --selected]
-        [--workers 2 | --backend ray [--address auto]] [--tune-only | --tuned transfer.json]
+        [--workers 2 | --backend ray [--address auto]] [--tune-only | --tuned transfer.json] [--reuse RUN...]
         [--out runs/bench/transfer]
 """
 
@@ -56,7 +61,7 @@ from agents.tuning import tune_controller, tune_schedule
 from dp_gym.envs import InstanceDistribution
 from dp_gym.evaluation import write_json
 from dp_gym.evaluation.aggregate import probability_of_improvement, stratified_bootstrap
-from dp_gym.evaluation.rollout import end_to_end
+from dp_gym.evaluation.rollout import EpisodeResult, end_to_end
 from dp_gym.privacy import PrivacyReport
 from dp_gym.utils.backends import make_backend
 from dp_gym.utils.quiet import quiet_libraries
@@ -121,27 +126,95 @@ def heuristic_spec(name: str, kwargs: dict) -> str:
     return name + (":" + ",".join(items) if items else "")
 
 
-def deploy_cell(backend, env_id: str, epsilon: float, tuned: dict, sac_spec: str, seeds) -> list:
+def cell_specs(tuned: dict, sac_spec: str) -> dict[str, tuple[str, dict]]:
+    """Every controller of a cell as ``name -> (spec, env overrides)``."""
+    specs = {name: (heuristic_spec(name, kwargs), overrides) for name, (kwargs, overrides) in tuned.items()}
+    specs["sac"] = (sac_spec, {})
+    return specs
+
+
+def earlier_specs(transfer: dict, env_id: str) -> dict[str, tuple[str, dict]]:
+    """What an earlier run of this benchmark deployed on ``env_id`` (its ``transfer.json``), as
+    :func:`cell_specs`; runs that predate the ``specs`` field are read from their tuning and
+    arguments."""
+    if env_id in transfer.get("specs", {}):
+        return {name: (spec, overrides) for name, (spec, overrides) in transfer["specs"][env_id].items()}
+    tuned = {name: (kwargs, overrides) for name, (kwargs, overrides) in transfer.get("tuned", {}).get(env_id, {}).items()}
+    args = transfer.get("args", {})
+    if env_id in transfer.get("selections", {}):
+        sac_spec = transfer["selections"][env_id]["chosen"]
+    elif args.get("sac_model") and args["sac_model"] != "pretrained" and not args.get("select"):
+        sac_spec = f"sac:{args['sac_model']}"
+    else:
+        sac_spec = None  # trained in the run, or the package's pretrained one then: not identifiable
+    specs = cell_specs(tuned, sac_spec)
+    return {name: value for name, value in specs.items() if value[0] is not None}
+
+
+def reusable_deployments(runs: list[Path], env_id: str, epsilon: float,
+                         specs: dict[str, tuple[str, dict]]) -> dict[tuple[str, int], tuple[dict, str]]:
+    """Deployments of earlier runs (``--reuse``: their output folders, first listed first) that
+    this cell may take instead of deploying again: the same env, epsilon, seed, controller spec and
+    env overrides. Each deployment is one private episode on its own (its privacy report already
+    end to end), independent of every other, so another run's deployment of the same controller is
+    a draw from the same distribution; the first listed run's is taken, never a choice among them.
+    Values: ``(deployment, run folder)``, keyed by ``(name, seed)``."""
+    reused = {}
+    for run in runs:
+        transfer = json.loads((run / "transfer.json").read_text())
+        theirs = earlier_specs(transfer, env_id)
+        for deployment in json.loads((run / "deployments.json").read_text())["deployments"]:
+            name, seed = deployment["controller"], int(deployment["seed"])
+            if (deployment["env"] == env_id and float(deployment["epsilon"]) == float(epsilon)
+                    and name in specs and theirs.get(name) == specs[name] and not deployment.get("error")
+                    and (name, seed) not in reused):
+                reused[name, seed] = (deployment, str(run))
+    return reused
+
+
+def deploy_cell(backend, env_id: str, epsilon: float, tuned: dict, sac_spec: str, seeds,
+                reuse: list[Path] = ()) -> tuple[list, dict]:
     """Each controller once per seed on the private data at ``epsilon``, every deployment one job of
-    ``backend``; each controller was trained, tuned or selected on public proxies only, so what it
-    carries into its deployment is nothing for a tuned heuristic and the model's ``run.json`` report
-    for SAC (``sac_spec``: a model, or what a selection chose)."""
-    specs = {name: heuristic_spec(name, kwargs) for name, (kwargs, _) in tuned.items()}
-    specs["sac"] = sac_spec
+    ``backend``, or taken from an earlier run in ``reuse`` (:func:`reusable_deployments`); each
+    controller was trained, tuned or selected on public proxies only, so what it carries into its
+    deployment is nothing for a tuned heuristic and the model's ``run.json`` report for SAC
+    (``sac_spec``: a model, or what a selection chose). Returns the results (in the order of the
+    controllers, then seeds) and ``"name/seed=s" -> run folder`` for those reused."""
+    both = cell_specs(tuned, sac_spec)
+    reused = reusable_deployments(list(reuse), env_id, epsilon, both)
+    specs = {name: spec for name, (spec, _) in both.items()}
     overrides_of = {name: overrides for name, (_, overrides) in tuned.items()}
+    missing = {}  # the seeds each controller still needs -> the controllers that need them
+    for name in specs:
+        needed = tuple(seed for seed in seeds if (name, seed) not in reused)
+        if needed:
+            missing.setdefault(needed, []).append(name)
     # with a secret key, the stream names everything that decides the actions
     streams = {name: f"transfer/{name}:{json.dumps({**kwargs, **overrides}, sort_keys=True)}"
                for name, (kwargs, overrides) in tuned.items()}
-    streams["sac"] = noise_stream("transfer", sac_spec)
     delta = dp_gym.config_of(env_id).delta
     priors = {name: PrivacyReport.nothing(delta, "tuned on public proxies") for name in tuned}
-    priors["sac"] = controller_prior(sac_spec, delta, env_id)
-    results = deploy(backend, env_id, specs, seeds, {"epsilon": epsilon}, overrides_of, streams)
-    for result in results:
-        if result.error:
-            raise SystemExit(f"{result.controller}, seed {result.seed} raised {result.error}: the cell has no number")
-        result.privacy = end_to_end(result.privacy, priors[result.controller])
-    return results
+    if any("sac" in names for names in missing.values()):  # (reading the model only when it runs)
+        streams["sac"] = noise_stream("transfer", sac_spec)
+        priors["sac"] = controller_prior(sac_spec, delta, env_id)
+    deployed = {}
+    for needed, names in missing.items():
+        for result in deploy(backend, env_id, {name: specs[name] for name in names}, needed, {"epsilon": epsilon},
+                             overrides_of, streams):
+            deployed[result.controller, result.seed] = result
+    results = []
+    for name in specs:
+        for seed in seeds:
+            if (name, seed) in reused:
+                results.append(EpisodeResult.from_dict(
+                    {k: v for k, v in reused[name, seed][0].items() if k not in ("env", "epsilon")}))
+                continue
+            result = deployed[name, seed]
+            if result.error:
+                raise SystemExit(f"{name}, seed {seed} raised {result.error}: the cell has no number")
+            result.privacy = end_to_end(result.privacy, priors[name])
+            results.append(result)
+    return results, {f"{name}/seed={seed}": run for (name, seed), (_, run) in reused.items()}
 
 
 def aggregate(results, env_id: str, epsilon: float) -> list[dict]:
@@ -196,6 +269,9 @@ def main() -> None:
     parser.add_argument("--tuned", default=None,
                         help="an earlier run's transfer.json: deploy its tuned baselines instead of tuning again "
                              "(it must have tuned each env with as many proxy episodes as SAC used here)")
+    parser.add_argument("--reuse", nargs="+", default=[], metavar="RUN",
+                        help="earlier output folders of this benchmark: take their deployments of the same "
+                             "controller (spec and overrides), env, epsilon and seed instead of deploying again")
     parser.add_argument("--tune-only", action="store_true",
                         help="tune the baselines, write transfer.json and stop (deploy later with --tuned)")
     args = parser.parse_args()
@@ -206,12 +282,14 @@ def main() -> None:
     out = Path(args.out)
     proxy = InstanceDistribution()  # the baselines' tuning: final perplexity, no twin needed
     rows, tuned_by_env, episodes_by_env, sac_episodes_by_env, deployments, selections = [], {}, {}, {}, [], {}
+    specs_by_env, reused = {}, {}  # what each cell deployed, and which deployments came from --reuse runs
     sac_proxies = {}  # the proxies SAC trained on, per env (a loaded model's from its run.json)
 
     def write_transfer() -> None:
         write_json({"rows": rows, "tuned": tuned_by_env, "episodes": episodes_by_env,
                     "sac_proxy_episodes": sac_episodes_by_env, "selections": selections, "proxy": asdict(proxy),
-                    "sac_proxy": sac_proxies, "args": vars(args)}, out / "transfer.json")
+                    "sac_proxy": sac_proxies, "specs": specs_by_env, "reused": reused, "args": vars(args)},
+                   out / "transfer.json")
 
     for env_id in args.envs:
         if args.sac_model:
@@ -254,6 +332,7 @@ def main() -> None:
                 env_id, episodes, proxy, print, make_backend(args.backend, out, args.address, args.resources,
                                                              workers=args.workers,
                                                              experiment=f"{env_id.replace('/', '_')}-tuning"))
+        specs_by_env[env_id] = cell_specs(tuned, sac_spec)
         write_transfer()
         if args.tune_only:
             continue
@@ -261,7 +340,12 @@ def main() -> None:
             print(f"== deploying on the private data at epsilon {epsilon:g}, {args.seeds} seeds")
             backend = make_backend(args.backend, out, args.address, args.resources, workers=args.workers,
                                    experiment=f"{env_id.replace('/', '_')}@{epsilon:g}")
-            results = deploy_cell(backend, env_id, epsilon, tuned, sac_spec, range(1000, 1000 + args.seeds))
+            results, reused[f"{env_id}@{epsilon:g}"] = deploy_cell(backend, env_id, epsilon, tuned, sac_spec,
+                                                                    range(1000, 1000 + args.seeds),
+                                                                    [Path(run) for run in args.reuse])
+            if reused[f"{env_id}@{epsilon:g}"]:
+                print(f"== reused {len(reused[f'{env_id}@{epsilon:g}'])} deployments of earlier runs "
+                      "(the same controller, env, epsilon and seed)")
             cell = aggregate(results, env_id, epsilon)
             old = private_training_privacy(dp_gym.config_of(env_id, epsilon=epsilon), trained_for).epsilon
             for row in cell:

@@ -82,3 +82,57 @@ def test_transfer_tunes_the_baselines_with_every_proxy_episode_sac_used():
     selection = {"metrics": {name: [1.0] * 8 for name in ("action0", "sac:a", "sac:b", "sac:c")}}
     assert sac_proxy_episodes(40, paired=True, selection=selection) == {"learning": 40, "twins": 40,
                                                                         "selection": 32, "total": 112}
+
+
+def _deployment_record(controller: str, seed: int, epsilon: float, ppl: float) -> dict:
+    privacy = {"epsilon": epsilon, "delta": 1e-5, "epsilon_budget": epsilon, "epsilon_spent": epsilon,
+               "accounting": "rdp", "adaptive": True, "updates": 4, "sample_rate": 0.05, "privacy_valid": True,
+               "epsilon_scope": "end to end", "private_episodes": 1, "history": []}
+    return {"env": "dp_gym/TinyTextBudgetSchedule-v0", "epsilon": epsilon, "controller": controller, "seed": seed,
+            "final_val_loss": 1.0, "final_val_ppl": ppl, "base_val_ppl": 100.0, "updates": 4, "steps": 1,
+            "wall_time_s": 1.0, "privacy": privacy}
+
+
+class _RecordingBackend:
+    """Runs nothing: answers every job with a fixed deployment and remembers which jobs it got."""
+
+    def __init__(self):
+        self.keys = []
+
+    def run(self, jobs, progress=None):
+        from dp_gym.utils.backends import Outcome
+
+        self.keys += [job.key for job in jobs]
+        return [Outcome(job.key, {k: v for k, v in _deployment_record(job.kwargs["name"], job.kwargs["seed"], 3.0,
+                                                                        50.0).items() if k not in ("env", "epsilon")})
+                for job in jobs]
+
+
+def test_transfer_reuses_an_earlier_runs_deployment_only_of_the_same_controller(tmp_path):
+    transfer = _benchmark("controller_transfer")
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    tuned = {"vanilla": [{"clip": 0.1}, {"learning_rate": 0.002}], "adaptive_quantile": [{}, {}]}
+    # an earlier run in the format before the `specs` field: its SAC is what its selection chose
+    (earlier / "transfer.json").write_text(json.dumps({
+        "tuned": {"dp_gym/TinyTextBudgetSchedule-v0": tuned}, "selections": {"dp_gym/TinyTextBudgetSchedule-v0": {"chosen": "sac:old/model.zip"}},
+        "args": {"sac_model": "old/model.zip", "selected": True}}))
+    (earlier / "deployments.json").write_text(json.dumps({"deployments": [
+        _deployment_record(name, seed, epsilon, 40.0)
+        for name in ("vanilla", "adaptive_quantile", "sac") for seed in (1000, 1001) for epsilon in (3.0, 8.0)]}))
+    now = {"vanilla": ({"clip": 0.1}, {"learning_rate": 0.004}),  # tuned differently now: deploy again
+           "adaptive_quantile": ({}, {})}
+    backend = _RecordingBackend()
+    results, reused = transfer.deploy_cell(backend, "dp_gym/TinyTextBudgetSchedule-v0", 3.0, now, "sac:old/model.zip", [1000, 1001],
+                                           reuse=[earlier])
+    assert sorted(backend.keys) == ["vanilla/seed=1000", "vanilla/seed=1001"]
+    assert set(reused) == {"adaptive_quantile/seed=1000", "adaptive_quantile/seed=1001", "sac/seed=1000",
+                           "sac/seed=1001"}
+    assert [(r.controller, r.seed, r.final_val_ppl) for r in results] == [
+        ("vanilla", 1000, 50.0), ("vanilla", 1001, 50.0), ("adaptive_quantile", 1000, 40.0),
+        ("adaptive_quantile", 1001, 40.0), ("sac", 1000, 40.0), ("sac", 1001, 40.0)]
+    # another SAC, or another epsilon's cell: nothing to reuse
+    env_id = "dp_gym/TinyTextBudgetSchedule-v0"
+    assert set(transfer.reusable_deployments([earlier], env_id, 3.0, transfer.cell_specs(now, "sac:new/model.zip"))) \
+        == {("adaptive_quantile", 1000), ("adaptive_quantile", 1001)}
+    assert transfer.reusable_deployments([earlier], env_id, 1.0, transfer.cell_specs(now, "sac:old/model.zip")) == {}
