@@ -164,6 +164,29 @@ def select_checkpoint(env_id: str, run_dir: str | Path, instances: int = 8, firs
     return selection
 
 
+def export_selected(run_dir: str | Path, destination: str | Path) -> Path:
+    """Copy what a run's ``selection.json`` chose into ``destination`` as a self-contained
+    controller: ``model.zip`` (the chosen checkpoint), the run's ``run.json`` (its training and
+    privacy report) and ``selection.json`` (the evidence), each written atomically. This is how
+    ``make pretrained`` ships a selected checkpoint. Returns the model's path.
+
+    Raises:
+        ValueError: the selection chose action 0 (no checkpoint beat it): there is no model to ship.
+    """
+    from dp_gym.utils.files import atomic_write_bytes
+
+    run_dir, destination = Path(run_dir), Path(destination)
+    chosen = selected_spec(run_dir)
+    if chosen == ACTION_ZERO:
+        raise ValueError(f"{run_dir / SELECTION_JSON} chose action 0 (no checkpoint beat it on the held-out "
+                         "proxies): there is no model to export; deploy `action0` instead")
+    model = Path(chosen.partition(":")[2])
+    for source, name in ((model, "model.zip"), (run_dir / "run.json", "run.json"),
+                         (run_dir / SELECTION_JSON, SELECTION_JSON)):
+        atomic_write_bytes(destination / name, source.read_bytes())
+    return destination / "model.zip"
+
+
 def selected_spec(run_dir: str | Path) -> str:
     """The spec a run's ``selection.json`` chose."""
     path = Path(run_dir) / SELECTION_JSON

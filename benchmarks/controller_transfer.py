@@ -319,8 +319,11 @@ def main() -> None:
             selections[env_id] = json.loads((model.parent / SELECTION_JSON).read_text())
             sac_spec = selections[env_id]["chosen"]
             print(f"== deploying as sac what {model.parent / SELECTION_JSON} chose: {sac_spec}")
+        selection = selections.get(env_id)
+        if selection is None and args.sac_model == "pretrained" and (model.parent / SELECTION_JSON).exists():
+            selection = json.loads((model.parent / SELECTION_JSON).read_text())  # how the shipped one was chosen
         used = sac_episodes_by_env[env_id] = sac_proxy_episodes(
-            trained_for // dp_gym.make(env_id).spec.max_episode_steps, paired, selections.get(env_id))
+            trained_for // dp_gym.make(env_id).spec.max_episode_steps, paired, selection)
         episodes = episodes_by_env[env_id] = used["total"]
         print(f"== SAC's proxy episodes: {used}")
         if args.tuned:

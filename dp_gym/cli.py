@@ -250,6 +250,10 @@ def cmd_select(args) -> None:
                                   **trained.get("env_overrides", {}))
     console.print(f"deploy: {selection.chosen}  (as `--controllers selected:{args.run}`; written: "
                   f"{Path(args.run) / 'selection.json'})")
+    if args.export:
+        from agents.selection import export_selected
+
+        console.print(f"exported: {export_selected(args.run, args.export)} (with run.json and selection.json)")
 
 
 def cmd_evaluate(args) -> None:
@@ -556,6 +560,9 @@ def build_parser() -> argparse.ArgumentParser:
     select.add_argument("run", help="a finished `dp-gym train --out` folder")
     select.add_argument("--instances", type=_positive_int, default=8, help="held-out public proxy instances")
     select.add_argument("--first-seed", type=int, default=100, help="public seed of the first instance")
+    select.add_argument("--export", default=None, metavar="DIR",
+                        help="copy the chosen checkpoint, run.json and selection.json into DIR (a shippable "
+                             "controller; refused when action 0 was chosen)")
     select.add_argument("--threads", type=_positive_int, default=None,
                         help="torch threads (default: $DP_GYM_THREADS, else the cores available)")
 

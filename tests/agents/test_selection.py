@@ -43,7 +43,7 @@ def test_the_lowest_geometric_mean_ratio_wins_and_action_zero_wins_ties(monkeypa
     assert selection.score(np.array([np.nan, 1.0]), np.array([1.0, 1.0])) == np.inf  # a blown-up run never wins
 
 
-def test_select_chooses_among_a_runs_checkpoints_and_deploys_as_selected(tmp_path):
+def test_select_chooses_among_a_runs_checkpoints_and_deploys_as_selected(tmp_path, monkeypatch):
     train("dp_gym/TinyTextFlatSchedule-v0", "sac", timesteps=8, out=tmp_path, env_overrides=SMALL, checkpoint_every=4,
           progress_bar=False, hyperparams={"learning_starts": 2, "batch_size": 4}, actor_init="zero")
     candidates = selection.checkpoint_specs(tmp_path)
@@ -61,3 +61,17 @@ def test_select_chooses_among_a_runs_checkpoints_and_deploys_as_selected(tmp_pat
     assert main(["select", str(tmp_path / "nope")]) == 2
     with pytest.raises(FileNotFoundError, match="run `dp-gym select"):
         controller_factory(f"selected:{tmp_path / 'checkpoints'}")
+    # --export ships what was chosen as a self-contained controller, and refuses action 0
+    outcomes = {"action0": [2.0, 2.0], candidates[0]: [1.0, 1.0]}
+    monkeypatch.setattr(selection, "proxy_check",
+                        lambda env_id, specs, *args, **kwargs: {name: np.array(outcomes.get(name, [3.0, 3.0]))
+                                                                for name in ["action0", *specs]})
+    shipped = tmp_path / "shipped"
+    assert main(["select", str(tmp_path), "--instances", "2", "--export", str(shipped)]) == 0
+    assert (shipped / "model.zip").read_bytes() == (tmp_path / "checkpoints" / "step_4" / "model.zip").read_bytes()
+    assert json.loads((shipped / "run.json").read_text()) == json.loads((tmp_path / "run.json").read_text())
+    assert json.loads((shipped / "selection.json").read_text())["chosen"] == candidates[0]
+    assert controller_prior(f"sac:{shipped / 'model.zip'}", 1e-5, "dp_gym/TinyTextFlatSchedule-v0").private_episodes == 0
+    outcomes[candidates[0]] = [4.0, 4.0]
+    assert main(["select", str(tmp_path), "--instances", "2", "--export", str(tmp_path / "none")]) == 2
+    assert not (tmp_path / "none").exists()
