@@ -44,12 +44,14 @@ test-rllib:
 # key below makes the runs reproducible. Never use a published key on private data.
 # The budget-unit text env ships the session-12 recipe: the paired reward (each proxy episode against
 # its action-0 twin), a checkpoint every 500 steps, and `dp-gym select` (held-out public proxies)
-# exporting the checkpoint that beats action 0 most (it fails, shipping nothing, when none does).
+# exporting the checkpoint that beats action 0 most (it fails, shipping nothing, when none does;
+# `dp-gym train` refuses a folder that holds an earlier run's checkpoints, hence the rm).
 PUBLIC_PROXY_KEY := dp-gym-public-proxy-key-0
 PRETRAINED_ENVS := TinyTextFlatSchedule-v0 TinyVisionSchedule-v0
 PRETRAINED_SELECTED_ENVS := TinyTextBudgetSchedule-v0
 pretrained: setup
 	for name in $(PRETRAINED_ENVS); do \
+		rm -rf runs/pretrained/sac/$$name; \
 		DP_GYM_SECRET_KEY=$(PUBLIC_PROXY_KEY) $(VENV)/bin/dp-gym train --env dp_gym/$$name --algo sac \
 			--timesteps 1000 --seed 0 --n-envs 2 --actor-init zero --checkpoint-every 1000 --no-progress \
 			--out runs/pretrained/sac/$$name || exit 1; \
@@ -57,6 +59,7 @@ pretrained: setup
 		cp runs/pretrained/sac/$$name/model.zip runs/pretrained/sac/$$name/run.json agents/pretrained/sac/$$name/; \
 	done
 	for name in $(PRETRAINED_SELECTED_ENVS); do \
+		rm -rf runs/pretrained/sac/$$name agents/pretrained/sac/$$name; \
 		DP_GYM_SECRET_KEY=$(PUBLIC_PROXY_KEY) $(VENV)/bin/dp-gym train --env dp_gym/$$name --algo sac \
 			--timesteps 2000 --seed 0 --n-envs 2 --actor-init zero --checkpoint-every 500 --no-progress \
 			--proxy '{"paired": true}' --out runs/pretrained/sac/$$name || exit 1; \

@@ -327,6 +327,9 @@ def train(env_id: str, algo: str = "sac", timesteps: int = 1000, seed: int = 0, 
     kwargs, zoo = load_hyperparams(algo, env_id)
     kwargs.update(checked_hyperparams(cls, hyperparams or {}))
     out = Path(out)
+    if resume is None and any((out / "checkpoints").glob("step_*")):  # never mix two runs' checkpoints
+        raise FileExistsError(f"{out / 'checkpoints'} holds an earlier run's checkpoints: continue it with "
+                              f"--resume {out}, or train into another --out")
     env_overrides = dict(env_overrides or {})
     stream = f"train/{algo}/seed={seed}"
     make_env = EnvFactory(env_id, env_overrides, secret_key, None if private_training else distribution,

@@ -29,7 +29,10 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,23 +170,41 @@ def select_checkpoint(env_id: str, run_dir: str | Path, instances: int = 8, firs
 def export_selected(run_dir: str | Path, destination: str | Path) -> Path:
     """Copy what a run's ``selection.json`` chose into ``destination`` as a self-contained
     controller: ``model.zip`` (the chosen checkpoint), the run's ``run.json`` (its training and
-    privacy report) and ``selection.json`` (the evidence), each written atomically. This is how
-    ``make pretrained`` ships a selected checkpoint. Returns the model's path.
+    privacy report) and ``selection.json`` (the evidence; ``chosen`` names the exported file,
+    relative to its folder, and ``chosen_in_run`` the run's). The three are written into a staging
+    folder that then replaces ``destination``, so a crash never leaves a model beside another
+    run's report. This is how ``make pretrained`` ships a selected checkpoint. Returns the model's
+    path.
 
     Raises:
         ValueError: the selection chose action 0 (no checkpoint beat it): there is no model to ship.
     """
-    from dp_gym.utils.files import atomic_write_bytes
-
     run_dir, destination = Path(run_dir), Path(destination)
     chosen = selected_spec(run_dir)
     if chosen == ACTION_ZERO:
         raise ValueError(f"{run_dir / SELECTION_JSON} chose action 0 (no checkpoint beat it on the held-out "
                          "proxies): there is no model to export; deploy `action0` instead")
-    model = Path(chosen.partition(":")[2])
-    for source, name in ((model, "model.zip"), (run_dir / "run.json", "run.json"),
-                         (run_dir / SELECTION_JSON, SELECTION_JSON)):
-        atomic_write_bytes(destination / name, source.read_bytes())
+    algo, _, model = chosen.partition(":")
+    evidence = json.loads((run_dir / SELECTION_JSON).read_text())
+    evidence.update({"chosen": f"{algo}:model.zip", "chosen_in_run": chosen, "exported": True})
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
+    try:
+        shutil.copyfile(model, staging / "model.zip")
+        shutil.copyfile(run_dir / "run.json", staging / "run.json")
+        (staging / SELECTION_JSON).write_text(json.dumps(evidence, indent=1))
+        for file in staging.iterdir():
+            os.chmod(file, 0o644)  # shipped files: readable by whoever installs the package
+        old = destination.with_name(f".{destination.name}.old") if destination.exists() else None
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(destination, old)
+        os.replace(staging, destination)
+        if old is not None:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return destination / "model.zip"
 
 
@@ -192,4 +213,8 @@ def selected_spec(run_dir: str | Path) -> str:
     path = Path(run_dir) / SELECTION_JSON
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: run `dp-gym select {run_dir}` first")
-    return json.loads(path.read_text())["chosen"]
+    selection = json.loads(path.read_text())
+    if selection.get("exported"):  # an exported controller's file is named relative to its folder
+        algo, _, model = selection["chosen"].partition(":")
+        return f"{algo}:{Path(run_dir) / model}"
+    return selection["chosen"]

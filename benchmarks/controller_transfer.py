@@ -46,8 +46,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,20 @@ def sac_proxy_episodes(learning: int, paired: bool, selection: dict | None) -> d
         chosen_among = len(metrics) * len(next(iter(metrics.values())))
     return {"learning": learning, "twins": twins, "selection": chosen_among,
             "total": learning + twins + chosen_among}
+
+
+def selection_that_chose(model: Path) -> dict | None:
+    """The ``selection.json`` beside ``model`` if that selection chose this very file (an exported
+    one, :func:`agents.selection.export_selected`): its episodes count as SAC's."""
+    path = model.parent / SELECTION_JSON
+    if not path.exists():
+        return None
+    selection = json.loads(path.read_text())
+    try:
+        chosen = selected_spec(model.parent)
+    except (FileNotFoundError, ValueError):
+        return None
+    return selection if model_digest(chosen) == model_digest(f"sac:{model}") else None
 
 
 def tune_baselines(env_id: str, episodes: int, proxy: InstanceDistribution, report, backend=None) -> dict:
@@ -133,6 +148,13 @@ def cell_specs(tuned: dict, sac_spec: str) -> dict[str, tuple[str, dict]]:
     return specs
 
 
+def model_digest(spec: str) -> str | None:
+    """The sha256 of a ``sac:PATH`` spec's model file (what identifies a trained controller, not
+    its path: a path can be retrained); None for a spec without a file (``action0``, a heuristic)."""
+    _, _, path = spec.partition(":")
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path and Path(path).is_file() else None
+
+
 def earlier_specs(transfer: dict, env_id: str) -> dict[str, tuple[str, dict]]:
     """What an earlier run of this benchmark deployed on ``env_id`` (its ``transfer.json``), as
     :func:`cell_specs`; runs that predate the ``specs`` field are read from their tuning and
@@ -151,31 +173,69 @@ def earlier_specs(transfer: dict, env_id: str) -> dict[str, tuple[str, dict]]:
     return {name: value for name, value in specs.items() if value[0] is not None}
 
 
-def reusable_deployments(runs: list[Path], env_id: str, epsilon: float,
+@dataclass
+class ReuseSource:
+    """An earlier run of this benchmark whose deployments a cell may take (``--reuse RUN[:names]``)."""
+
+    run: Path
+    transfer: dict
+    deployments: list[dict]
+    controllers: frozenset[str] | None = None  # None: any
+
+    @classmethod
+    def parse(cls, argument: str, out: Path) -> ReuseSource:
+        """``RUN`` or ``RUN:name,name`` (take only those controllers from it)."""
+        path, colon, names = argument.rpartition(":")
+        if not colon or "/" in names:  # no restriction (the colon, if any, is the path's own)
+            path, names = argument, ""
+        run = Path(path)
+        if run.resolve() == out.resolve():
+            raise SystemExit(f"--reuse {run} is this run's own --out folder: its files are rewritten as it goes")
+        for name in ("transfer.json", "deployments.json"):
+            if not (run / name).exists():
+                raise SystemExit(f"--reuse {run}: {run / name} does not exist (an output folder of this benchmark)")
+        return cls(run, json.loads((run / "transfer.json").read_text()),
+                   json.loads((run / "deployments.json").read_text())["deployments"],
+                   frozenset(names.split(",")) if names else None)
+
+
+def reusable_deployments(sources: list[ReuseSource], env_id: str, epsilon: float,
                          specs: dict[str, tuple[str, dict]]) -> dict[tuple[str, int], tuple[dict, str]]:
-    """Deployments of earlier runs (``--reuse``: their output folders, first listed first) that
-    this cell may take instead of deploying again: the same env, epsilon, seed, controller spec and
-    env overrides. Each deployment is one private episode on its own (its privacy report already
-    end to end), independent of every other, so another run's deployment of the same controller is
-    a draw from the same distribution; the first listed run's is taken, never a choice among them.
-    Values: ``(deployment, run folder)``, keyed by ``(name, seed)``."""
-    reused = {}
-    for run in runs:
-        transfer = json.loads((run / "transfer.json").read_text())
-        theirs = earlier_specs(transfer, env_id)
-        for deployment in json.loads((run / "deployments.json").read_text())["deployments"]:
+    """Deployments of earlier runs that this cell may take instead of deploying again: the same env,
+    epsilon, seed, controller spec and env overrides (and, for a model, the same file: its sha256
+    where the earlier run recorded it). Each deployment is one private episode on its own (its
+    privacy report already end to end), independent of every other, so another run's deployment of
+    the same controller is a draw from the same distribution.
+
+    **No choosing among draws.** When two sources hold *different* deployments of one (controller,
+    seed) the cell stops: taking the better-looking one would be cherry-picking. Restrict a source
+    to some controllers with ``RUN:name,name``. Values: ``(deployment, run folder)``, keyed by
+    ``(name, seed)``."""
+    ours = {name: model_digest(spec) for name, (spec, _) in specs.items()}
+    found: dict[tuple[str, int], list[tuple[dict, str]]] = {}
+    for source in sources:
+        theirs = earlier_specs(source.transfer, env_id)
+        their_digest = source.transfer.get("model_sha256", {}).get(env_id)
+        for deployment in source.deployments:
             name, seed = deployment["controller"], int(deployment["seed"])
-            if (deployment["env"] == env_id and float(deployment["epsilon"]) == float(epsilon)
-                    and name in specs and theirs.get(name) == specs[name] and not deployment.get("error")
-                    and (name, seed) not in reused):
-                reused[name, seed] = (deployment, str(run))
+            if (deployment["env"] == env_id and float(deployment["epsilon"]) == float(epsilon) and name in specs
+                    and (source.controllers is None or name in source.controllers)
+                    and theirs.get(name) == specs[name] and not deployment.get("error")
+                    and (name != "sac" or their_digest is None or their_digest == ours[name])):
+                found.setdefault((name, seed), []).append((deployment, str(source.run)))
+    reused = {}
+    for (name, seed), candidates in found.items():
+        if any(deployment != candidates[0][0] for deployment, _ in candidates[1:]):
+            raise SystemExit(f"{name}, seed {seed} at epsilon {epsilon:g}: {' and '.join(run for _, run in candidates)} "
+                             "hold different deployments; take it from one (--reuse RUN:controllers)")
+        reused[name, seed] = candidates[0]
     return reused
 
 
 def deploy_cell(backend, env_id: str, epsilon: float, tuned: dict, sac_spec: str, seeds,
-                reuse: list[Path] = ()) -> tuple[list, dict]:
+                reuse: list[ReuseSource] = ()) -> tuple[list, dict]:
     """Each controller once per seed on the private data at ``epsilon``, every deployment one job of
-    ``backend``, or taken from an earlier run in ``reuse`` (:func:`reusable_deployments`); each
+    ``backend``, or taken from an earlier run of ``reuse`` (:func:`reusable_deployments`); each
     controller was trained, tuned or selected on public proxies only, so what it carries into its
     deployment is nothing for a tuned heuristic and the model's ``run.json`` report for SAC
     (``sac_spec``: a model, or what a selection chose). Returns the results (in the order of the
@@ -269,9 +329,10 @@ def main() -> None:
     parser.add_argument("--tuned", default=None,
                         help="an earlier run's transfer.json: deploy its tuned baselines instead of tuning again "
                              "(it must have tuned each env with as many proxy episodes as SAC used here)")
-    parser.add_argument("--reuse", nargs="+", default=[], metavar="RUN",
+    parser.add_argument("--reuse", nargs="+", default=[], metavar="RUN[:NAMES]",
                         help="earlier output folders of this benchmark: take their deployments of the same "
-                             "controller (spec and overrides), env, epsilon and seed instead of deploying again")
+                             "controller (spec and overrides), env, epsilon and seed instead of deploying again; "
+                             "RUN:sac,vanilla takes only those controllers from RUN")
     parser.add_argument("--tune-only", action="store_true",
                         help="tune the baselines, write transfer.json and stop (deploy later with --tuned)")
     args = parser.parse_args()
@@ -280,15 +341,16 @@ def main() -> None:
     quiet_libraries()
     configure_threads()
     out = Path(args.out)
+    sources = [ReuseSource.parse(argument, out) for argument in args.reuse]  # read before anything is written
     proxy = InstanceDistribution()  # the baselines' tuning: final perplexity, no twin needed
     rows, tuned_by_env, episodes_by_env, sac_episodes_by_env, deployments, selections = [], {}, {}, {}, [], {}
-    specs_by_env, reused = {}, {}  # what each cell deployed, and which deployments came from --reuse runs
+    specs_by_env, digests, reused = {}, {}, {}  # what each cell deployed, and which came from --reuse runs
     sac_proxies = {}  # the proxies SAC trained on, per env (a loaded model's from its run.json)
 
     def write_transfer() -> None:
         write_json({"rows": rows, "tuned": tuned_by_env, "episodes": episodes_by_env,
                     "sac_proxy_episodes": sac_episodes_by_env, "selections": selections, "proxy": asdict(proxy),
-                    "sac_proxy": sac_proxies, "specs": specs_by_env, "reused": reused, "args": vars(args)},
+                    "sac_proxy": sac_proxies, "specs": specs_by_env, "model_sha256": digests, "reused": reused, "args": vars(args)},
                    out / "transfer.json")
 
     for env_id in args.envs:
@@ -319,9 +381,7 @@ def main() -> None:
             selections[env_id] = json.loads((model.parent / SELECTION_JSON).read_text())
             sac_spec = selections[env_id]["chosen"]
             print(f"== deploying as sac what {model.parent / SELECTION_JSON} chose: {sac_spec}")
-        selection = selections.get(env_id)
-        if selection is None and args.sac_model == "pretrained" and (model.parent / SELECTION_JSON).exists():
-            selection = json.loads((model.parent / SELECTION_JSON).read_text())  # how the shipped one was chosen
+        selection = selections.get(env_id) or selection_that_chose(model)  # (a shipped export's, say)
         used = sac_episodes_by_env[env_id] = sac_proxy_episodes(
             trained_for // dp_gym.make(env_id).spec.max_episode_steps, paired, selection)
         episodes = episodes_by_env[env_id] = used["total"]
@@ -335,7 +395,7 @@ def main() -> None:
                 env_id, episodes, proxy, print, make_backend(args.backend, out, args.address, args.resources,
                                                              workers=args.workers,
                                                              experiment=f"{env_id.replace('/', '_')}-tuning"))
-        specs_by_env[env_id] = cell_specs(tuned, sac_spec)
+        specs_by_env[env_id], digests[env_id] = cell_specs(tuned, sac_spec), model_digest(sac_spec)
         write_transfer()
         if args.tune_only:
             continue
@@ -343,11 +403,11 @@ def main() -> None:
             print(f"== deploying on the private data at epsilon {epsilon:g}, {args.seeds} seeds")
             backend = make_backend(args.backend, out, args.address, args.resources, workers=args.workers,
                                    experiment=f"{env_id.replace('/', '_')}@{epsilon:g}")
-            results, reused[f"{env_id}@{epsilon:g}"] = deploy_cell(backend, env_id, epsilon, tuned, sac_spec,
-                                                                    range(1000, 1000 + args.seeds),
-                                                                    [Path(run) for run in args.reuse])
-            if reused[f"{env_id}@{epsilon:g}"]:
-                print(f"== reused {len(reused[f'{env_id}@{epsilon:g}'])} deployments of earlier runs "
+            cell_name = f"{env_id}@{epsilon!r}"
+            results, reused[cell_name] = deploy_cell(backend, env_id, epsilon, tuned, sac_spec,
+                                                     range(1000, 1000 + args.seeds), sources)
+            if reused[cell_name]:
+                print(f"== reused {len(reused[cell_name])} deployments of earlier runs "
                       "(the same controller, env, epsilon and seed)")
             cell = aggregate(results, env_id, epsilon)
             old = private_training_privacy(dp_gym.config_of(env_id, epsilon=epsilon), trained_for).epsilon

@@ -421,6 +421,7 @@ def cmd_demo(args) -> None:
     console.print(f"   tuned: vanilla clip {clips.best:g}, learning rate {rates.best:g}; {schedule_spec}")
     if args.train_sac:
         console.print(f"2/3 training SAC on public proxies for {args.timesteps} steps ({args.n_envs} environments)")
+        shutil.rmtree(out / "sac", ignore_errors=True)  # the demo's own folder: a rerun trains from nothing
         model = train(DEMO_ENV, "sac", args.timesteps, args.seed, out / "sac", progress_bar=not args.no_progress,
                       checkpoint_every=max(args.timesteps // 4, 1), proxy=proxy, n_envs=args.n_envs,
                       actor_init="zero", report=lambda line: console.print(line, markup=False))
@@ -657,7 +658,7 @@ def main(argv: list[str] | None = None) -> int:
             dp_gym.import_gym_packages(args.gym_packages)
             args.env = dp_gym.resolve_env_id(args.env)
         COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError, ImportError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as error:
         print(f"dp-gym {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -26,6 +26,7 @@ def _benchmark(name: str):
     """A script of benchmarks/ as a module (the folder is not a package)."""
     spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # (a dataclass resolves its annotations through its module)
     spec.loader.exec_module(module)
     return module
 
@@ -108,23 +109,29 @@ class _RecordingBackend:
                 for job in jobs]
 
 
+def _earlier_run(folder: Path, transfer: dict, deployments: list[dict]) -> Path:
+    folder.mkdir()
+    (folder / "transfer.json").write_text(json.dumps(transfer))
+    (folder / "deployments.json").write_text(json.dumps({"deployments": deployments}))
+    return folder
+
+
 def test_transfer_reuses_an_earlier_runs_deployment_only_of_the_same_controller(tmp_path):
     transfer = _benchmark("controller_transfer")
-    earlier = tmp_path / "earlier"
-    earlier.mkdir()
+    env_id = "dp_gym/TinyTextBudgetSchedule-v0"
     tuned = {"vanilla": [{"clip": 0.1}, {"learning_rate": 0.002}], "adaptive_quantile": [{}, {}]}
-    # an earlier run in the format before the `specs` field: its SAC is what its selection chose
-    (earlier / "transfer.json").write_text(json.dumps({
-        "tuned": {"dp_gym/TinyTextBudgetSchedule-v0": tuned}, "selections": {"dp_gym/TinyTextBudgetSchedule-v0": {"chosen": "sac:old/model.zip"}},
-        "args": {"sac_model": "old/model.zip", "selected": True}}))
-    (earlier / "deployments.json").write_text(json.dumps({"deployments": [
-        _deployment_record(name, seed, epsilon, 40.0)
-        for name in ("vanilla", "adaptive_quantile", "sac") for seed in (1000, 1001) for epsilon in (3.0, 8.0)]}))
+    # a run in the format before the `specs` field: its SAC is what its selection chose
+    old_format = _earlier_run(tmp_path / "old", {
+        "tuned": {env_id: tuned}, "selections": {env_id: {"chosen": "sac:old/model.zip"}},
+        "args": {"sac_model": "old/model.zip", "selected": True}},
+        [_deployment_record(name, seed, epsilon, 40.0) for name in ("vanilla", "adaptive_quantile", "sac")
+         for seed in (1000, 1001) for epsilon in (3.0, 8.0)])
     now = {"vanilla": ({"clip": 0.1}, {"learning_rate": 0.004}),  # tuned differently now: deploy again
            "adaptive_quantile": ({}, {})}
+    source = transfer.ReuseSource.parse(str(old_format), tmp_path / "out")
     backend = _RecordingBackend()
-    results, reused = transfer.deploy_cell(backend, "dp_gym/TinyTextBudgetSchedule-v0", 3.0, now, "sac:old/model.zip", [1000, 1001],
-                                           reuse=[earlier])
+    results, reused = transfer.deploy_cell(backend, env_id, 3.0, now, "sac:old/model.zip", [1000, 1001],
+                                           reuse=[source])
     assert sorted(backend.keys) == ["vanilla/seed=1000", "vanilla/seed=1001"]
     assert set(reused) == {"adaptive_quantile/seed=1000", "adaptive_quantile/seed=1001", "sac/seed=1000",
                            "sac/seed=1001"}
@@ -132,7 +139,35 @@ def test_transfer_reuses_an_earlier_runs_deployment_only_of_the_same_controller(
         ("vanilla", 1000, 50.0), ("vanilla", 1001, 50.0), ("adaptive_quantile", 1000, 40.0),
         ("adaptive_quantile", 1001, 40.0), ("sac", 1000, 40.0), ("sac", 1001, 40.0)]
     # another SAC, or another epsilon's cell: nothing to reuse
-    env_id = "dp_gym/TinyTextBudgetSchedule-v0"
-    assert set(transfer.reusable_deployments([earlier], env_id, 3.0, transfer.cell_specs(now, "sac:new/model.zip"))) \
+    assert set(transfer.reusable_deployments([source], env_id, 3.0, transfer.cell_specs(now, "sac:new/model.zip"))) \
         == {("adaptive_quantile", 1000), ("adaptive_quantile", 1001)}
-    assert transfer.reusable_deployments([earlier], env_id, 1.0, transfer.cell_specs(now, "sac:old/model.zip")) == {}
+    assert transfer.reusable_deployments([source], env_id, 1.0, transfer.cell_specs(now, "sac:old/model.zip")) == {}
+
+    # today's format names its specs and its model's sha256: a model retrained at the same path is another model
+    model = tmp_path / "model.zip"
+    model.write_bytes(b"the model deployed then")
+    specs = transfer.cell_specs(now, f"sac:{model}")
+    new_format = _earlier_run(tmp_path / "new", {"specs": {env_id: specs},
+                                                 "model_sha256": {env_id: transfer.model_digest(f"sac:{model}")}},
+                              [_deployment_record("sac", 1000, 3.0, 30.0), _deployment_record("vanilla", 1001, 3.0, 35.0)])
+    newer = transfer.ReuseSource.parse(str(new_format), tmp_path / "out")
+    assert set(transfer.reusable_deployments([newer], env_id, 3.0, specs)) == {("sac", 1000), ("vanilla", 1001)}
+    # a controller reused for one seed and deployed for the other
+    backend = _RecordingBackend()
+    results, reused = transfer.deploy_cell(backend, env_id, 3.0, {"vanilla": now["vanilla"]}, f"sac:{model}",
+                                           [1000, 1001], reuse=[newer])
+    assert sorted(backend.keys) == ["sac/seed=1001", "vanilla/seed=1000"] and len(results) == 4
+    model.write_bytes(b"retrained at the same path")
+    assert set(transfer.reusable_deployments([newer], env_id, 3.0, specs)) == {("vanilla", 1001)}
+
+    # two runs with different draws of one deployment: no choosing between them, unless restricted
+    other = _earlier_run(tmp_path / "other", {"specs": {env_id: specs}},
+                         [_deployment_record("vanilla", 1001, 3.0, 99.0)])
+    with pytest.raises(SystemExit, match="hold different deployments"):
+        transfer.reusable_deployments([newer, transfer.ReuseSource.parse(str(other), tmp_path / "out")],
+                                      env_id, 3.0, specs)
+    restricted = transfer.ReuseSource.parse(f"{other}:sac", tmp_path / "out")
+    assert restricted.controllers == {"sac"}
+    assert transfer.reusable_deployments([newer, restricted], env_id, 3.0, specs)[("vanilla", 1001)][1] == str(new_format)
+    with pytest.raises(SystemExit, match="own --out"):
+        transfer.ReuseSource.parse(str(other), other)

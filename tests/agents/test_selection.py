@@ -67,11 +67,19 @@ def test_select_chooses_among_a_runs_checkpoints_and_deploys_as_selected(tmp_pat
                         lambda env_id, specs, *args, **kwargs: {name: np.array(outcomes.get(name, [3.0, 3.0]))
                                                                 for name in ["action0", *specs]})
     shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "model.zip").write_text("an earlier export")  # replaced whole
+    (shipped / "stale.txt").write_text("left by an earlier export")
     assert main(["select", str(tmp_path), "--instances", "2", "--export", str(shipped)]) == 0
+    assert sorted(p.name for p in shipped.iterdir()) == ["model.zip", "run.json", "selection.json"]
     assert (shipped / "model.zip").read_bytes() == (tmp_path / "checkpoints" / "step_4" / "model.zip").read_bytes()
     assert json.loads((shipped / "run.json").read_text()) == json.loads((tmp_path / "run.json").read_text())
-    assert json.loads((shipped / "selection.json").read_text())["chosen"] == candidates[0]
-    assert controller_prior(f"sac:{shipped / 'model.zip'}", 1e-5, "dp_gym/TinyTextFlatSchedule-v0").private_episodes == 0
+    evidence = json.loads((shipped / "selection.json").read_text())
+    assert evidence["chosen_in_run"] == candidates[0] and evidence["chosen"] == "sac:model.zip"
+    # the export is self-contained: it resolves from its own folder, and carries the run's report
+    assert selection.selected_spec(shipped) == f"sac:{shipped / 'model.zip'}"
+    assert callable(controller_factory(f"selected:{shipped}", "dp_gym/TinyTextFlatSchedule-v0"))
+    assert controller_prior(f"selected:{shipped}", 1e-5, "dp_gym/TinyTextFlatSchedule-v0").private_episodes == 0
     outcomes[candidates[0]] = [4.0, 4.0]
     assert main(["select", str(tmp_path), "--instances", "2", "--export", str(tmp_path / "none")]) == 2
     assert not (tmp_path / "none").exists()

@@ -50,6 +50,9 @@ def test_train_writes_tensorboard_epsilon_and_a_loadable_model_and_resumes(tmp_p
     assert {p.name for p in (tmp_path / "checkpoints" / "step_8").iterdir()} == {
         "model.zip", "replay_buffer.pkl", "training_state.pt"}
 
+    # a new run into the same folder would mix its checkpoints with these (and a selection could pick one)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train("dp_gym/TinyText-v0", "sac", timesteps=8, out=tmp_path, env_overrides=SMALL, progress_bar=False)
     train("dp_gym/TinyText-v0", "sac", timesteps=12, out=tmp_path, resume=tmp_path, env_overrides=SMALL,
           checkpoint_every=4, progress_bar=False)
     run = json.loads((tmp_path / "run.json").read_text())
