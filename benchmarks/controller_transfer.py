@@ -38,7 +38,8 @@ without one each deployment draws its own secret noise).
 
     python benchmarks/controller_transfer.py [--envs dp_gym/TinyTextFlatSchedule-v0] [--epsilons 1 3 8]
         [--seeds 10] [--timesteps 1000] [--sac-model pretrained] [--paired] [--select 8 | --selected]
-        [--workers 2 | --backend ray [--address auto]] [--tune-only | --tuned transfer.json] [--reuse RUN...]
+        [--workers 2 | --backend ray [--address auto]] [--tune-only | --tuned transfer.json | --sac-only]
+        [--reuse RUN...]
         [--out runs/bench/transfer]
 """
 
@@ -333,11 +334,13 @@ def main() -> None:
                         help="earlier output folders of this benchmark: take their deployments of the same "
                              "controller (spec and overrides), env, epsilon and seed instead of deploying again; "
                              "RUN:sac,vanilla takes only those controllers from RUN")
+    parser.add_argument("--sac-only", action="store_true",
+                        help="deploy SAC alone (no tuning, no table): a later run takes its deployments with --reuse")
     parser.add_argument("--tune-only", action="store_true",
                         help="tune the baselines, write transfer.json and stop (deploy later with --tuned)")
     args = parser.parse_args()
-    if args.tune_only and args.tuned:
-        parser.error("--tune-only tunes: drop --tuned")
+    if args.tune_only and (args.tuned or args.sac_only):
+        parser.error("--tune-only tunes: drop --tuned and --sac-only")
     quiet_libraries()
     configure_threads()
     out = Path(args.out)
@@ -386,7 +389,10 @@ def main() -> None:
             trained_for // dp_gym.make(env_id).spec.max_episode_steps, paired, selection)
         episodes = episodes_by_env[env_id] = used["total"]
         print(f"== SAC's proxy episodes: {used}")
-        if args.tuned:
+        if args.sac_only:
+            tuned = tuned_by_env[env_id] = {}
+            print("== deploying SAC only (--sac-only): compare it with a later run's --reuse")
+        elif args.tuned:
             tuned = tuned_by_env[env_id] = earlier_tuning(Path(args.tuned), env_id, episodes)
             print(f"== the baselines as tuned by {args.tuned} ({episodes} proxy episodes each)")
         else:
@@ -409,15 +415,18 @@ def main() -> None:
             if reused[cell_name]:
                 print(f"== reused {len(reused[cell_name])} deployments of earlier runs "
                       "(the same controller, env, epsilon and seed)")
+            deployments += [{"env": env_id, "epsilon": epsilon, **result.to_dict()} for result in results]
+            # every deployment's trajectory (the controls it chose, the budget it spent, public
+            # validation perplexity after each step): what the policy does, for learning curves
+            write_json({"deployments": deployments}, out / "deployments.json")
+            if args.sac_only:
+                write_transfer()
+                continue
             cell = aggregate(results, env_id, epsilon)
             old = private_training_privacy(dp_gym.config_of(env_id, epsilon=epsilon), trained_for).epsilon
             for row in cell:
                 row["old_protocol_epsilon"] = old if row["controller"] == "sac" else None
             rows += cell
-            # every deployment's trajectory (the controls it chose, the budget it spent, public
-            # validation perplexity after each step): what the policy does, for learning curves
-            deployments += [{"env": env_id, "epsilon": epsilon, **result.to_dict()} for result in results]
-            write_json({"deployments": deployments}, out / "deployments.json")
             write_transfer()
     print("\n| env | epsilon | controller | IQM relative ppl vs best baseline [95% CI] | mean ppl | P(improvement) | "
           "updates to reach best baseline | epsilon end to end (private episodes) | old protocol epsilon |")
