@@ -193,8 +193,9 @@ def export_selected(run_dir: str | Path, destination: str | Path) -> Path:
         shutil.copyfile(model, staging / "model.zip")
         shutil.copyfile(run_dir / "run.json", staging / "run.json")
         (staging / SELECTION_JSON).write_text(json.dumps(evidence, indent=1))
+        os.chmod(staging, 0o755)  # shipped: readable by whoever installs the package (mkdtemp's is 0o700)
         for file in staging.iterdir():
-            os.chmod(file, 0o644)  # shipped files: readable by whoever installs the package
+            os.chmod(file, 0o644)
         old = destination.with_name(f".{destination.name}.old") if destination.exists() else None
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)

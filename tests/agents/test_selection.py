@@ -72,6 +72,7 @@ def test_select_chooses_among_a_runs_checkpoints_and_deploys_as_selected(tmp_pat
     (shipped / "stale.txt").write_text("left by an earlier export")
     assert main(["select", str(tmp_path), "--instances", "2", "--export", str(shipped)]) == 0
     assert sorted(p.name for p in shipped.iterdir()) == ["model.zip", "run.json", "selection.json"]
+    assert shipped.stat().st_mode & 0o777 == 0o755 and (shipped / "run.json").stat().st_mode & 0o777 == 0o644
     assert (shipped / "model.zip").read_bytes() == (tmp_path / "checkpoints" / "step_4" / "model.zip").read_bytes()
     assert json.loads((shipped / "run.json").read_text()) == json.loads((tmp_path / "run.json").read_text())
     evidence = json.loads((shipped / "selection.json").read_text())

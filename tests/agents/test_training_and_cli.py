@@ -159,6 +159,7 @@ def test_compare_writes_csv_json_png_one_row_per_controller_and_seed(tmp_path):
 
 @pytest.mark.parametrize("env_id, task_kwargs, clip", [
     ("dp_gym/TinyTextFlatSchedule-v0", {"n_train": 64, "n_val": 8}, 0.1),
+    ("dp_gym/TinyTextBudgetSchedule-v0", {"n_train": 64, "n_val": 8}, 0.1),
     ("dp_gym/TinyVisionSchedule-v0", {"dataset": "scenes", "n_train": 32, "n_val": 4}, 0.5)])
 def test_the_shipped_pretrained_sac_deploys_once_and_carries_nothing(tmp_path, env_id, task_kwargs, clip):
     from agents.pretrained import available
