@@ -88,15 +88,13 @@ def sac_proxy_episodes(learning: int, paired: bool, selection: dict | None) -> d
 def selection_that_chose(model: Path) -> dict | None:
     """The ``selection.json`` beside ``model`` if that selection chose this very file (an exported
     one, :func:`agents.selection.export_selected`): its episodes count as SAC's."""
-    path = model.parent / SELECTION_JSON
-    if not path.exists():
-        return None
-    selection = json.loads(path.read_text())
     try:
         chosen = selected_spec(model.parent)
-    except (FileNotFoundError, ValueError):
+    except FileNotFoundError:  # no selection beside it
         return None
-    return selection if model_digest(chosen) == model_digest(f"sac:{model}") else None
+    if model_digest(chosen) != model_digest(f"sac:{model}"):
+        return None
+    return json.loads((model.parent / SELECTION_JSON).read_text())
 
 
 def tune_baselines(env_id: str, episodes: int, proxy: InstanceDistribution, report, backend=None) -> dict:
