@@ -27,6 +27,8 @@ NOISE_SCALES = ("absolute", "paced")
 NOISE_ALLOCATIONS = ("per_group", "shares")
 PACE_UNITS = ("noise", "budget")
 OBSERVATION_MODES = ("private", "oracle")
+#: which iterate an episode returns (see ``EnvConfig.returned_model``)
+RETURNED_MODELS = ("last", "best_public")
 #: the optimizers a run can fine-tune with (``dp_gym.envs.fine_tuning.OPTIMIZERS`` maps them to torch)
 OPTIMIZER_NAMES = ("adam", "adamw", "sgd")
 TOKEN_PRUNING_KEYS = ("keep_ratio", "rule")
@@ -154,6 +156,13 @@ class EnvConfig:
             validation loss became NaN or inf (finite; below what any real step earns).
         token_pruning: ``{"rule": ..., "keep_ratio": ...}`` for tasks with visual tokens (passed to
             the task); ``null`` for tasks without. Rules: ``dp_gym.models.token_pruning.registered_rules()``.
+        returned_model: which iterate the episode returns (its model, its final ``val_loss`` and the
+            terminal reward): ``last``, or ``best_public``: of the iterates after each step, the one
+            with the lowest loss on the task's public *selection* split
+            (``Task.evaluate_selection``, disjoint from the validation split that then reports it).
+            Every iterate is already a DP release, and choosing among them by public data is
+            post-processing (Dwork & Roth 2014, Prop. 2.1): the epsilon is that of the whole run,
+            as with ``last``. It costs one more public evaluation per step.
         device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``; the model,
             the batches and the DP noise live there (the Poisson sampling stays on the CPU).
         precision: ``fp32``, or ``bf16``: the forward and backward passes run under bf16 autocast,
@@ -190,6 +199,7 @@ class EnvConfig:
     token_pruning: dict[str, Any] | None = None
     device: str = "auto"
     precision: str = "fp32"
+    returned_model: str = "last"
 
     def __post_init__(self) -> None:
         if not isinstance(self.task, str) or not self.task:
@@ -270,6 +280,7 @@ class EnvConfig:
         except ValueError as error:
             raise ConfigError(str(error)) from None
         _choice("precision", self.precision, PRECISIONS)
+        _choice("returned_model", self.returned_model, RETURNED_MODELS)
 
     def _check_token_pruning(self) -> None:
         if self.token_pruning is None:

@@ -14,7 +14,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from dp_gym.config import EnvConfig
+from dp_gym.config import ConfigError, EnvConfig
 from dp_gym.engine.randomness import SecretKey
 from dp_gym.envs.actions import ActionCodec
 from dp_gym.envs.fine_tuning import FineTuningRun, RunFailure
@@ -43,6 +43,13 @@ class DPFineTuneEnv(gym.Env):
     at the largest noise the config allows, or the run failed (a NaN or inf parameter or validation
     loss: ``info["failure"]`` says which, the reward is ``failure_reward``); ``truncated``:
     ``max_updates`` reached.
+
+    **The returned iterate.** With ``returned_model: best_public`` the env also scores every
+    step's iterate on the task's public selection split and, when the episode ends, puts the best
+    one back into the model: the final ``val_loss`` (validation split), the terminal reward and
+    the model (attacks, a saved model) are then the returned iterate's. ``info["returned_updates"]``
+    says which iterate it is and ``info["last_val_loss"]`` what the last one scored. Choosing among
+    DP releases by public data is post-processing: the epsilon is the run's, as with ``last``.
 
     **Budget.** :class:`dp_gym.privacy.PrivacyBudget` decides, before any update runs, whether the
     asked interval fits. If not, mode ``project`` raises every group's noise by one common factor to
@@ -75,6 +82,10 @@ class DPFineTuneEnv(gym.Env):
         self.config = self.base_config = validate_config(config)
         self.default_noise_stream = str(noise_stream)
         self.task = task if task is not None else create_task(config.task, **config.task_arguments())
+        if config.returned_model == "best_public" and not self.task.has_selection_split:
+            raise ConfigError(f"returned_model 'best_public' needs a public selection split, and task "
+                              f"{type(self.task).__name__} has none (Task.evaluate_selection; for text tasks: "
+                              "task_kwargs.selection_records with your own val_records, or n_select > 0)")
         self.run = FineTuningRun(self.task, config, secret_key=secret_key)
         self.group_names = self.run.group_names
         self.codec = ActionCodec(config, self.group_names)
@@ -176,7 +187,7 @@ class DPFineTuneEnv(gym.Env):
         val_loss = self.run.base_val_loss
         observation = self.observer.initial(val_loss, self.run.expected_batch_size)
         self._episode = {"val_loss": val_loss, "previous_update": None, "observation": observation, "done": False,
-                         "noise_multiplier": 0.0}
+                         "noise_multiplier": 0.0, "best": None, "last_val_loss": val_loss, "returned_updates": 0}
         return observation, self._info(None, None, projected=False)
 
     def step(self, action):
@@ -196,7 +207,7 @@ class DPFineTuneEnv(gym.Env):
             fit = budget.fit(decoded.noise, updates, project=cfg.budget_mode == "project")
 
         val_before, failure = episode["val_loss"], None
-        observation, val_loss = episode["observation"], val_before
+        observation, val_loss = episode["observation"].copy(), val_before  # (a new array every step)
         if fit.feasible:
             try:
                 run.check_finite()  # a parameter changed from outside since the last step: spend nothing
@@ -212,7 +223,11 @@ class DPFineTuneEnv(gym.Env):
                                                   run.updates, fit.noise_multiplier, run.expected_batch_size)
                 val_loss = evaluated
                 episode.update(previous_update=reports[-1].noisy_update, observation=observation, val_loss=val_loss,
-                               noise_multiplier=fit.noise_multiplier)
+                               noise_multiplier=fit.noise_multiplier, last_val_loss=val_loss,
+                               returned_updates=run.updates)
+                if cfg.returned_model == "best_public":
+                    with self._timed("evaluation"):
+                        self._keep_if_best(evaluated)
             except (RunFailure, NonFiniteObservation) as error:
                 failure = str(error)
                 logger.warning("episode ends: %s", failure)
@@ -220,6 +235,8 @@ class DPFineTuneEnv(gym.Env):
         terminated = not fit.feasible or failure is not None or self._budget_spent()
         truncated = not terminated and run.updates >= cfg.max_updates
         done = terminated or truncated
+        if done and cfg.returned_model == "best_public":
+            val_loss = self._return_best(val_loss, failed=failure is not None)
         reward = cfg.failure_reward if failure is not None else float(self.reward_fn(RewardContext(
             val_loss_base=run.base_val_loss, val_loss_before=val_before, val_loss=val_loss,
             epsilon_before=epsilon_before, epsilon=budget.epsilon_spent(), epsilon_budget=cfg.epsilon,
@@ -238,6 +255,27 @@ class DPFineTuneEnv(gym.Env):
         if failure is not None:
             info["failure"] = failure
         return observation, float(reward), bool(terminated), bool(truncated), info
+
+    # ------------------------------------------------------------------ the returned iterate
+    def _keep_if_best(self, val_loss: float) -> None:
+        """Keep the current iterate if its public selection loss is the lowest so far (a non-finite
+        one is never kept)."""
+        selection_loss = self.run.evaluate_selection()
+        best = self._episode["best"]
+        if math.isfinite(selection_loss) and (best is None or selection_loss < best["selection_loss"]):
+            self._episode["best"] = {"selection_loss": selection_loss, "val_loss": val_loss,
+                                     "updates": self.run.updates, "parameters": self.run.trained_parameters()}
+
+    def _return_best(self, val_loss: float, failed: bool) -> float:
+        """At the episode's end, put the kept iterate back into the model; its validation loss (the
+        episode's final one). Without a kept iterate (no step ran) the last one stays; after a
+        failure the kept one always replaces the weights, which may be non-finite."""
+        best = self._episode["best"]
+        if best is None or (best["updates"] == self.run.updates and not failed):
+            return val_loss
+        self.run.load_trained_parameters(best["parameters"])
+        self._episode.update(val_loss=best["val_loss"], returned_updates=best["updates"])
+        return best["val_loss"]
 
     # ------------------------------------------------------------------ budget
     def _spending_pace(self, factor: float, updates: int) -> np.ndarray:
@@ -292,6 +330,8 @@ class DPFineTuneEnv(gym.Env):
             "privacy_valid": cfg.privacy_valid,
             "budget_projected": projected,
         }
+        if cfg.returned_model != "last":
+            info.update(returned_updates=self._episode["returned_updates"], last_val_loss=self._episode["last_val_loss"])
         if self.task.metric_name == "perplexity":
             info["val_ppl"] = info["val_metric"]
         if applied is not None:

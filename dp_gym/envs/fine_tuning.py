@@ -180,6 +180,22 @@ class FineTuningRun:
         """Public validation loss (mean per token)."""
         return self.task.evaluate(self.model)
 
+    def evaluate_selection(self) -> float:
+        """Loss on the task's public selection split (``Task.evaluate_selection``)."""
+        return self.task.evaluate_selection(self.model)
+
+    def trained_parameters(self) -> list[torch.Tensor]:
+        """Copies of the trained parameters (in the parameter groups' order): the iterate, without
+        the frozen weights (a LoRA run copies its adapters only)."""
+        return [parameter.detach().clone() for parameter in self.groups.all_parameters()]
+
+    @torch.no_grad()
+    def load_trained_parameters(self, tensors: list[torch.Tensor]) -> None:
+        """Put an iterate of :meth:`trained_parameters` back into the model (the optimizer's state
+        is left as it is: a run returns the iterate, it does not continue from it)."""
+        for parameter, tensor in zip(self.groups.all_parameters(), tensors, strict=True):
+            parameter.copy_(tensor)
+
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
         """Model, optimizer, budget and counters. It holds trained weights (a private artefact:

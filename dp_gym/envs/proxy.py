@@ -46,6 +46,7 @@ are public numbers: it costs no privacy, only a second episode's compute.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
@@ -192,6 +193,9 @@ class ProxyEnv(gym.Env):
         self.distribution = distribution or InstanceDistribution()
         self.task_class = resolve_task(config.task)
         self.corpora = self.task_class.proxy_corpora(config.task_arguments())
+        if config.returned_model == "best_public" and "n_select" not in inspect.signature(self.task_class.proxy).parameters:
+            raise ConfigError(f"returned_model 'best_public' needs a public selection split, and the proxies of task "
+                              f"{self.task_class.__name__} have none (its Task.proxy takes no n_select)")
         self.secret_key, self.noise_stream = secret_key, noise_stream
         self.reference: ReferenceEpisode | None = None
         self._cache: OrderedDict[tuple, DPFineTuneEnv] = OrderedDict()
@@ -210,8 +214,10 @@ class ProxyEnv(gym.Env):
         task_kwargs = self.config.task_arguments()
         if self.distribution.max_length is not None:
             task_kwargs = {**task_kwargs, "max_length": self.distribution.max_length}
-        task = self.task_class.proxy(task_kwargs, corpus=instance["corpus"],
-                                     n_train=instance["n_train"], n_val=self.distribution.n_val, seed=instance["seed"])
+        # a public selection split of the proxy's own corpus when the env returns the best iterate
+        selection = {"n_select": self.distribution.n_val} if self.config.returned_model == "best_public" else {}
+        task = self.task_class.proxy(task_kwargs, corpus=instance["corpus"], n_train=instance["n_train"],
+                                     n_val=self.distribution.n_val, seed=instance["seed"], **selection)
         env = DPFineTuneEnv(self.config, task=task, secret_key=self.secret_key, noise_stream=self.noise_stream)
         if hasattr(self, "current") and (env.observation_layout != self.current.observation_layout
                                          or env.action_layout != self.current.action_layout):

@@ -52,6 +52,11 @@ class Task(abc.ABC):
     **The public metric.** ``metric(loss)`` maps the validation loss to the number reports show,
     named ``metric_name`` (perplexity for the language tasks here, the default).
 
+    **A public selection split** (optional): ``has_selection_split`` and ``evaluate_selection(model)``,
+    the loss on a second public held-out split, disjoint from the validation split. The env's
+    ``returned_model: best_public`` picks the iterate it returns with it, so the validation loss
+    that reports the returned model is not the one that chose it.
+
     **Optional capabilities** are protocols, checked with ``isinstance``:
     :class:`SupportsPrivacyAttacks` (records for canary exposure and membership inference) and
     :class:`SupportsTokenizer` (a tokenizer saved next to a fine-tuned model).
@@ -79,13 +84,29 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def evaluate(self, model: nn.Module) -> float: ...
 
+    @property
+    def has_selection_split(self) -> bool:
+        """Whether :meth:`evaluate_selection` works (default: no)."""
+        return False
+
+    def evaluate_selection(self, model: nn.Module) -> float:
+        """The loss on the public *selection* split: public data held out of both the training and
+        the validation split, used only to choose which iterate a run returns.
+
+        Raises:
+            NotImplementedError: the task has no selection split (see :attr:`has_selection_split`).
+        """
+        raise NotImplementedError(f"task {type(self).__name__} has no public selection split: implement "
+                                  "Task.evaluate_selection and has_selection_split")
+
     @classmethod
     def proxy(cls, task_kwargs: dict[str, Any], **instance: Any) -> Task:
         """A public proxy of the task built from ``task_kwargs``: the same model family and the same
         parameter groups, with the private training data replaced by public data that differs from
         it (another corpus, not the private generator with another seed). Controllers and baselines
         learn on proxies, then run once on the private task. ``instance`` picks the public data
-        (corpus, size, seed). The proxy must set ``public_training_data = True``.
+        (corpus, size, seed; ``n_select`` > 0 asks for a public selection split as well). The proxy
+        must set ``public_training_data = True``.
 
         Raises:
             NotImplementedError: the task has no proxy (implement this; see ``TextTask.proxy``).

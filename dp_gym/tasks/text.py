@@ -59,6 +59,11 @@ class TextTask(EncodedTrainSplit, Task):
             records (then ``n_train``, ``n_val`` and the canaries are not used).
         public_train_records: public records of the same kind as your private ones, for the task's
             public proxy (:meth:`proxy` with ``corpus="user"``); never trained on here.
+        n_select: public *selection* records (:meth:`evaluate_selection`: which iterate a run with
+            ``returned_model: best_public`` returns), generated like the validation records from
+            another seed and disjoint from them; 0 for none. Not used with your own
+            ``val_records``: give ``selection_records`` then.
+        selection_records: your own public selection records (never trained on, never validated on).
     """
 
     def __init__(
@@ -74,9 +79,13 @@ class TextTask(EncodedTrainSplit, Task):
         train_records: list[str] | None = None,
         val_records: list[str] | None = None,
         public_train_records: list[str] | None = None,
+        n_select: int = 64,
+        selection_records: list[str] | None = None,
     ):
         if n_train < 1 or n_val < 1:
             raise ValueError(f"n_train and n_val must be >= 1, got {n_train} and {n_val}")
+        if n_select < 0:
+            raise ValueError(f"n_select must be >= 0, got {n_select}")
         if max_length < 2:
             raise ValueError(f"max_length must be >= 2, got {max_length}")
         self.model_spec = ModelSpec.parse(model)
@@ -92,14 +101,21 @@ class TextTask(EncodedTrainSplit, Task):
         self.generated_data = train_records is None
         if train_records is None:
             train_records = private_train_records(n_train, seed=1000 + seed, canaries=self.canaries)
+        if selection_records is None and val_records is None and n_select:
+            # declared public like the validation split, from a third seed; a record that happens
+            # to equal a validation record is dropped (the two splits must not share a record)
+            validation = set(clinical_notes(n_val, seed=2000 + seed))
+            selection_records = [r for r in clinical_notes(n_select, seed=3000 + seed) if r not in validation]
         if val_records is None:
             val_records = clinical_notes(n_val, seed=2000 + seed)
         if not train_records or not val_records:
             raise ValueError("train_records and val_records must not be empty")
         self.train_records, self.val_records = list(train_records), list(val_records)
         self.public_train_records = list(public_train_records) if public_train_records is not None else None
+        self.selection_records = list(selection_records) if selection_records else None
         self._train = self._encode(self.train_records)
         self._val = self._encode(self.val_records)
+        self._selection = self._encode(self.selection_records) if self.selection_records else None
 
     @classmethod
     def proxy_corpora(cls, task_kwargs: dict[str, Any]) -> tuple[str, ...]:
@@ -122,7 +138,7 @@ class TextTask(EncodedTrainSplit, Task):
 
     @classmethod
     def proxy(cls, task_kwargs: dict[str, Any], corpus: str = "public_notes", n_train: int = 256, n_val: int = 32,
-              seed: int = 0) -> TextTask:
+              seed: int = 0, n_select: int = 0) -> TextTask:
         """A public proxy: the same model and tokenizer, trained on a public corpus instead of the
         private records (no private record is read).
 
@@ -133,6 +149,9 @@ class TextTask(EncodedTrainSplit, Task):
                 deployment task's ``public_train_records``.
             n_train, n_val: proxy training and validation records (validation: held out of the corpus).
             seed: which public records.
+            n_select: public selection records, held out of the corpus after the validation ones
+                (the built-in corpora are prefix-stable, so training and validation records are the
+                same with or without them).
 
         Raises:
             ValueError: for ``"user"`` without public records, or an unknown corpus.
@@ -144,15 +163,17 @@ class TextTask(EncodedTrainSplit, Task):
                 raise ValueError("corpus 'user' needs public_train_records (at least 2) in the task's task_kwargs")
             random.Random(f"user-proxy/{seed}").shuffle(records)
             n_val = max(1, min(n_val, len(records) // 4))
-            train, val = records[n_val:], records[:n_val]
+            n_select = min(n_select, len(records) // 4)
+            train, val = records[n_val + n_select:], records[:n_val]
+            selection = records[n_val:n_val + n_select]
         else:
-            records = PROXY_CORPORA.get(corpus)(n_train + n_val, seed)
-            train, val = records[:n_train], records[n_train:]
+            records = PROXY_CORPORA.get(corpus)(n_train + n_val + n_select, seed)
+            train, val, selection = records[:n_train], records[n_train:n_train + n_val], records[n_train + n_val:]
         # a subclass with a constructor of its own (no records) gets a plain TextTask of its model:
         # override proxy() if its loss or data handling differ from TextTask's
         parameters = inspect.signature(cls.__init__).parameters
-        builder = cls if {"train_records", "val_records"} <= set(parameters) else TextTask
-        task = builder(**kept, train_records=train, val_records=val)
+        builder = cls if {"train_records", "val_records", "selection_records"} <= set(parameters) else TextTask
+        task = builder(**kept, train_records=train, val_records=val, selection_records=selection or None)
         task.public_training_data = True
         return task
 
@@ -189,14 +210,28 @@ class TextTask(EncodedTrainSplit, Task):
         tokens = batch["attention_mask"][:, 1:].sum(dim=1).clamp(min=1)
         return losses.sum(dim=1) / tokens
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module, batch_size: int = 128) -> float:
+        return self._mean_token_loss(model, self._val, batch_size)
+
+    @property
+    def has_selection_split(self) -> bool:
+        return self._selection is not None
+
+    def evaluate_selection(self, model: nn.Module, batch_size: int = 128) -> float:
+        if self._selection is None:
+            raise NotImplementedError("this TextTask has no public selection split: give selection_records (with "
+                                      "your own val_records) or n_select > 0")
+        return self._mean_token_loss(model, self._selection, batch_size)
+
+    @torch.no_grad()
+    def _mean_token_loss(self, model: nn.Module, split: dict[str, torch.Tensor], batch_size: int) -> float:
+        """Mean next-token loss per token over a public split."""
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
         total, tokens = 0.0, 0.0
-        for start in range(0, self._val["input_ids"].shape[0], batch_size):
-            chunk = trim_padding({k: v[start : start + batch_size] for k, v in self._val.items()})
+        for start in range(0, split["input_ids"].shape[0], batch_size):
+            chunk = trim_padding({k: v[start : start + batch_size] for k, v in split.items()})
             ids, mask = chunk["input_ids"].to(device), chunk["attention_mask"].to(device)
             total += float(per_token_losses(model, ids, mask).sum())
             tokens += float(mask[:, 1:].sum())
@@ -209,6 +244,7 @@ class TextTask(EncodedTrainSplit, Task):
             "model": str(self.model_path),
             **({"lora": asdict(self.model_spec.lora)} if self.model_spec.lora else {}),
             "n_val": len(self.val_records),
+            "n_select": len(self.selection_records or []),
             "max_length": self.max_length,
             "n_canaries": len(self.canaries),
         }
