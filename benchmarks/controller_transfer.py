@@ -27,6 +27,10 @@ trained on the private data instead) is shown next to it. ``deployments.json`` h
 deployment with its trajectory: the clip and noise each step chose, the epsilon and the share of
 the budget spent so far, and the public validation perplexity.
 
+``--set FIELD=VALUE`` gives every controller, tuned and deployed, the same config fields (for
+example ``returned_model=best_public``: each episode returns its best iterate by a public selection
+split; SAC is deployed with it and the baselines are tuned and deployed with it).
+
 ``--reuse RUN...`` takes an earlier run's deployment of the same controller (spec and env
 overrides), env, epsilon and seed instead of deploying it again (every deployment is one private
 episode, independent of the others; the first listed run's is taken); ``transfer.json`` names
@@ -39,7 +43,7 @@ without one each deployment draws its own secret noise).
     python benchmarks/controller_transfer.py [--envs dp_gym/TinyTextFlatSchedule-v0] [--epsilons 1 3 8]
         [--seeds 10] [--timesteps 1000] [--sac-model pretrained] [--paired] [--select 8 | --selected]
         [--workers 2 | --backend ray [--address auto]] [--tune-only | --tuned transfer.json | --sac-only]
-        [--reuse RUN...]
+        [--reuse RUN...] [--set returned_model=best_public]
         [--out runs/bench/transfer]
 """
 
@@ -53,6 +57,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 import dp_gym
 from agents.controllers import controller_prior, deploy, noise_stream
@@ -97,32 +102,40 @@ def selection_that_chose(model: Path) -> dict | None:
     return json.loads((model.parent / SELECTION_JSON).read_text())
 
 
-def tune_baselines(env_id: str, episodes: int, proxy: InstanceDistribution, report, backend=None) -> dict:
-    """Each tuned baseline's best grid point, with ``episodes`` proxy episodes per baseline."""
-    config = dp_gym.config_of(env_id)
+def tune_baselines(env_id: str, episodes: int, proxy: InstanceDistribution, report, backend=None,
+                   overrides: dict | None = None) -> dict:
+    """Each tuned baseline's best grid point, with ``episodes`` proxy episodes per baseline, tuned and
+    returned with the config ``overrides`` every controller of the run has (``--set``)."""
+    overrides = dict(overrides or {})
+    config = dp_gym.config_of(env_id, **overrides)
     clip = float(np.sqrt(config.clip_range[0] * config.clip_range[1]))  # the action-0 clip
     rates = {f"lr={rate:g}": rate for rate in (config.learning_rate / 2, config.learning_rate, config.learning_rate * 2)}
     per_point = max(1, episodes // 3)
-    vanilla = tune_controller(env_id, "vanilla", {label: {"clip": clip} for label in rates}, 0, {}, report,
+    vanilla = tune_controller(env_id, "vanilla", {label: {"clip": clip} for label in rates}, 0, overrides, report,
                               proxy=proxy, episodes=per_point, backend=backend,
                               env_overrides={label: {"learning_rate": rate} for label, rate in rates.items()})
     decays = {"1.5->0.5": (1.5, 0.5), "2->0.5": (2.0, 0.5), "1->0.25": (1.0, 0.25)}
     decay = tune_controller(env_id, "decay", {label: {"clip": clip, "clip_start": a, "clip_end": b, "noise_start": 1.0,
                                                       "noise_end": 1.0} for label, (a, b) in decays.items()},
-                            0, {}, report, proxy=proxy, episodes=per_point, backend=backend)
-    schedule = tune_schedule(env_id, episodes, 0, {}, clip=clip, report=report, proxy=proxy)
+                            0, overrides, report, proxy=proxy, episodes=per_point, backend=backend)
+    schedule = tune_schedule(env_id, episodes, 0, overrides, clip=clip, report=report, proxy=proxy)
     best_rate = rates[vanilla.best]
     start, end = decays[decay.best]
-    return {"vanilla": ({"clip": clip}, {"learning_rate": best_rate}),
-            "decay": ({"clip": clip, "clip_start": start, "clip_end": end, "noise_start": 1.0, "noise_end": 1.0}, {}),
-            "schedule": (schedule.params[schedule.best], {}),
-            "adaptive_quantile": ({}, {})}
+    return {"vanilla": ({"clip": clip}, {**overrides, "learning_rate": best_rate}),
+            "decay": ({"clip": clip, "clip_start": start, "clip_end": end, "noise_start": 1.0, "noise_end": 1.0},
+                      dict(overrides)),
+            "schedule": (schedule.params[schedule.best], dict(overrides)),
+            "adaptive_quantile": ({}, dict(overrides))}
 
 
-def earlier_tuning(path: Path, env_id: str, episodes: int) -> dict:
+def earlier_tuning(path: Path, env_id: str, episodes: int, overrides: dict | None = None) -> dict:
     """``env_id``'s tuned baselines from an earlier run's ``transfer.json``, if that run tuned them
-    with ``episodes`` proxy episodes each (SAC's total here) on today's proxies."""
+    with ``episodes`` proxy episodes each (SAC's total here) on today's proxies, with the same
+    ``--set`` overrides."""
     earlier = json.loads(path.read_text())
+    if earlier.get("overrides", {}) != dict(overrides or {}):
+        raise SystemExit(f"{path} tuned with --set {earlier.get('overrides', {})}, this run has {overrides or {}}: "
+                         "tune again (drop --tuned)")
     if env_id not in earlier.get("tuned", {}):
         raise SystemExit(f"{path} has no tuned baselines for {env_id}")
     if earlier.get("episodes", {}).get(env_id) != episodes:
@@ -140,10 +153,11 @@ def heuristic_spec(name: str, kwargs: dict) -> str:
     return name + (":" + ",".join(items) if items else "")
 
 
-def cell_specs(tuned: dict, sac_spec: str) -> dict[str, tuple[str, dict]]:
-    """Every controller of a cell as ``name -> (spec, env overrides)``."""
-    specs = {name: (heuristic_spec(name, kwargs), overrides) for name, (kwargs, overrides) in tuned.items()}
-    specs["sac"] = (sac_spec, {})
+def cell_specs(tuned: dict, sac_spec: str, overrides: dict | None = None) -> dict[str, tuple[str, dict]]:
+    """Every controller of a cell as ``name -> (spec, env overrides)``; ``overrides``: the run's
+    ``--set`` (the tuned baselines carry them already)."""
+    specs = {name: (heuristic_spec(name, kwargs), config) for name, (kwargs, config) in tuned.items()}
+    specs["sac"] = (sac_spec, dict(overrides or {}))
     return specs
 
 
@@ -168,7 +182,7 @@ def earlier_specs(transfer: dict, env_id: str) -> dict[str, tuple[str, dict]]:
         sac_spec = f"sac:{args['sac_model']}"
     else:
         sac_spec = None  # trained in the run, or the package's pretrained one then: not identifiable
-    specs = cell_specs(tuned, sac_spec)
+    specs = cell_specs(tuned, sac_spec, transfer.get("overrides"))
     return {name: value for name, value in specs.items() if value[0] is not None}
 
 
@@ -232,25 +246,25 @@ def reusable_deployments(sources: list[ReuseSource], env_id: str, epsilon: float
 
 
 def deploy_cell(backend, env_id: str, epsilon: float, tuned: dict, sac_spec: str, seeds,
-                reuse: list[ReuseSource] = ()) -> tuple[list, dict]:
+                reuse: list[ReuseSource] = (), overrides: dict | None = None) -> tuple[list, dict]:
     """Each controller once per seed on the private data at ``epsilon``, every deployment one job of
     ``backend``, or taken from an earlier run of ``reuse`` (:func:`reusable_deployments`); each
     controller was trained, tuned or selected on public proxies only, so what it carries into its
     deployment is nothing for a tuned heuristic and the model's ``run.json`` report for SAC
     (``sac_spec``: a model, or what a selection chose). Returns the results (in the order of the
     controllers, then seeds) and ``"name/seed=s" -> run folder`` for those reused."""
-    both = cell_specs(tuned, sac_spec)
+    both = cell_specs(tuned, sac_spec, overrides)
     reused = reusable_deployments(list(reuse), env_id, epsilon, both)
     specs = {name: spec for name, (spec, _) in both.items()}
-    overrides_of = {name: overrides for name, (_, overrides) in tuned.items()}
+    overrides_of = {name: config for name, (_, config) in both.items()}
     missing = {}  # the seeds each controller still needs -> the controllers that need them
     for name in specs:
         needed = tuple(seed for seed in seeds if (name, seed) not in reused)
         if needed:
             missing.setdefault(needed, []).append(name)
     # with a secret key, the stream names everything that decides the actions
-    streams = {name: f"transfer/{name}:{json.dumps({**kwargs, **overrides}, sort_keys=True)}"
-               for name, (kwargs, overrides) in tuned.items()}
+    streams = {name: f"transfer/{name}:{json.dumps({**kwargs, **config}, sort_keys=True)}"
+               for name, (kwargs, config) in tuned.items()}
     delta = dp_gym.config_of(env_id).delta
     priors = {name: PrivacyReport.nothing(delta, "tuned on public proxies") for name in tuned}
     if any("sac" in names for names in missing.values()):  # (reading the model only when it runs)
@@ -274,6 +288,22 @@ def deploy_cell(backend, env_id: str, epsilon: float, tuned: dict, sac_spec: str
             result.privacy = end_to_end(result.privacy, priors[name])
             results.append(result)
     return results, {f"{name}/seed={seed}": run for (name, seed), (_, run) in reused.items()}
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["returned_model=best_public", ...]`` -> config overrides (values read as YAML), each
+    checked against :class:`dp_gym.config.EnvConfig` (a bad field or value stops with its name)."""
+    overrides = {}
+    for item in items:
+        field, equals, value = item.partition("=")
+        if not equals or not field:
+            raise SystemExit(f"--set {item!r}: write FIELD=VALUE")
+        overrides[field] = yaml.safe_load(value)
+    try:
+        dp_gym.EnvConfig.from_dict(overrides)
+    except (TypeError, ValueError) as error:
+        raise SystemExit(f"--set: {error}") from None
+    return overrides
 
 
 def aggregate(results, env_id: str, epsilon: float) -> list[dict]:
@@ -334,11 +364,15 @@ def main() -> None:
                              "RUN:sac,vanilla takes only those controllers from RUN")
     parser.add_argument("--sac-only", action="store_true",
                         help="deploy SAC alone (no tuning, no table): a later run takes its deployments with --reuse")
+    parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE", dest="overrides",
+                        help="config fields every controller is tuned and deployed with, e.g. "
+                             "returned_model=best_public (values are read as YAML)")
     parser.add_argument("--tune-only", action="store_true",
                         help="tune the baselines, write transfer.json and stop (deploy later with --tuned)")
     args = parser.parse_args()
     if args.tune_only and (args.tuned or args.sac_only):
         parser.error("--tune-only tunes: drop --tuned and --sac-only")
+    overrides = parse_overrides(args.overrides)
     quiet_libraries()
     configure_threads()
     out = Path(args.out)
@@ -351,7 +385,8 @@ def main() -> None:
     def write_transfer() -> None:
         write_json({"rows": rows, "tuned": tuned_by_env, "episodes": episodes_by_env,
                     "sac_proxy_episodes": sac_episodes_by_env, "selections": selections, "proxy": asdict(proxy),
-                    "sac_proxy": sac_proxies, "specs": specs_by_env, "model_sha256": digests, "reused": reused, "args": vars(args)},
+                    "sac_proxy": sac_proxies, "specs": specs_by_env, "model_sha256": digests, "reused": reused,
+                    "overrides": overrides, "args": vars(args)},
                    out / "transfer.json")
 
     for env_id in args.envs:
@@ -391,15 +426,16 @@ def main() -> None:
             tuned = tuned_by_env[env_id] = {}
             print("== deploying SAC only (--sac-only): compare it with a later run's --reuse")
         elif args.tuned:
-            tuned = tuned_by_env[env_id] = earlier_tuning(Path(args.tuned), env_id, episodes)
+            tuned = tuned_by_env[env_id] = earlier_tuning(Path(args.tuned), env_id, episodes, overrides)
             print(f"== the baselines as tuned by {args.tuned} ({episodes} proxy episodes each)")
         else:
             print(f"== tuning the baselines on the same proxies ({episodes} episodes each)")
             tuned = tuned_by_env[env_id] = tune_baselines(
                 env_id, episodes, proxy, print, make_backend(args.backend, out, args.address, args.resources,
                                                              workers=args.workers,
-                                                             experiment=f"{env_id.replace('/', '_')}-tuning"))
-        specs_by_env[env_id], digests[env_id] = cell_specs(tuned, sac_spec), model_digest(sac_spec)
+                                                             experiment=f"{env_id.replace('/', '_')}-tuning"),
+                overrides)
+        specs_by_env[env_id], digests[env_id] = cell_specs(tuned, sac_spec, overrides), model_digest(sac_spec)
         write_transfer()
         if args.tune_only:
             continue
@@ -409,7 +445,7 @@ def main() -> None:
                                    experiment=f"{env_id.replace('/', '_')}@{epsilon:g}")
             cell_name = f"{env_id}@{epsilon!r}"
             results, reused[cell_name] = deploy_cell(backend, env_id, epsilon, tuned, sac_spec,
-                                                     range(1000, 1000 + args.seeds), sources)
+                                                     range(1000, 1000 + args.seeds), sources, overrides)
             if reused[cell_name]:
                 print(f"== reused {len(reused[cell_name])} deployments of earlier runs "
                       "(the same controller, env, epsilon and seed)")

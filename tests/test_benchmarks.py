@@ -98,12 +98,13 @@ class _RecordingBackend:
     """Runs nothing: answers every job with a fixed deployment and remembers which jobs it got."""
 
     def __init__(self):
-        self.keys = []
+        self.keys, self.overrides = [], {}
 
     def run(self, jobs, progress=None):
         from dp_gym.utils.backends import Outcome
 
         self.keys += [job.key for job in jobs]
+        self.overrides.update({job.key: job.kwargs["overrides"] for job in jobs})
         return [Outcome(job.key, {k: v for k, v in _deployment_record(job.kwargs["name"], job.kwargs["seed"], 3.0,
                                                                         50.0).items() if k not in ("env", "epsilon")})
                 for job in jobs]
@@ -171,3 +172,28 @@ def test_transfer_reuses_an_earlier_runs_deployment_only_of_the_same_controller(
     assert transfer.reusable_deployments([newer, restricted], env_id, 3.0, specs)[("vanilla", 1001)][1] == str(new_format)
     with pytest.raises(SystemExit, match="own --out"):
         transfer.ReuseSource.parse(str(other), other)
+
+
+def test_transfer_set_gives_every_controller_the_same_config_fields(tmp_path):
+    transfer = _benchmark("controller_transfer")
+    env_id = "dp_gym/TinyTextBudgetSchedule-v0"
+    best = {"returned_model": "best_public"}
+    assert transfer.parse_overrides(["returned_model=best_public", "max_updates=40"]) == {**best, "max_updates": 40}
+    for bad in (["returned_model=best"], ["no_such_field=1"], ["returned_model"]):
+        with pytest.raises(SystemExit, match="returned_model|no_such_field"):
+            transfer.parse_overrides(bad)
+    # an earlier run without --set: its deployments are of other configs, and its tuning too
+    plain = {"vanilla": ({"clip": 0.1}, {"learning_rate": 0.002}), "adaptive_quantile": ({}, {})}
+    earlier = _earlier_run(tmp_path / "plain", {"specs": {env_id: transfer.cell_specs(plain, "action0")},
+                                                "tuned": {env_id: plain}, "episodes": {env_id: 40}},
+                           [_deployment_record(name, 1000, 3.0, 40.0) for name in ("vanilla", "adaptive_quantile",
+                                                                                     "sac")])
+    with pytest.raises(SystemExit, match="tune again"):
+        transfer.earlier_tuning(earlier / "transfer.json", env_id, 40, best)
+    tuned = {"vanilla": ({"clip": 0.1}, {**best, "learning_rate": 0.002}), "adaptive_quantile": ({}, dict(best))}
+    backend = _RecordingBackend()
+    transfer.deploy_cell(backend, env_id, 3.0, tuned, "action0", [1000],
+                         reuse=[transfer.ReuseSource.parse(str(earlier), tmp_path / "out")], overrides=best)
+    assert sorted(backend.keys) == ["adaptive_quantile/seed=1000", "sac/seed=1000", "vanilla/seed=1000"]
+    assert all(config["returned_model"] == "best_public" for config in backend.overrides.values())
+    assert backend.overrides["vanilla/seed=1000"]["learning_rate"] == 0.002
