@@ -386,7 +386,7 @@ def cmd_audit(args) -> None:
         console.print(f"written: {out}")
 
 
-DEMO_ENV = "dp_gym/TinyTextFlatSchedule-v0"
+DEMO_ENV = "dp_gym/TinyTextBudgetSchedule-v0"
 
 
 def cmd_demo(args) -> None:
