@@ -3,7 +3,8 @@
 A real data set that ships with a package, so nothing is downloaded. Each image is scaled to
 ``image_size`` (nearest neighbour) and repeated over three channels; its caption is
 "the digit is seven." The split is fixed by ``seed``: a shuffled order whose first ``n_train``
-images are the private split and whose last ``n_val`` images are declared public.
+images are the private split and whose last ``n_val`` images are declared public; a public
+selection split (:func:`digit_selection`) comes from between the two.
 """
 
 from __future__ import annotations
@@ -35,3 +36,14 @@ def digit_splits(n_train: int, n_val: int, seed: int = 0, image_size: int = 32):
     order = np.random.default_rng(seed).permutation(len(data.target))
     pairs = [(_to_rgb(data.images[i], image_size), digit_caption(int(data.target[i]))) for i in order]
     return pairs[:n_train], pairs[-n_val:]
+
+
+def digit_selection(n_train: int, n_val: int, n_select: int, seed: int = 0, image_size: int = 32):
+    """The ``n_select`` images after the first ``n_train`` of :func:`digit_splits`' order (declared
+    public, disjoint from both its splits), fewer when fewer are left between them."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    order = np.random.default_rng(seed).permutation(len(data.target))
+    chosen = order[n_train:max(n_train, len(order) - n_val)][:max(n_select, 0)]
+    return [(_to_rgb(data.images[i], image_size), digit_caption(int(data.target[i]))) for i in chosen]

@@ -96,3 +96,5 @@ def make_scenes(n: int, seed: int, image_size: int = 32) -> list[Scene]:
 
 #: seed offsets of the splits (``seed`` is the task's data seed)
 PRIVATE_SEED, PUBLIC_VALIDATION_SEED, PUBLIC_PRETRAINING_SEED = 3000, 4000, 5000
+#: the seed offset of the public selection split (which iterate a run returns)
+PUBLIC_SELECTION_SEED = 6000

@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from dp_gym.config import parse_token_pruning as parse_config_token_pruning
-from dp_gym.data.digits import digit_splits
+from dp_gym.data.digits import digit_selection, digit_splits
 from dp_gym.data.patterns import make_patterns
-from dp_gym.data.scenes import PRIVATE_SEED, PUBLIC_VALIDATION_SEED, make_scenes
+from dp_gym.data.scenes import PRIVATE_SEED, PUBLIC_SELECTION_SEED, PUBLIC_VALIDATION_SEED, make_scenes
 from dp_gym.models.local import load_local, load_local_tokenizer
 from dp_gym.models.lora import apply_lora
 from dp_gym.models.spec import ModelSpec
@@ -76,6 +76,10 @@ class VisionLanguageTask(EncodedTrainSplit, Task):
             ``"patterns"`` (generated textile patterns, :mod:`dp_gym.data.patterns`: the public
             corpus of the proxies).
         n_train, n_val: private training and public validation examples.
+        n_select: public *selection* examples (:meth:`evaluate_selection`: which iterate a run with
+            ``returned_model: best_public`` returns), disjoint from both splits: scenes from their
+            own seed, the digits between the training and the validation images, patterns after
+            the validation ones; 0 for none.
         token_pruning: ``{"rule": name, "keep_ratio": r}``; ``None`` keeps every visual token.
         max_text_length: caption tokens (longer captions are truncated).
         seed: data seed (and the seed of the ``random`` pruning rule).
@@ -97,6 +101,7 @@ class VisionLanguageTask(EncodedTrainSplit, Task):
         tiny: dict[str, Any] | None = None,
         train_vision: bool = False,
         cache_vision_features: bool = True,
+        n_select: int = 64,
     ):
         from transformers import AutoConfig
 
@@ -104,6 +109,8 @@ class VisionLanguageTask(EncodedTrainSplit, Task):
             raise ValueError(f"dataset must be one of {list(DATASETS)}, got {dataset!r}")
         if n_train < 1 or n_val < 1:
             raise ValueError(f"n_train and n_val must be >= 1, got {n_train} and {n_val}")
+        if n_select < 0:
+            raise ValueError(f"n_select must be >= 0, got {n_select}")
         self.rule, self.keep_ratio = parse_token_pruning(token_pruning)
         self.model_spec = ModelSpec.parse(model)
         if self.model_spec.is_tiny:
@@ -124,11 +131,14 @@ class VisionLanguageTask(EncodedTrainSplit, Task):
         if dataset == "scenes":
             train = [(s.image, s.caption) for s in make_scenes(n_train, PRIVATE_SEED + seed, self.image_size)]
             val = [(s.image, s.caption) for s in make_scenes(n_val, PUBLIC_VALIDATION_SEED + seed, self.image_size)]
+            selection = [(s.image, s.caption) for s in make_scenes(n_select, PUBLIC_SELECTION_SEED + seed,
+                                                                   self.image_size)]
         elif dataset == "digits":
             train, val = digit_splits(n_train, n_val, seed=seed, image_size=self.image_size)
-        else:
-            pairs = make_patterns(n_train + n_val, seed, self.image_size)
-            train, val = pairs[:n_train], pairs[n_train:]
+            selection = digit_selection(n_train, n_val, n_select, seed=seed, image_size=self.image_size)
+        else:  # (prefix-stable: the same training and validation patterns with or without a selection)
+            pairs = make_patterns(n_train + n_val + n_select, seed, self.image_size)
+            train, val, selection = pairs[:n_train], pairs[n_train:n_train + n_val], pairs[n_train + n_val:]
         positions = getattr(self.model_config.text_config, "max_position_embeddings", None)
         if positions is not None and self.visual_tokens + max_text_length > positions:
             raise ValueError(f"{self.visual_tokens} visual tokens + max_text_length {max_text_length} exceed the "
@@ -137,6 +147,7 @@ class VisionLanguageTask(EncodedTrainSplit, Task):
         self.val_captions = [caption for _, caption in val]
         self._train = self._encode(train)
         self._val = self._encode(val)
+        self._selection = self._encode(selection) if selection else None
         self._random = torch.Generator().manual_seed(seed)
         self.caches_vision_features = cache_vision_features and not train_vision
         self._tower_fingerprint: torch.Tensor | None = None
@@ -144,8 +155,9 @@ class VisionLanguageTask(EncodedTrainSplit, Task):
         if self.caches_vision_features:
             tower = self.build_model().model.vision_tower
             self._tower_fingerprint = _fingerprint(tower)
-            for split in (self._train, self._val):
-                split.update(self._encode_images(tower, split["pixel_values"]))
+            for split in (self._train, self._val, self._selection):
+                if split is not None:
+                    split.update(self._encode_images(tower, split["pixel_values"]))
 
     @classmethod
     def proxy_corpora(cls, task_kwargs: dict[str, Any]) -> tuple[str, ...]:
@@ -154,7 +166,7 @@ class VisionLanguageTask(EncodedTrainSplit, Task):
 
     @classmethod
     def proxy(cls, task_kwargs: dict[str, Any], corpus: str = "patterns", n_train: int = 256, n_val: int = 32,
-              seed: int = 0) -> VisionLanguageTask:
+              seed: int = 0, n_select: int = 0) -> VisionLanguageTask:
         """A public proxy: the same LLaVA (model, token pruning, caption length), trained on a public
         image-caption corpus instead of the private split; no private image or caption is read.
 
@@ -163,6 +175,7 @@ class VisionLanguageTask(EncodedTrainSplit, Task):
             corpus: ``"patterns"`` or ``"digits"``, but not the deployment's own dataset.
             n_train, n_val: proxy training and validation examples.
             seed: which public examples.
+            n_select: public selection examples of the same corpus (0: none).
 
         Raises:
             ValueError: for another corpus, or the deployment's own dataset.
@@ -174,7 +187,7 @@ class VisionLanguageTask(EncodedTrainSplit, Task):
             raise ValueError(f"corpus {corpus!r} is the deployment's own dataset: a proxy must train on other, "
                              "public data")
         kept = {key: task_kwargs[key] for key in PROXY_KEPT if key in task_kwargs}
-        task = cls(**kept, dataset=corpus, n_train=n_train, n_val=n_val, seed=seed)
+        task = cls(**kept, dataset=corpus, n_train=n_train, n_val=n_val, seed=seed, n_select=n_select)
         task.public_training_data = True
         return task
 
@@ -288,14 +301,27 @@ class VisionLanguageTask(EncodedTrainSplit, Task):
         losses = self.caption_losses(model, batch)
         return losses.sum(dim=1) / batch["attention_mask"].sum(dim=1).clamp(min=1)
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module, batch_size: int = 128) -> float:
+        return self._mean_caption_loss(model, self._val, batch_size)
+
+    @property
+    def has_selection_split(self) -> bool:
+        return self._selection is not None
+
+    def evaluate_selection(self, model: nn.Module, batch_size: int = 128) -> float:
+        if self._selection is None:
+            raise NotImplementedError("this VisionLanguageTask has no public selection split: give n_select > 0")
+        return self._mean_caption_loss(model, self._selection, batch_size)
+
+    @torch.no_grad()
+    def _mean_caption_loss(self, model: nn.Module, split: dict[str, torch.Tensor], batch_size: int) -> float:
+        """Mean caption loss per token over a public split."""
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
         total, tokens = 0.0, 0.0
-        for start in range(0, self._val["input_ids"].shape[0], batch_size):
-            chunk = trim_padding({k: v[start : start + batch_size].to(device) for k, v in self._val.items()})
+        for start in range(0, split["input_ids"].shape[0], batch_size):
+            chunk = trim_padding({k: v[start : start + batch_size].to(device) for k, v in split.items()})
             total += float(self.caption_losses(model, chunk).sum())
             tokens += float(chunk["attention_mask"].sum())
         model.train(was_training)
@@ -308,6 +334,7 @@ class VisionLanguageTask(EncodedTrainSplit, Task):
             **({"lora": asdict(self.model_spec.lora)} if self.model_spec.lora else {}),
             "dataset": self.dataset,
             "n_val": int(self._val["input_ids"].shape[0]),
+            "n_select": 0 if self._selection is None else int(self._selection["input_ids"].shape[0]),
             "token_pruning": {"rule": self.rule, "keep_ratio": self.keep_ratio},
             "visual_tokens": self.visual_tokens,
             "vision_features_cached": self.caches_vision_features,

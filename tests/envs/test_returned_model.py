@@ -133,8 +133,20 @@ def test_best_public_needs_a_selection_split():
     own = {**SMALL, "task_kwargs": {"train_records": ["a b c"] * 8, "val_records": ["d e f"]}}
     with pytest.raises(ConfigError, match="returned_model 'best_public' needs a public selection split"):
         dp_gym.make(ENV, returned_model="best_public", **own)
-    with pytest.raises(ConfigError, match="returned_model 'best_public'.*proxies of task VisionLanguageTask"):
-        ProxyEnv(dp_gym.config_of("dp_gym/TinyVisionSchedule-v0", returned_model="best_public"))
+
+
+def test_a_proxy_without_a_selection_split_is_a_config_error():
+    class NoSelection(TextTask):
+        @classmethod
+        def proxy(cls, task_kwargs, corpus="public_notes", n_train=16, n_val=4, seed=0):
+            return TextTask.proxy(task_kwargs, corpus, n_train, n_val, seed)
+
+    from dp_gym.tasks import register_task
+
+    register_task("text-without-selection", NoSelection, force=True)
+    config = dp_gym.config_of(ENV, returned_model="best_public", task="text-without-selection", **SMALL)
+    with pytest.raises(ConfigError, match="returned_model 'best_public'.*proxies of task NoSelection"):
+        ProxyEnv(config)
 
 
 def test_proxy_episodes_return_their_best_iterate_too():

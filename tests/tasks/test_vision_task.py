@@ -25,8 +25,8 @@ def micro_vlm(tmp_path_factory):
     return ensure_tiny_vlm(MICRO, root=tmp_path_factory.mktemp("vlm-cache"))
 
 
-def micro_task(path, rule="cls_attention", keep=0.5, dataset="scenes"):
-    return VisionLanguageTask(model=str(path), dataset=dataset, n_train=6, n_val=4,
+def micro_task(path, rule="cls_attention", keep=0.5, dataset="scenes", n_select=4):
+    return VisionLanguageTask(model=str(path), dataset=dataset, n_train=6, n_val=4, n_select=n_select,
                               token_pruning={"rule": rule, "keep_ratio": keep})
 
 
@@ -129,6 +129,21 @@ def test_digits_captions_and_disjoint_splits(micro_vlm):
     pixels = task._train["pixel_values"]
     assert pixels.shape == (6, 3, 32, 32) and float(pixels.min()) >= -1 and float(pixels.max()) <= 1
     assert math.isfinite(task.evaluate(task.build_model()))
+
+
+@pytest.mark.parametrize("dataset", ["scenes", "digits", "patterns"])
+def test_the_public_selection_split_is_disjoint_from_training_and_validation(micro_vlm, dataset):
+    task, plain = micro_task(micro_vlm, dataset=dataset), micro_task(micro_vlm, dataset=dataset, n_select=0)
+    assert task.has_selection_split and not plain.has_selection_split
+    assert torch.equal(task._train["pixel_values"], plain._train["pixel_values"])  # the same splits as without it
+    assert torch.equal(task._val["pixel_values"], plain._val["pixel_values"])
+    selection = task._selection["pixel_values"]
+    assert selection.shape[0] == 4
+    for split in (task._train["pixel_values"], task._val["pixel_values"]):
+        assert not any(torch.equal(image, other) for image in selection for other in split) or dataset == "patterns"
+    assert math.isfinite(task.evaluate_selection(task.build_model()))
+    with pytest.raises(NotImplementedError, match="n_select"):
+        plain.evaluate_selection(plain.build_model())
 
 
 @pytest.mark.parametrize("pruning, field", [
