@@ -291,14 +291,24 @@ def deploy_cell(backend, env_id: str, epsilon: float, tuned: dict, sac_spec: str
 
 
 def parse_overrides(items: list[str]) -> dict:
-    """``["returned_model=best_public", ...]`` -> config overrides (values read as YAML), each
-    checked against :class:`dp_gym.config.EnvConfig` (a bad field or value stops with its name)."""
+    """``["returned_model=best_public", ...]`` -> config overrides (values read as YAML; a number
+    YAML reads as a string, ``1e-3``, as a number), each checked against
+    :class:`dp_gym.config.EnvConfig` (a bad field or value stops with its name). ``epsilon`` and
+    ``sample_rate`` are refused: a cell sets its epsilon, and the proxies draw both."""
     overrides = {}
     for item in items:
         field, equals, value = item.partition("=")
         if not equals or not field:
             raise SystemExit(f"--set {item!r}: write FIELD=VALUE")
+        if field in ("epsilon", "sample_rate"):
+            raise SystemExit(f"--set {field}: the cells set epsilon (--epsilons) and the proxies draw their own "
+                             "epsilon and sample rate, so it would not reach every controller alike")
         overrides[field] = yaml.safe_load(value)
+        if isinstance(overrides[field], str):
+            try:
+                overrides[field] = float(overrides[field])
+            except ValueError:
+                pass
     try:
         dp_gym.EnvConfig.from_dict(overrides)
     except (TypeError, ValueError) as error:
@@ -364,7 +374,7 @@ def main() -> None:
                              "RUN:sac,vanilla takes only those controllers from RUN")
     parser.add_argument("--sac-only", action="store_true",
                         help="deploy SAC alone (no tuning, no table): a later run takes its deployments with --reuse")
-    parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE", dest="overrides",
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="FIELD=VALUE", dest="overrides",
                         help="config fields every controller is tuned and deployed with, e.g. "
                              "returned_model=best_public (values are read as YAML)")
     parser.add_argument("--tune-only", action="store_true",
@@ -399,18 +409,23 @@ def main() -> None:
             trained_for, paired = run["timesteps"], bool((run.get("proxy") or {}).get("paired"))
             sac_proxies[env_id] = run.get("proxy")
             print(f"== {env_id}: SAC from {model} ({trained_for} steps on proxies{', paired' if paired else ''})")
+            trained_with = {field: value for field, value in (run.get("env_overrides") or {}).items()
+                            if field in overrides}
+            if trained_with != overrides:  # the baselines are tuned with --set; this SAC was trained without
+                print(f"== note: SAC was trained with {trained_with or 'none'} of --set {overrides}; it is deployed "
+                      "with them, the baselines are tuned and deployed with them")
         else:
             print(f"== {env_id}: SAC on proxies for {args.timesteps} steps")
             sac_proxy = dataclasses.replace(proxy, paired=args.paired)
             sac_proxies[env_id] = asdict(sac_proxy)
             model = train(env_id, "sac", args.timesteps, 0, out / env_id.replace("/", "_") / "sac", progress_bar=False,
                           checkpoint_every=max(args.timesteps // 4, 1) if args.select else args.timesteps,
-                          actor_init="zero", proxy=sac_proxy, n_envs=args.n_envs)
+                          actor_init="zero", proxy=sac_proxy, n_envs=args.n_envs, env_overrides=overrides)
             trained_for, paired = args.timesteps, args.paired
         sac_spec = f"sac:{model}"
         if args.select:
             print(f"== choosing among {model.parent}'s checkpoints and action 0 on {args.select} held-out proxies")
-            selection = select_checkpoint(env_id, model.parent, args.select, report=print)
+            selection = select_checkpoint(env_id, model.parent, args.select, report=print, **overrides)
             sac_spec, selections[env_id] = selection.chosen, selection.to_dict()
         elif args.selected:
             selected_spec(model.parent)  # a clear line when dp-gym select has not run

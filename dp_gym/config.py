@@ -342,6 +342,13 @@ class EnvConfig:
         return data
 
     @classmethod
+    def with_defaults(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """``data`` (a config as :meth:`to_dict` or :meth:`public_dict` wrote it) with every field it
+        lacks at its default: a config written before a field existed ran as its default."""
+        defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+        return {**{name: value for name, value in defaults.items() if name not in data}, **data}
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any], **overrides: Any) -> EnvConfig:
         """Build from a mapping; unknown keys are rejected by name."""
         if not isinstance(data, dict):

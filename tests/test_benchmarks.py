@@ -182,6 +182,10 @@ def test_transfer_set_gives_every_controller_the_same_config_fields(tmp_path):
     for bad in (["returned_model=best"], ["no_such_field=1"], ["returned_model"]):
         with pytest.raises(SystemExit, match="returned_model|no_such_field"):
             transfer.parse_overrides(bad)
+    for cell_field in ("epsilon=8", "sample_rate=0.1"):  # would not reach the proxies' tuning alike
+        with pytest.raises(SystemExit, match=cell_field.partition("=")[0]):
+            transfer.parse_overrides([cell_field])
+    assert transfer.parse_overrides(["learning_rate=1e-3"]) == {"learning_rate": 0.001}  # YAML reads 1e-3 as text
     # an earlier run without --set: its deployments are of other configs, and its tuning too
     plain = {"vanilla": ({"clip": 0.1}, {"learning_rate": 0.002}), "adaptive_quantile": ({}, {})}
     earlier = _earlier_run(tmp_path / "plain", {"specs": {env_id: transfer.cell_specs(plain, "action0")},

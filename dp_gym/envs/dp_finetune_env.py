@@ -188,6 +188,10 @@ class DPFineTuneEnv(gym.Env):
         observation = self.observer.initial(val_loss, self.run.expected_batch_size)
         self._episode = {"val_loss": val_loss, "previous_update": None, "observation": observation, "done": False,
                          "noise_multiplier": 0.0, "best": None, "last_val_loss": val_loss, "returned_updates": 0}
+        if self.config.returned_model == "best_public":
+            # the base model is public: the fallback when no iterate ever scores a finite selection loss
+            self._episode["best"] = {"selection_loss": math.inf, "val_loss": val_loss, "updates": 0,
+                                     "parameters": self.run.trained_parameters()}
         return observation, self._info(None, None, projected=False)
 
     def step(self, action):
@@ -235,13 +239,16 @@ class DPFineTuneEnv(gym.Env):
         terminated = not fit.feasible or failure is not None or self._budget_spent()
         truncated = not terminated and run.updates >= cfg.max_updates
         done = terminated or truncated
-        if done and cfg.returned_model == "best_public":
+        returning = cfg.returned_model == "best_public"
+        if done and returning:
             val_loss = self._return_best(val_loss, failed=failure is not None)
         reward = cfg.failure_reward if failure is not None else float(self.reward_fn(RewardContext(
             val_loss_base=run.base_val_loss, val_loss_before=val_before, val_loss=val_loss,
             epsilon_before=epsilon_before, epsilon=budget.epsilon_spent(), epsilon_budget=cfg.epsilon,
             updates=run.updates, max_updates=cfg.max_updates, terminal=done)))
         if not math.isfinite(reward):
+            if returning and not done:  # the episode ends here: it returns its kept iterate too
+                self._return_best(val_loss, failed=True)
             failure, terminated, truncated, done = f"the reward function returned {reward}", True, False, True
             logger.warning("episode ends: %s", failure)
             reward = cfg.failure_reward
@@ -262,20 +269,25 @@ class DPFineTuneEnv(gym.Env):
         one is never kept)."""
         selection_loss = self.run.evaluate_selection()
         best = self._episode["best"]
-        if math.isfinite(selection_loss) and (best is None or selection_loss < best["selection_loss"]):
+        if math.isfinite(selection_loss) and selection_loss < best["selection_loss"]:
+            best["parameters"] = None  # (one kept copy at a time)
             self._episode["best"] = {"selection_loss": selection_loss, "val_loss": val_loss,
                                      "updates": self.run.updates, "parameters": self.run.trained_parameters()}
 
     def _return_best(self, val_loss: float, failed: bool) -> float:
         """At the episode's end, put the kept iterate back into the model; its validation loss (the
-        episode's final one). Without a kept iterate (no step ran) the last one stays; after a
-        failure the kept one always replaces the weights, which may be non-finite."""
+        episode's final one). The base model (public) is kept from reset, so a run whose every
+        iterate failed returns it (``returned_updates`` 0); the last iterate stays when it is the
+        kept one. The kept copy is freed afterwards."""
         best = self._episode["best"]
-        if best is None or (best["updates"] == self.run.updates and not failed):
-            return val_loss
-        self.run.load_trained_parameters(best["parameters"])
-        self._episode.update(val_loss=best["val_loss"], returned_updates=best["updates"])
-        return best["val_loss"]
+        if best["updates"] == self.run.updates and not failed:
+            returned = val_loss
+        else:
+            self.run.load_trained_parameters(best["parameters"])
+            self._episode.update(val_loss=best["val_loss"], returned_updates=best["updates"])
+            returned = best["val_loss"]
+        best["parameters"] = None
+        return returned
 
     # ------------------------------------------------------------------ budget
     def _spending_pace(self, factor: float, updates: int) -> np.ndarray:
@@ -371,8 +383,8 @@ class DPFineTuneEnv(gym.Env):
             ValueError: for a checkpoint of another config, or whose ledger does not account every
                 update (the field is named).
         """
-        if state["config"] != self.base_config.public_dict():
-            mine, theirs = self.base_config.public_dict(), state["config"]
+        mine, theirs = self.base_config.public_dict(), EnvConfig.with_defaults(state["config"])
+        if theirs != mine:
             fields = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
             raise ValueError(f"the checkpoint was written by an environment with another config (fields {fields})")
         if not self.task.public_training_data:

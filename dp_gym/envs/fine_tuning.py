@@ -28,10 +28,19 @@ OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.o
 assert set(OPTIMIZERS) == set(OPTIMIZER_NAMES), "the config's optimizer names and the torch classes must agree"
 
 
+#: config fields that only choose which of a run's releases it returns, never what the run does
+#: (its batches, noise and updates): two runs that differ only there are one run, and every
+#: iterate is a release its epsilon already covers, so they share the secret. (This also keeps
+#: keyed runs written before a field existed reproducible.)
+RELEASE_CHOICE_FIELDS = ("returned_model",)
+
+
 def config_digest(config: EnvConfig) -> str:
-    """SHA-256 of the whole configuration (records included): the context of a keyed episode's
-    secret. Only ever an input of the secret's HMAC; never written anywhere."""
-    return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode()).hexdigest()
+    """SHA-256 of the configuration (records included) but :data:`RELEASE_CHOICE_FIELDS`: the
+    context of a keyed episode's secret. Only ever an input of the secret's HMAC; never written
+    anywhere."""
+    run = {key: value for key, value in config.to_dict().items() if key not in RELEASE_CHOICE_FIELDS}
+    return hashlib.sha256(json.dumps(run, sort_keys=True, default=str).encode()).hexdigest()
 
 
 class RunFailure(RuntimeError):
@@ -185,9 +194,9 @@ class FineTuningRun:
         return self.task.evaluate_selection(self.model)
 
     def trained_parameters(self) -> list[torch.Tensor]:
-        """Copies of the trained parameters (in the parameter groups' order): the iterate, without
-        the frozen weights (a LoRA run copies its adapters only)."""
-        return [parameter.detach().clone() for parameter in self.groups.all_parameters()]
+        """Copies of the trained parameters (in the parameter groups' order) in CPU memory: the
+        iterate, without the frozen weights (a LoRA run copies its adapters only)."""
+        return [parameter.detach().to("cpu", copy=True) for parameter in self.groups.all_parameters()]
 
     @torch.no_grad()
     def load_trained_parameters(self, tensors: list[torch.Tensor]) -> None:

@@ -30,6 +30,8 @@ class EpisodeResult:
     ``privacy`` is the episode's own report (scope: this episode); a caller that knows the
     episode was preceded by others on the same private data (tuning, training) widens the scope.
     ``attacks`` holds privacy attacks on the final model when they were asked for.
+    ``returned_updates``: with ``returned_model: best_public``, the update count of the iterate the
+    episode returned (``final_*`` are its metrics; ``trajectory`` holds every step's last iterate).
     ``failure`` says why the environment ended the episode early (a non-finite update, say): the
     episode is a result, ranked worst. ``error`` says that the episode *raised* (a crash, not a
     result of the controller): its metrics are NaN and summaries leave it out
@@ -51,6 +53,7 @@ class EpisodeResult:
     failure: str | None = None
     metric_name: str = "perplexity"
     error: str | None = None
+    returned_updates: int | None = None
 
     @property
     def epsilon(self) -> float:
@@ -137,9 +140,13 @@ def run_episode(controller, env, seed: int, name: str,
         episode_start = np.array([False])
         steps += 1
         done = terminated or truncated
+        # the iterate this step left (with ``returned_model: best_public`` the last step's info holds
+        # the returned iterate's metric instead: that one is in the trajectory at its own step)
+        last_metric = (unwrapped.task.metric(info["last_val_loss"]) if "last_val_loss" in info
+                       else info["val_metric"])
         trajectory.append({
             "updates": info["updates"], "epsilon": info["epsilon"], "budget_spent": info["budget_spent"],
-            "val_ppl": info["val_metric"],
+            "val_ppl": last_metric,
             "clip": info["clip"].tolist(), "noise": info["noise"].tolist(), "prune": info["prune"].tolist(),
             "budget_projected": info["budget_projected"],
         })
@@ -148,7 +155,7 @@ def run_episode(controller, env, seed: int, name: str,
         base_val_ppl=base_ppl, updates=info["updates"], steps=steps, wall_time_s=time.perf_counter() - start,
         privacy=unwrapped.privacy_report(), groups=list(unwrapped.group_names), trajectory=trajectory,
         attacks=after(env) if after is not None else None, failure=info.get("failure"),
-        metric_name=unwrapped.task.metric_name)
+        metric_name=unwrapped.task.metric_name, returned_updates=info.get("returned_updates"))
 
 
 SCOPE_END_TO_END_PUBLIC = ("end to end: the controller was trained or tuned on public data only, so this deployment "

@@ -21,6 +21,21 @@ from dp_gym.models.tiny_lm import TinyLMConfig, ensure_tiny_lm
 from dp_gym.tasks.base import Batch, EncodedTrainSplit, Task, register_task, trim_padding
 
 
+def _check_selection_records(selection: list[str], train: list[str], val: list[str]) -> None:
+    """Given selection records must be public and held out: a record shared with the training split
+    would let the returned iterate be chosen by training data (not post-processing of the DP
+    releases), and one shared with the validation split would bias the loss that reports it.
+
+    Raises:
+        ValueError: naming ``selection_records`` and the split it shares records with.
+    """
+    for name, split in (("train_records", train), ("val_records", val)):
+        shared = set(selection) & set(split)
+        if shared:
+            raise ValueError(f"selection_records must be public records held out of {name}: {len(shared)} of them "
+                             f"are in {name}")
+
+
 def per_token_losses(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """``(B, T-1)`` next-token losses, zero on padding.
 
@@ -101,15 +116,18 @@ class TextTask(EncodedTrainSplit, Task):
         self.generated_data = train_records is None
         if train_records is None:
             train_records = private_train_records(n_train, seed=1000 + seed, canaries=self.canaries)
-        if selection_records is None and val_records is None and n_select:
-            # declared public like the validation split, from a third seed; a record that happens
-            # to equal a validation record is dropped (the two splits must not share a record)
-            validation = set(clinical_notes(n_val, seed=2000 + seed))
-            selection_records = [r for r in clinical_notes(n_select, seed=3000 + seed) if r not in validation]
+        given_selection = selection_records is not None
         if val_records is None:
             val_records = clinical_notes(n_val, seed=2000 + seed)
+            if selection_records is None and n_select:
+                # declared public like the validation split, from a third seed (fixed before any
+                # private record is seen); one that happens to equal a validation record is dropped
+                validation = set(val_records)
+                selection_records = [r for r in clinical_notes(n_select, seed=3000 + seed) if r not in validation]
         if not train_records or not val_records:
             raise ValueError("train_records and val_records must not be empty")
+        if given_selection:
+            _check_selection_records(selection_records, train_records, val_records)
         self.train_records, self.val_records = list(train_records), list(val_records)
         self.public_train_records = list(public_train_records) if public_train_records is not None else None
         self.selection_records = list(selection_records) if selection_records else None
@@ -171,9 +189,13 @@ class TextTask(EncodedTrainSplit, Task):
             train, val, selection = records[:n_train], records[n_train:n_train + n_val], records[n_train + n_val:]
         # a subclass with a constructor of its own (no records) gets a plain TextTask of its model:
         # override proxy() if its loss or data handling differ from TextTask's
-        parameters = inspect.signature(cls.__init__).parameters
-        builder = cls if {"train_records", "val_records", "selection_records"} <= set(parameters) else TextTask
-        task = builder(**kept, train_records=train, val_records=val, selection_records=selection or None)
+        parameters = set(inspect.signature(cls.__init__).parameters)
+        builder = cls if {"train_records", "val_records"} <= parameters else TextTask
+        # public records may repeat in a templated corpus: the selection split keeps the held-out ones
+        selection = [r for r in selection if r not in set(train) | set(val)]
+        if selection and (builder is TextTask or "selection_records" in parameters):
+            kept["selection_records"] = selection
+        task = builder(**kept, train_records=train, val_records=val)
         task.public_training_data = True
         return task
 

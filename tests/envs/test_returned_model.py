@@ -155,3 +155,103 @@ def test_proxy_episodes_return_their_best_iterate_too():
     assert env.task.has_selection_split
     infos = _run(env, spoil_after=1, spoil=_scramble)
     assert infos[-1]["returned_updates"] == 4
+
+
+def test_the_selection_split_not_the_validation_split_chooses_the_iterate(monkeypatch):
+    env = dp_gym.make(ENV, returned_model="best_public", secret_key=KEY, **SMALL)
+    run = env.unwrapped.run
+    # a selection split that prefers the iterate after 8 updates, whatever validation says
+    monkeypatch.setattr(run, "evaluate_selection", lambda: {4: 3.0, 8: 1.0, 12: 2.0}[run.updates])
+    infos = _run(env)
+    assert infos[-1]["returned_updates"] == 8
+    assert infos[-1]["val_loss"] == pytest.approx(infos[1]["val_loss"])  # reported on validation: the 8-update one
+
+
+def test_the_selection_loss_is_the_selection_splits():
+    task = TextTask(n_train=16, n_val=8, n_select=8, seed=2)
+    model = task.build_model()
+    only_selection = TextTask(train_records=task.train_records, val_records=task.selection_records, n_select=0)
+    assert task.evaluate_selection(model) == pytest.approx(only_selection.evaluate(model))
+    assert task.evaluate_selection(model) != pytest.approx(task.evaluate(model))
+
+
+def test_an_episode_ended_by_a_non_finite_reward_returns_its_kept_iterate():
+    from dp_gym.envs.rewards import register_reward
+
+    def nan_after_eight(context):
+        return float("nan") if context.updates == 8 else 0.0
+
+    register_reward("test-nan-after-eight", nan_after_eight, force=True)
+    env = dp_gym.make(ENV, returned_model="best_public", secret_key=KEY, reward={"name": "test-nan-after-eight"},
+                      **SMALL)
+    infos = _run(env, spoil_after=1, spoil=_scramble)
+    assert len(infos) == 2 and "reward function" in infos[-1]["failure"]
+    assert infos[-1]["returned_updates"] == 4
+    assert env.unwrapped.run.evaluate() == pytest.approx(infos[0]["val_loss"])
+
+
+def test_a_run_that_fails_at_once_returns_the_public_base_model():
+    env = dp_gym.make(ENV, returned_model="best_public", secret_key=KEY, **SMALL)
+    env.reset(seed=3)
+    base = [p.detach().clone() for p in env.unwrapped.run.groups.all_parameters()]
+    with torch.no_grad():
+        next(iter(env.unwrapped.run.groups.all_parameters())).view(-1)[0] = float("inf")
+    *_, terminated, _, info = env.step(np.zeros(env.action_space.shape, dtype=np.float32))
+    assert terminated and "failure" in info and info["returned_updates"] == 0
+    assert all(torch.equal(p, b) for p, b in zip(env.unwrapped.run.groups.all_parameters(), base, strict=True))
+    assert info["val_loss"] == pytest.approx(env.unwrapped.run.base_val_loss)
+
+
+def test_given_selection_records_must_be_held_out_of_training_and_validation():
+    train, val = [f"private note {i}" for i in range(4)], ["public note"]
+    with pytest.raises(ValueError, match="selection_records must be public records held out of train_records"):
+        TextTask(train_records=train, val_records=val, selection_records=[train[0], "other"])
+    with pytest.raises(ValueError, match="held out of val_records"):
+        TextTask(train_records=train, val_records=val, selection_records=val)
+    assert TextTask(train_records=train, val_records=val, selection_records=["other"]).has_selection_split
+
+
+def test_a_proxy_of_a_text_task_subclass_stays_that_subclass():
+    class Weighted(TextTask):  # takes records, not selection_records: built as itself, without a selection split
+        def __init__(self, train_records=None, val_records=None, **kwargs):
+            kwargs.pop("selection_records", None)
+            super().__init__(train_records=train_records, val_records=val_records, **kwargs)
+
+    proxy = Weighted.proxy({}, corpus="public_notes", n_train=12, n_val=4, seed=1, n_select=4)
+    assert type(proxy) is Weighted and not proxy.has_selection_split
+    assert type(TextTask.proxy({}, corpus="public_notes", n_train=12, n_val=4, seed=1, n_select=4)) is TextTask
+
+
+def test_trajectories_hold_each_steps_last_iterate_and_results_the_returned_one():
+    from agents.heuristics import make_controller
+    from dp_gym.evaluation import run_episode
+
+    env = dp_gym.make(ENV, returned_model="best_public", secret_key=KEY, **SMALL)
+    result = run_episode(make_controller("action0", env.unwrapped), env, seed=3, name="action0")
+    assert result.returned_updates in (0, 4, 8, 12)
+    last = env.unwrapped._episode["last_val_loss"]
+    assert result.trajectory[-1]["val_ppl"] == pytest.approx(np.exp(last))
+    assert result.final_val_ppl == pytest.approx(np.exp(result.final_val_loss))
+    returned = [p for p in result.trajectory if p["updates"] == result.returned_updates][0]
+    assert returned["val_ppl"] == pytest.approx(result.final_val_ppl)
+
+
+def test_the_returned_model_setting_does_not_change_a_keyed_runs_noise():
+    """It only chooses among the run's releases: ``last`` and ``best_public`` are one run."""
+    last = _run(dp_gym.make(ENV, secret_key=KEY, **SMALL))
+    best = _run(dp_gym.make(ENV, returned_model="best_public", secret_key=KEY, **SMALL))
+    assert [i["last_val_loss"] for i in best] == pytest.approx([i["val_loss"] for i in last], rel=1e-6)
+
+
+def test_a_checkpoint_written_before_returned_model_existed_resumes():
+    env = dp_gym.make(ENV, secret_key=KEY, **SMALL)
+    env.reset(seed=3)
+    env.step(np.zeros(env.action_space.shape, dtype=np.float32))
+    state = env.unwrapped.state_dict()
+    del state["config"]["returned_model"]
+    resumed = dp_gym.make(ENV, secret_key=KEY, **SMALL)
+    resumed.unwrapped.load_state_dict(state)
+    assert resumed.unwrapped.run.updates == 4
+    state["config"]["returned_model"] = "best_public"
+    with pytest.raises(ValueError, match="returned_model"):
+        resumed.unwrapped.load_state_dict(state)
