@@ -9,7 +9,10 @@ trajectory) and prints one row per (env, epsilon, controller), averaged over the
   above that, front-loaded);
 * the clip's geometric mean over the groups and the steps, early (first quarter) and late (last
   quarter) in the episode;
-* the public validation perplexity at those points and at the end (the learning curve).
+* the public validation perplexity at those points and at the end (the learning curve);
+* where the returned iterate was, as a share of the updates (1.00: the last; below 1 with
+  ``returned_model: best_public``, whose public selection split chose an earlier one), and its
+  perplexity.
 
 Everything it reads is already public: the controls a controller chose, the ledger's share of the
 budget and perplexity on public validation records.
@@ -41,6 +44,15 @@ def clip_over(trajectory: list[dict], low: float, high: float) -> float:
     return float(np.exp(np.mean([np.log(point["clip"]) for point in chosen])))
 
 
+def returned_update(deployment: dict) -> int:
+    """The update count of the iterate a deployment returned: ``returned_updates`` where recorded;
+    for a run that predates the field, the first step whose perplexity is the final one."""
+    if deployment.get("returned_updates") is not None:
+        return int(deployment["returned_updates"])
+    trajectory = deployment["trajectory"]
+    return next(point["updates"] for point in trajectory if point["val_ppl"] == deployment["final_val_ppl"])
+
+
 def summarize(deployments: list[dict]) -> list[dict]:
     """One row per (env, epsilon, controller): the seed-means of :func:`at_fraction` and :func:`clip_over`."""
     cells: dict[tuple, list[dict]] = {}
@@ -54,6 +66,9 @@ def summarize(deployments: list[dict]) -> list[dict]:
             row[f"spent@{fraction:g}"] = float(np.mean([at_fraction(t, "budget_spent", fraction) for t in trajectories]))
             row[f"ppl@{fraction:g}"] = float(np.mean([at_fraction(t, "val_ppl", fraction) for t in trajectories]))
         row["ppl@1"] = float(np.mean([t[-1]["val_ppl"] for t in trajectories]))
+        kept = [run for run in runs if len(run["trajectory"]) > 1]
+        row["returned_at"] = float(np.mean([returned_update(run) / run["trajectory"][-1]["updates"] for run in kept]))
+        row["returned_ppl"] = float(np.mean([run["final_val_ppl"] for run in kept]))
         row["clip_early"] = float(np.mean([clip_over(t, 0.0, 0.25) for t in trajectories]))
         row["clip_late"] = float(np.mean([clip_over(t, 0.75, 1.0) for t in trajectories]))
         rows.append(row)
@@ -66,13 +81,13 @@ def main() -> None:
     args = parser.parse_args()
     rows = summarize(json.loads(args.deployments.read_text())["deployments"])
     print("| env | epsilon | controller | budget spent at 25 / 50 / 75% of updates | clip early -> late | "
-          "val ppl at 25 / 50 / 75 / 100% |")
-    print("|---|---:|---|---:|---:|---:|")
+          "val ppl at 25 / 50 / 75 / 100% | returned at (share of updates) | returned ppl |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|")
     for r in rows:
         spent = " / ".join(f"{r[f'spent@{f:g}']:.2f}" for f in QUARTERS)
         ppl = " / ".join(f"{r[f'ppl@{f:g}']:.1f}" for f in (*QUARTERS, 1))
         print(f"| {r['env'].removeprefix('dp_gym/')} | {r['epsilon']:g} | {r['controller']} | {spent} | "
-              f"{r['clip_early']:.3f} -> {r['clip_late']:.3f} | {ppl} |")
+              f"{r['clip_early']:.3f} -> {r['clip_late']:.3f} | {ppl} | {r['returned_at']:.2f} | {r['returned_ppl']:.1f} |")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,8 @@ def _deployment(seed: int, clips: list[float], spent: list[float], ppl: list[flo
     trajectory = [{"updates": 0, "budget_spent": 0.0, "val_ppl": 50.0}]
     trajectory += [{"updates": 4 * (i + 1), "budget_spent": s, "val_ppl": p, "clip": [c, c]}
                    for i, (c, s, p) in enumerate(zip(clips, spent, ppl, strict=True))]
-    return {"env": "dp_gym/X-v0", "epsilon": 3.0, "controller": "sac", "seed": seed, "trajectory": trajectory}
+    return {"env": "dp_gym/X-v0", "epsilon": 3.0, "controller": "sac", "seed": seed, "trajectory": trajectory,
+            "final_val_ppl": ppl[-1]}
 
 
 def test_transfer_policy_reads_how_a_controller_spent_its_budget():
@@ -47,6 +48,16 @@ def test_transfer_policy_reads_how_a_controller_spent_its_budget():
     assert row["spent@0.25"] == (0.5 + 0.25) / 2 and row["spent@0.75"] == (0.9 + 0.75) / 2
     assert row["ppl@0.5"] == (20.0 + 30.0) / 2 and row["ppl@1"] == (12.0 + 14.0) / 2
     assert row["clip_early"] == pytest.approx(0.3) and row["clip_late"] == pytest.approx(0.25)
+    assert row["returned_at"] == 1.0 and row["returned_ppl"] == (12.0 + 14.0) / 2  # the last iterates
+
+
+def test_transfer_policy_says_where_the_returned_iterate_was():
+    returned_at = _benchmark("transfer_policy").returned_update
+    best = _deployment(0, [0.1] * 4, [0.25, 0.5, 0.75, 1.0], [30.0, 20.0, 25.0, 28.0])
+    assert returned_at({**best, "returned_updates": 8}) == 8
+    # a run written before ``returned_updates``: its final point repeated the returned iterate's
+    best["trajectory"][-1]["val_ppl"] = best["final_val_ppl"] = 20.0
+    assert returned_at(best) == 8
 
 
 def test_proxy_check_runs_from_the_command_line():
