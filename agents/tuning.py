@@ -89,25 +89,36 @@ def _run_grid(backend, env_id: str, points: dict[Any, tuple[dict[str, Any], str,
               episodes: int, private: bool, proxy: InstanceDistribution | None) -> dict[Any, list[EpisodeResult]]:
     """Run every grid point (``key -> (overrides, controller, kwargs, label)``; the label is its noise
     stream and job key) on ``backend`` (default: here). A point that raised scores +inf: its
-    episodes are :func:`dp_gym.evaluation.crashed_episode` s, each private one bounded by its budget."""
+    episodes are :func:`dp_gym.evaluation.crashed_episode` s, each private one bounded by its budget.
+
+    When the points do not fill a local backend's worker processes evenly (3 points, 2 workers), each
+    point's episodes are split into one job per worker: episode ``k`` still runs from public seed
+    ``seed + k`` on the point's noise stream, so the results are the same (with a secret key, the
+    same numbers), only sooner."""
     from agents.controllers import crashed_deployment
     from dp_gym.utils.backends import Job, LocalBackend
 
+    backend = backend or LocalBackend()
+    workers = getattr(backend, "workers", 1)  # (Ray: one trial a grid point, as its own scheduler sees fit)
+    parts = 1 if len(points) % workers == 0 else min(workers, episodes)
+    bounds = [(episodes * i // parts, episodes * (i + 1) // parts) for i in range(parts)]
     proxy_dict = None if private else (proxy or InstanceDistribution()).to_dict()
-    jobs = [Job(label, "agents.tuning:grid_point",
-                {"env_id": env_id, "overrides": overrides, "private": private, "proxy": proxy_dict,
-                 "controller": controller, "kwargs": kwargs, "seed": seed, "episodes": episodes, "label": label})
-            for overrides, controller, kwargs, label in points.values()]
-    runs = {}
-    for key, job, outcome in zip(points, jobs, (backend or LocalBackend()).run(jobs), strict=True):
+    jobs = [(key, first, last, Job(label if parts == 1 else f"{label} [episodes {first}-{last - 1}]",
+                                   "agents.tuning:grid_point",
+                                   {"env_id": env_id, "overrides": overrides, "private": private, "proxy": proxy_dict,
+                                    "controller": controller, "kwargs": kwargs, "seed": seed + first,
+                                    "episodes": last - first, "label": label}))
+            for key, (overrides, controller, kwargs, label) in points.items() for first, last in bounds if last > first]
+    runs: dict[Any, list[EpisodeResult]] = {key: [] for key in points}
+    for (key, first, last, job), outcome in zip(jobs, backend.run([job for *_, job in jobs]), strict=True):
         if not outcome.failed:
-            runs[key] = [EpisodeResult.from_dict(data) for data in outcome.value]
+            runs[key] += [EpisodeResult.from_dict(data) for data in outcome.value]
             continue
         crashed = [crashed_deployment(job.key, seed + k, outcome.error, env_id, job.kwargs["overrides"])
-                   for k in range(episodes)]
+                   for k in range(first, last)]
         if not private:  # a proxy episode touches no private data, finished or not
             crashed = [replace(r, privacy=PrivacyReport.nothing(r.privacy.delta, TUNING_SCOPE_PUBLIC)) for r in crashed]
-        runs[key] = crashed
+        runs[key] += crashed
     return runs
 
 

@@ -214,6 +214,34 @@ def test_tune_learning_rate_reuses_the_clip_search_run_and_a_keyed_rerun_matches
     assert len(on_proxies.runs[0.3]) == 2 and tuning_privacy(on_proxies).private_episodes == 0
 
 
+def test_grid_points_that_do_not_fill_the_workers_are_split_and_give_the_same_runs(monkeypatch):
+    from agents.tuning import tune_controller
+    from dp_gym.utils.backends import LocalBackend, _contained
+
+    class TwoWorkersHere(LocalBackend):
+        """Two workers by count, run in this process (the split is the point, not the processes)."""
+
+        def __init__(self):
+            super().__init__(workers=2)
+            self.keys = []
+
+        def run(self, jobs, progress=None):
+            self.keys += [job.key for job in jobs]
+            return [_contained(job) for job in jobs]
+
+    monkeypatch.setenv("DP_GYM_SECRET_KEY", "dp-gym-test-secret-key-0001")
+    grid, backend = {"a": {"clip": 0.3}}, TwoWorkersHere()  # one point, two workers: split in two
+    split = tune_controller("dp_gym/TinyText-v0", "vanilla", grid, 0, SMALL, episodes=3, backend=backend)
+    assert backend.keys == ["tune-vanilla a [episodes 0-0]", "tune-vanilla a [episodes 1-2]"]
+    whole = tune_controller("dp_gym/TinyText-v0", "vanilla", grid, 0, SMALL, episodes=3)
+    assert [r.seed for r in split.runs["a"]] == [0, 1, 2]
+    assert [r.final_val_ppl for r in split.runs["a"]] == [r.final_val_ppl for r in whole.runs["a"]]
+    backend = TwoWorkersHere()
+    tune_controller("dp_gym/TinyText-v0", "vanilla", {"a": {"clip": 0.3}, "b": {"clip": 0.1}}, 0, SMALL,
+                    episodes=1, backend=backend)
+    assert backend.keys == ["tune-vanilla a", "tune-vanilla b"]  # two points fill two workers: not split
+
+
 def test_oracle_runs_say_so_in_every_file(tmp_path):
     overrides = json.dumps({**SMALL, "observation": "oracle"})
     assert main(["evaluate", "--policy", "vanilla", "--episodes", "1", "--env-overrides", overrides,
