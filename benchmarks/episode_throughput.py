@@ -10,7 +10,9 @@ Rows, side by side in one run (the same zero action, i.e. plain DP-SGD at the mi
 * the proxies in 2 processes (``SubprocVecEnv``), one torch thread each (dp-gym's policy);
 * the proxies in 2 processes with torch's default threads (one per core in each: oversubscribed);
 * the session-5 proxies (128 or 256 records at 0.02 or 0.05: batch 3 to 13, twice as noisy as the
-  deployment), 1 and 2 processes: what covering the deployment's regime costs.
+  deployment), 1 and 2 processes: what covering the deployment's regime costs;
+* the default proxies on a tiny model of half the width (``tiny_shapes: [{n_embd: 48}]``: the same
+  parameter groups and layouts, a quarter of the block weights), 1 and 2 processes.
 
     python benchmarks/episode_throughput.py [--episodes 6]
 """
@@ -18,6 +20,7 @@ Rows, side by side in one run (the same zero action, i.e. plain DP-SGD at the mi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import numpy as np
@@ -81,6 +84,11 @@ def main() -> None:
     rows.append(("session-5 proxies (twice as noisy)", 1, cores, rate, old_steps))
     factory = EnvFactory("dp_gym/TinyText-v0", {}, None, old, threads=1, monitor=False)
     rows.append(("session-5 proxies (twice as noisy)", 2, 1, processes(factory, 2, args.episodes), old_steps))
+    narrow = dataclasses.replace(distribution, tiny_shapes=({"n_embd": 48},))
+    rate, narrow_steps = one_process(ProxyEnv(dp_gym.config_of("dp_gym/TinyText-v0"), narrow), args.episodes)
+    rows.append(("its public proxies, half-width model", 1, cores, rate, narrow_steps))
+    factory = EnvFactory("dp_gym/TinyText-v0", {}, None, narrow, threads=1, monitor=False)
+    rows.append(("its public proxies, half-width model", 2, 1, processes(factory, 2, args.episodes), narrow_steps))
     base = rows[0][3]
     print(f"\n{cores} cores; zero action; episodes per hour (x the private preset)\n")
     print("| environment | processes | torch threads each | episodes / hour | x TinyText-v0 | steps / episode |")

@@ -47,6 +47,7 @@ are public numbers: it costs no privacy, only a second episode's compute.
 from __future__ import annotations
 
 import inspect
+import json
 import math
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
@@ -58,6 +59,7 @@ import numpy as np
 from dp_gym.config import ConfigError, EnvConfig
 from dp_gym.envs.dp_finetune_env import DPFineTuneEnv
 from dp_gym.envs.validation import validate_config
+from dp_gym.models.spec import ModelSpec
 from dp_gym.privacy.calibration import calibrate_noise
 from dp_gym.tasks import resolve_task
 
@@ -78,6 +80,11 @@ class InstanceDistribution:
         max_length: tokens per proxy record (None: the deployment task's); shorter is cheaper.
         paired: reward each episode relative to its action-0 twin (see the module docstring); about
             doubles an episode's cost.
+        tiny_shapes: shapes of the built-in tiny model to draw from for the proxies (the task's
+            ``tiny`` fields: ``TinyLMConfig`` for text, ``TinyVLMConfig`` for vision; for example
+            ``[{"n_embd": 48}]``, half the width: cheaper episodes); empty: the deployment's model.
+            A shape must keep the parameter groups (the layouts are checked). Only for tasks on the
+            built-in tiny model.
 
     Raises:
         ConfigError: naming the field, for an empty choice or a bad range.
@@ -92,6 +99,7 @@ class InstanceDistribution:
     seeds: tuple[int, ...] = (0, 1, 2)
     max_length: int | None = 48
     paired: bool = False
+    tiny_shapes: tuple[dict[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("corpora", "sample_rates", "train_sizes", "seeds"):
@@ -106,6 +114,8 @@ class InstanceDistribution:
             raise ConfigError(f"proxy.train_sizes must be >= 2 and proxy.n_val >= 1, got {self.train_sizes}, {self.n_val}")
         if not isinstance(self.paired, bool):
             raise ConfigError(f"proxy.paired must be true or false, got {self.paired!r}")
+        if any(not isinstance(shape, dict) or not shape for shape in self.tiny_shapes):
+            raise ConfigError(f"proxy.tiny_shapes must be non-empty mappings of tiny-model fields, got {self.tiny_shapes}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> InstanceDistribution:
@@ -127,7 +137,7 @@ class InstanceDistribution:
         if not corpora:
             raise ConfigError(f"proxy.corpora: task {config.task!r} names no public corpora of its own; give them")
         low, high = self.epsilon
-        return {
+        instance = {
             "corpus": str(rng.choice(corpora)),
             "n_train": int(rng.choice(self.train_sizes)),
             "seed": int(rng.choice(self.seeds)),
@@ -135,6 +145,9 @@ class InstanceDistribution:
             "sample_rate": float(rng.choice(self.sample_rates)),
             "max_updates": int(rng.choice(self.max_updates)) if self.max_updates else config.max_updates,
         }
+        if self.tiny_shapes:  # (drawn last: without shapes, the instances are those of earlier versions)
+            instance["tiny"] = dict(self.tiny_shapes[int(rng.integers(len(self.tiny_shapes)))])
+        return instance
 
     def to_dict(self) -> dict[str, Any]:
         return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
@@ -196,6 +209,9 @@ class ProxyEnv(gym.Env):
         if config.returned_model == "best_public" and "n_select" not in inspect.signature(self.task_class.proxy).parameters:
             raise ConfigError(f"returned_model 'best_public' needs a public selection split, and the proxies of task "
                               f"{self.task_class.__name__} have none (its Task.proxy takes no n_select)")
+        if self.distribution.tiny_shapes and not ModelSpec.parse(config.task_arguments().get("model", "tiny")).is_tiny:
+            raise ConfigError("proxy.tiny_shapes: the task's model is not the built-in tiny one "
+                              "(task_kwargs.model: tiny), so it has no shape to draw")
         self.secret_key, self.noise_stream = secret_key, noise_stream
         self.reference: ReferenceEpisode | None = None
         self._cache: OrderedDict[tuple, DPFineTuneEnv] = OrderedDict()
@@ -207,17 +223,25 @@ class ProxyEnv(gym.Env):
         self.observation_space = self.current.observation_space
 
     def _proxy(self, instance: dict[str, Any]) -> DPFineTuneEnv:
-        key = (instance["corpus"], instance["n_train"], instance["seed"])
+        shape = instance.get("tiny")
+        key = (instance["corpus"], instance["n_train"], instance["seed"], json.dumps(shape, sort_keys=True))
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
         task_kwargs = self.config.task_arguments()
         if self.distribution.max_length is not None:
             task_kwargs = {**task_kwargs, "max_length": self.distribution.max_length}
+        if shape:
+            task_kwargs = {**task_kwargs, "tiny": {**(task_kwargs.get("tiny") or {}), **shape}}
         # a public selection split of the proxy's own corpus when the env returns the best iterate
         selection = {"n_select": self.distribution.n_val} if self.config.returned_model == "best_public" else {}
-        task = self.task_class.proxy(task_kwargs, corpus=instance["corpus"], n_train=instance["n_train"],
-                                     n_val=self.distribution.n_val, seed=instance["seed"], **selection)
+        try:
+            task = self.task_class.proxy(task_kwargs, corpus=instance["corpus"], n_train=instance["n_train"],
+                                         n_val=self.distribution.n_val, seed=instance["seed"], **selection)
+        except TypeError as error:  # a shape field the tiny model does not have
+            if not shape:
+                raise
+            raise ConfigError(f"proxy.tiny_shapes {shape}: {error}") from None
         env = DPFineTuneEnv(self.config, task=task, secret_key=self.secret_key, noise_stream=self.noise_stream)
         if hasattr(self, "current") and (env.observation_layout != self.current.observation_layout
                                          or env.action_layout != self.current.action_layout):

@@ -1,5 +1,7 @@
 """Public proxies: the same environment on public data, instances of many budgets."""
 
+import dataclasses
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -215,3 +217,31 @@ def test_only_public_runs_share_their_secret_randomness():
         env.run.share_randomness(env.run.randomness)
     with pytest.raises(ConfigError, match="proxy.paired must be true or false"):
         InstanceDistribution(paired="yes")
+
+
+def test_proxies_on_a_narrower_tiny_model_keep_the_layouts_and_cost_less():
+    narrow = InstanceDistribution(train_sizes=(32,), n_val=4, max_length=24, tiny_shapes=({"n_embd": 48},))
+    config = dp_gym.config_of("dp_gym/TinyTextBudgetSchedule-v0", **SMALL)
+    env, deployment = ProxyEnv(config, narrow), dp_gym.make("dp_gym/TinyTextBudgetSchedule-v0", **SMALL)
+    assert env.run.model.config.n_embd == 48 and deployment.unwrapped.run.model.config.n_embd == 96
+    assert env.action_layout == deployment.unwrapped.action_layout
+    assert env.observation_layout == deployment.unwrapped.observation_layout
+    _, info = env.reset(seed=1)
+    assert info["proxy_instance"]["tiny"] == {"n_embd": 48}
+    sb3_check_env(env)
+    # without shapes the instances are those of earlier versions (the shape is drawn last)
+    rng_a, rng_b = np.random.default_rng(5), np.random.default_rng(5)
+    plain = CHEAP.sample(rng_a, config, ("public_notes",))
+    drawn = dataclasses.replace(CHEAP, tiny_shapes=({"n_embd": 48},)).sample(rng_b, config, ("public_notes",))
+    assert drawn.pop("tiny") == {"n_embd": 48} and drawn == plain
+
+
+def test_a_bad_tiny_shape_is_named():
+    config = dp_gym.config_of("dp_gym/TinyTextBudgetSchedule-v0", **SMALL)
+    with pytest.raises(ConfigError, match="proxy.tiny_shapes"):
+        ProxyEnv(config, InstanceDistribution(train_sizes=(32,), n_val=4, tiny_shapes=({"no_such_field": 1},)))
+    with pytest.raises(ConfigError, match="proxy.tiny_shapes"):
+        InstanceDistribution(tiny_shapes=({},))
+    own_model = dp_gym.config_of("dp_gym/TinyTextBudgetSchedule-v0", task_kwargs={"model": "/no/such/model"})
+    with pytest.raises(ConfigError, match="not the built-in tiny one"):
+        ProxyEnv(own_model, InstanceDistribution(tiny_shapes=({"n_embd": 48},)))
