@@ -302,7 +302,7 @@ class VisionLanguageTask(EncodedTrainSplit, Task):
         return losses.sum(dim=1) / batch["attention_mask"].sum(dim=1).clamp(min=1)
 
     def evaluate(self, model: nn.Module, batch_size: int = 128) -> float:
-        return self._mean_caption_loss(model, self._val, batch_size)
+        return self._mean_caption_loss(model, self._val, batch_size, stream=1)
 
     @property
     def has_selection_split(self) -> bool:
@@ -311,20 +311,28 @@ class VisionLanguageTask(EncodedTrainSplit, Task):
     def evaluate_selection(self, model: nn.Module, batch_size: int = 128) -> float:
         if self._selection is None:
             raise NotImplementedError("this VisionLanguageTask has no public selection split: give n_select > 0")
-        return self._mean_caption_loss(model, self._selection, batch_size)
+        return self._mean_caption_loss(model, self._selection, batch_size, stream=2)
 
     @torch.no_grad()
-    def _mean_caption_loss(self, model: nn.Module, split: dict[str, torch.Tensor], batch_size: int) -> float:
-        """Mean caption loss per token over a public split."""
-        was_training = model.training
+    def _mean_caption_loss(self, model: nn.Module, split: dict[str, torch.Tensor], batch_size: int,
+                           stream: int) -> float:
+        """Mean caption loss per token over a public split. The ``random`` pruning rule draws from a
+        generator of this evaluation's own (``stream``), never from the training updates' one: how
+        often a run is evaluated (``returned_model: best_public`` adds the selection split) does
+        not change its training, and a split scores the same model the same every time."""
+        was_training, training_random = model.training, self._random
+        self._random = torch.Generator().manual_seed(1_000_003 * stream + self.seed)
         model.eval()
         device = next(model.parameters()).device
         total, tokens = 0.0, 0.0
-        for start in range(0, split["input_ids"].shape[0], batch_size):
-            chunk = trim_padding({k: v[start : start + batch_size].to(device) for k, v in split.items()})
-            total += float(self.caption_losses(model, chunk).sum())
-            tokens += float(chunk["attention_mask"].sum())
-        model.train(was_training)
+        try:
+            for start in range(0, split["input_ids"].shape[0], batch_size):
+                chunk = trim_padding({k: v[start : start + batch_size].to(device) for k, v in split.items()})
+                total += float(self.caption_losses(model, chunk).sum())
+                tokens += float(chunk["attention_mask"].sum())
+        finally:
+            model.train(was_training)
+            self._random = training_random
         return total / max(tokens, 1.0)
 
     def describe(self) -> dict[str, Any]:

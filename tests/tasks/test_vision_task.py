@@ -210,3 +210,16 @@ def test_a_llava_1_5_layout_with_lora_prunes_576_patch_tokens_and_trains_only_lm
     assert losses.shape == (3,) and torch.isfinite(losses).all()
     losses.sum().backward()
     assert all(module.squared_norms(p, 3).shape == (3,) for p in model.parameters() if p.requires_grad)
+
+
+def test_evaluating_never_draws_the_training_updates_random_pruning(micro_vlm):
+    """The ``random`` rule's draws of training forwards do not depend on how often a run is
+    evaluated (``returned_model: best_public`` evaluates a selection split too), and a split
+    scores one model the same every time."""
+    task = micro_task(micro_vlm, rule="random")
+    model = task.build_model()
+    assert task.evaluate(model) == task.evaluate(model)
+    before = task._random.get_state()
+    task.evaluate_selection(model)
+    task.evaluate(model)
+    assert torch.equal(task._random.get_state(), before)
