@@ -192,7 +192,8 @@ class TextTask(EncodedTrainSplit, Task):
         parameters = set(inspect.signature(cls.__init__).parameters)
         builder = cls if {"train_records", "val_records"} <= parameters else TextTask
         # public records may repeat in a templated corpus: the selection split keeps the held-out ones
-        selection = [r for r in selection if r not in set(train) | set(val)]
+        held = set(train) | set(val)
+        selection = [r for r in selection if r not in held]
         if selection and (builder is TextTask or "selection_records" in parameters):
             kept["selection_records"] = selection
         task = builder(**kept, train_records=train, val_records=val)
