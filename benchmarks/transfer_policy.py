@@ -60,13 +60,13 @@ def summarize(deployments: list[dict]) -> list[dict]:
         cells.setdefault((deployment["env"], deployment["epsilon"], deployment["controller"]), []).append(deployment)
     rows = []
     for (env, epsilon, controller), runs in cells.items():
-        trajectories = [run["trajectory"] for run in runs if len(run["trajectory"]) > 1]
+        kept = [run for run in runs if len(run["trajectory"]) > 1]  # (a run that took a step)
+        trajectories = [run["trajectory"] for run in kept]
         row = {"env": env, "epsilon": epsilon, "controller": controller, "seeds": len(trajectories)}
         for fraction in QUARTERS:
             row[f"spent@{fraction:g}"] = float(np.mean([at_fraction(t, "budget_spent", fraction) for t in trajectories]))
             row[f"ppl@{fraction:g}"] = float(np.mean([at_fraction(t, "val_ppl", fraction) for t in trajectories]))
         row["ppl@1"] = float(np.mean([t[-1]["val_ppl"] for t in trajectories]))
-        kept = [run for run in runs if len(run["trajectory"]) > 1]
         row["returned_at"] = float(np.mean([returned_update(run) / run["trajectory"][-1]["updates"] for run in kept]))
         row["returned_ppl"] = float(np.mean([run["final_val_ppl"] for run in kept]))
         row["clip_early"] = float(np.mean([clip_over(t, 0.0, 0.25) for t in trajectories]))
