@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import logging
 import math
 import time
@@ -22,7 +23,7 @@ from dp_gym.envs.observations import NonFiniteObservation, ObservationBuilder
 from dp_gym.envs.rewards import RewardContext, get_reward
 from dp_gym.envs.validation import validate_config
 from dp_gym.privacy import MAX_NOISE_MULTIPLIER, BudgetExhaustedError
-from dp_gym.tasks import create_task
+from dp_gym.tasks import create_task, resolve_task
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,19 @@ RESET_OPTIONS = ("noise_stream", "instance")
 INSTANCE_FIELDS = ("epsilon", "sample_rate", "max_updates")
 #: what an episode of a public proxy covers
 SCOPE_PUBLIC_PROXY = "a public proxy: no private data was used, so no private data's privacy was spent"
+
+
+def _task_arguments(config: EnvConfig) -> dict[str, Any]:
+    """The task's keyword arguments; a run that returns its last iterate never reads a public
+    selection split, so a task that takes ``n_select`` builds none unless the config asks for one
+    (64 selection examples of a 336-pixel LLaVA are 64 x 3 x 336^2 pixels plus 64 x 576 x 1024
+    cached vision features: ~240 MB of float32). The proxies do the same
+    (:class:`dp_gym.envs.proxy.ProxyEnv`)."""
+    arguments = config.task_arguments()
+    if (config.returned_model != "best_public" and "n_select" not in arguments
+            and "n_select" in inspect.signature(resolve_task(config.task)).parameters):
+        arguments["n_select"] = 0
+    return arguments
 
 
 class DPFineTuneEnv(gym.Env):
@@ -81,7 +95,7 @@ class DPFineTuneEnv(gym.Env):
             config = EnvConfig.from_dict(config or {}, **overrides)
         self.config = self.base_config = validate_config(config)
         self.default_noise_stream = str(noise_stream)
-        self.task = task if task is not None else create_task(config.task, **config.task_arguments())
+        self.task = task if task is not None else create_task(config.task, **_task_arguments(config))
         if config.returned_model == "best_public" and not self.task.has_selection_split:
             raise ConfigError(f"returned_model 'best_public' needs a public selection split, and task "
                               f"{type(self.task).__name__} has none (Task.evaluate_selection; for text tasks: "

@@ -111,6 +111,15 @@ def test_last_is_the_default_and_says_nothing_new():
     assert env.unwrapped.run.evaluate() == pytest.approx(infos[-1]["val_loss"])
 
 
+def test_only_a_run_that_returns_its_best_public_iterate_builds_a_selection_split():
+    default = {**SMALL, "task_kwargs": {"n_train": 64, "n_val": 8}}  # the task's own n_select (64)
+    assert not dp_gym.make(ENV, secret_key=KEY, **default).unwrapped.task.has_selection_split
+    best = dp_gym.make(ENV, returned_model="best_public", secret_key=KEY, **default).unwrapped.task
+    assert len(best.selection_records) > 32
+    # a user's own n_select is kept: the split exists (evaluate_selection works) with `last` too
+    assert len(dp_gym.make(ENV, secret_key=KEY, **SMALL).unwrapped.task.selection_records) == 8
+
+
 def test_a_resumed_episode_keeps_its_best_iterate():
     env = dp_gym.make(ENV, returned_model="best_public", secret_key=KEY, **SMALL)
     env.reset(seed=3)
