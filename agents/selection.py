@@ -33,6 +33,7 @@ import os
 import secrets
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,10 +108,28 @@ class Selection:
         return dataclasses.asdict(self)
 
 
+def model_contents_digest(file: str | Path) -> str:
+    """SHA-256 of what a saved model holds: its zip members' names and bytes, in name order. Not
+    the archive's bytes: SB3 stamps members with the time of the save, so the final model of a run
+    that ended on a checkpoint (the same model, saved a second later) would count twice, and its
+    selection would spend more proxy episodes than the baselines are tuned with. A file that is not
+    a zip is hashed whole."""
+    digest = hashlib.sha256()
+    try:
+        with zipfile.ZipFile(file) as archive:
+            for name in sorted(archive.namelist()):
+                for part in (name.encode(), archive.read(name)):
+                    digest.update(len(part).to_bytes(8, "little") + part)
+    except zipfile.BadZipFile:
+        digest.update(Path(file).read_bytes())
+    return digest.hexdigest()
+
+
 def checkpoint_specs(run_dir: str | Path) -> list[str]:
     """The candidates of a training run: every checkpoint's model and the final model, as specs
     (``algo:PATH``; the algorithm from the run's ``run.json``), oldest first; a file identical to
-    an earlier one (the final model is the last checkpoint's when training ended on one) once."""
+    an earlier one (the final model is the last checkpoint's when training ended on one) once
+    (:func:`model_contents_digest`)."""
     run_dir = Path(run_dir)
     run_json = run_dir / "run.json"
     if not run_json.exists():
@@ -122,7 +141,7 @@ def checkpoint_specs(run_dir: str | Path) -> list[str]:
         files.append(run_dir / "model.zip")
     specs, seen = [], set()
     for file in files:
-        digest = hashlib.sha256(file.read_bytes()).hexdigest()
+        digest = model_contents_digest(file)
         if digest not in seen:
             seen.add(digest)
             specs.append(f"{algo}:{file}")

@@ -1,6 +1,7 @@
 """Choosing what to deploy on held-out public proxies: a run's checkpoints or action 0."""
 
 import json
+import zipfile
 
 import numpy as np
 import pytest
@@ -41,6 +42,29 @@ def test_the_lowest_geometric_mean_ratio_wins_and_action_zero_wins_ties(monkeypa
     assert chosen.scores["better"] == pytest.approx(np.log(0.9) / 2)
     assert selection.select_controller("dp_gym/TinyTextFlat-v0", ["same", "worse"], instances=2).chosen == "action0"
     assert selection.score(np.array([np.nan, 1.0]), np.array([1.0, 1.0])) == np.inf  # a blown-up run never wins
+
+
+def _resave(source, destination, date_time):
+    """The same zip members, stamped with another save time (as SB3 does a second later)."""
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(destination, "w") as new:
+        for info in old.infolist():
+            new.writestr(zipfile.ZipInfo(info.filename, date_time=date_time), old.read(info.filename))
+
+
+def test_the_final_model_saved_after_the_last_checkpoint_is_one_candidate(tmp_path):
+    (tmp_path / "run.json").write_text(json.dumps({"algo": "sac"}))
+    for step, payload in (("step_4", b"first"), ("step_8", b"last")):
+        (tmp_path / "checkpoints" / step).mkdir(parents=True)
+        with zipfile.ZipFile(tmp_path / "checkpoints" / step / "model.zip", "w") as archive:
+            archive.writestr(zipfile.ZipInfo("policy.pth", date_time=(2026, 12, 6, 14, 25, 10)), payload)
+    _resave(tmp_path / "checkpoints" / "step_8" / "model.zip", tmp_path / "model.zip", (2026, 12, 6, 14, 25, 12))
+    assert (tmp_path / "model.zip").read_bytes() != (tmp_path / "checkpoints" / "step_8" / "model.zip").read_bytes()
+    assert [spec.split("/")[-2:] for spec in selection.checkpoint_specs(tmp_path)] == [
+        ["step_4", "model.zip"], ["step_8", "model.zip"]]
+    # a model that differs in any member's bytes is a candidate of its own
+    with zipfile.ZipFile(tmp_path / "model.zip", "w") as archive:
+        archive.writestr("policy.pth", b"last, trained on")
+    assert len(selection.checkpoint_specs(tmp_path)) == 3
 
 
 def test_select_chooses_among_a_runs_checkpoints_and_deploys_as_selected(tmp_path, monkeypatch):
